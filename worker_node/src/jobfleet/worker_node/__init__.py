@@ -1,0 +1,1 @@
+"""The jobfleet worker-node wrapper (built in its own issue)."""
