@@ -1,0 +1,394 @@
+"""Finding and loading backends: entry points in the group `jobfleet.plugins`, through pluggy.
+
+Built-in backends are installed and found exactly like third-party ones. Loading is lazy: the
+entry points are read from package metadata (no import) and a plugin module is imported only
+when its cluster type is asked for, once per registry. A plugin that fails to import, to answer
+its hooks or to fit the protocols is recorded with its error; the others go on working.
+
+Environment:
+- `JOBFLEET_DISABLE_PLUGINS=a,b`  never load these.
+- `JOBFLEET_LOAD_PLUGINS=a,b`     load only these.
+- `JOBFLEET_TRACE_PLUGINS=1`      print every hook call and its result to stderr.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import EntryPoint, entry_points
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from jobfleet.core import hookspecs
+from jobfleet.core.cluster_protocol import (
+    ClusterDistributor,
+    ClusterQueue,
+    ClusterWorkerNode,
+    protocol_problems,
+)
+from jobfleet.core.errors import JobfleetError, PluginLoadError, UnknownClusterError
+from jobfleet.core.settings import SettingOption, resolve_settings, setting_options
+
+ENTRY_POINT_GROUP = "jobfleet.plugins"
+_VALID_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class PluginStatus(enum.StrEnum):
+    OK = "ok"
+    BROKEN = "broken"
+    DISABLED = "disabled"
+
+
+@dataclass(frozen=True)
+class ClusterPlugin:
+    """A loaded backend: its three classes, its settings and where it came from."""
+
+    name: str
+    queue_class: type[ClusterQueue]
+    distributor_class: type[ClusterDistributor]
+    worker_node_class: type[ClusterWorkerNode]
+    settings_class: type | None
+    distribution: str | None
+    version: str | None
+    module: ModuleType = field(repr=False)
+
+    def setting_options(self) -> list[SettingOption]:
+        """The plugin's settings as CLI options and environment variables."""
+        if self.settings_class is None:
+            return []
+        return setting_options(self.name, self.settings_class)
+
+    def settings(
+        self,
+        cli_values: Mapping[str, Any] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> Any:
+        """The resolved settings instance (None when the plugin has no settings)."""
+        if self.settings_class is None:
+            return None
+        return resolve_settings(self.name, self.settings_class, cli_values, environ)
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """One line of `jobfleet plugins`."""
+
+    name: str
+    distribution: str | None
+    version: str | None
+    entry_point: str
+    status: PluginStatus
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "distribution": self.distribution,
+            "version": self.version,
+            "entry_point": self.entry_point,
+            "status": self.status.value,
+            "error": self.error,
+        }
+
+
+def _names_from(environ: Mapping[str, str], variable: str) -> frozenset[str] | None:
+    text = environ.get(variable)
+    if text is None:
+        return None
+    return frozenset(part.strip() for part in text.split(",") if part.strip())
+
+
+class _PluginManager(pluggy.PluginManager):
+    """Takes unmarked functions named like a hook as its implementation (Jobmon modules)."""
+
+    def parse_hookimpl_opts(self, plugin: object, name: str) -> pluggy.HookimplOpts | None:
+        opts = super().parse_hookimpl_opts(plugin, name)
+        if opts is None and name in _HOOK_NAMES and callable(getattr(plugin, name, None)):
+            return {
+                "wrapper": False,
+                "hookwrapper": False,
+                "optionalhook": False,
+                "tryfirst": False,
+                "trylast": False,
+                "specname": None,
+            }
+        return opts
+
+
+_HOOK_NAMES = frozenset(
+    name
+    for name in dir(hookspecs)
+    if name.startswith("get_cluster_") and callable(getattr(hookspecs, name))
+)
+
+
+class PluginRegistry:
+    """The installed backends, loaded on demand. Safe to share between threads."""
+
+    def __init__(
+        self,
+        entry_points_: Iterable[EntryPoint] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        env = os.environ if environ is None else environ
+        self._disabled = _names_from(env, "JOBFLEET_DISABLE_PLUGINS") or frozenset()
+        self._only = _names_from(env, "JOBFLEET_LOAD_PLUGINS")
+        self._trace = env.get("JOBFLEET_TRACE_PLUGINS", "") not in ("", "0")
+        self._given_entry_points = None if entry_points_ is None else list(entry_points_)
+        self._entry_points: dict[str, EntryPoint] | None = None
+        self._conflicts: dict[str, str] = {}
+        self._loaded: dict[str, ClusterPlugin] = {}
+        self._errors: dict[str, PluginLoadError] = {}
+        self._lock = threading.RLock()
+        self.plugin_manager = _PluginManager(hookspecs.PROJECT_NAME)
+        self.plugin_manager.add_hookspecs(hookspecs)
+        if self._trace:
+            self.plugin_manager.add_hookcall_monitoring(_trace_before, _trace_after)
+
+    # -- discovery (metadata only, no import) -------------------------------------------------
+
+    def _discover(self) -> dict[str, EntryPoint]:
+        if self._entry_points is None:
+            found = self._given_entry_points
+            if found is None:
+                found = list(entry_points(group=ENTRY_POINT_GROUP))
+            self._entry_points = {}
+            for ep in found:
+                self._add_entry_point(ep)
+        return self._entry_points
+
+    def _add_entry_point(self, ep: EntryPoint) -> None:
+        assert self._entry_points is not None
+        known = self._entry_points.get(ep.name)
+        if known is None:
+            self._entry_points[ep.name] = ep
+        elif _distribution(known) != _distribution(ep) or known.value != ep.value:
+            # The same distribution found twice on sys.path is harmless; two different
+            # distributions claiming one cluster type is not, and neither is picked.
+            self._conflicts[ep.name] = (
+                f"two installed distributions claim it: {_distribution(known)} ({known.value}) "
+                f"and {_distribution(ep)} ({ep.value}); uninstall one of them"
+            )
+
+    def names(self) -> list[str]:
+        """Every cluster type installed, usable or not, without importing anything."""
+        with self._lock:
+            return sorted(self._discover())
+
+    def _blocked_reason(self, name: str) -> str | None:
+        if name in self._disabled:
+            return "disabled by JOBFLEET_DISABLE_PLUGINS"
+        if self._only is not None and name not in self._only:
+            return "not in JOBFLEET_LOAD_PLUGINS"
+        return None
+
+    # -- loading ------------------------------------------------------------------------------
+
+    def get_cluster(self, name: str) -> ClusterPlugin:
+        """The loaded plugin for a cluster type.
+
+        Raises `UnknownClusterError` when none is installed (or it is disabled), and
+        `PluginLoadError` when it is installed but broken.
+        """
+        with self._lock:
+            if name in self._loaded:
+                return self._loaded[name]
+            if name in self._errors:
+                raise self._errors[name]
+            installed = self._discover()
+            if name not in installed:
+                raise UnknownClusterError(name, self._usable_names())
+            blocked = self._blocked_reason(name)
+            if blocked:
+                raise UnknownClusterError(
+                    name,
+                    self._usable_names(),
+                    detail=f"The jobfleet plugin {name!r} is installed but {blocked}.",
+                )
+            try:
+                plugin = self._load(name, installed[name])
+            except PluginLoadError as exc:
+                self._errors[name] = exc
+                raise
+            self._loaded[name] = plugin
+            return plugin
+
+    def _usable_names(self) -> list[str]:
+        return [n for n in self._discover() if not self._blocked_reason(n)]
+
+    def _load(self, name: str, ep: EntryPoint) -> ClusterPlugin:
+        if name in self._conflicts:
+            raise PluginLoadError(name, self._conflicts[name])
+        if not _VALID_NAME.match(name):
+            raise PluginLoadError(
+                name,
+                "a cluster type name must be lower-case letters, digits and underscores, "
+                "starting with a letter, so that it can name CLI options and variables",
+            )
+        module = _import(name, ep)
+        self._register(name, module)
+        try:
+            return self._build(name, ep, module)
+        except PluginLoadError:
+            self.plugin_manager.unregister(module)
+            raise
+
+    def _register(self, name: str, module: ModuleType) -> None:
+        try:
+            self.plugin_manager.register(module, name=name)
+        except (pluggy.PluginValidationError, ValueError) as exc:
+            raise PluginLoadError(name, str(exc)) from exc
+        provided = {caller.name for caller in self.plugin_manager.get_hookcallers(module) or ()}
+        missing = [hook for hook in hookspecs.REQUIRED_HOOKS if hook not in provided]
+        if missing:
+            self.plugin_manager.unregister(module)
+            raise PluginLoadError(
+                name, f"the module {module.__name__} does not define {', '.join(missing)}"
+            )
+
+    def _build(self, name: str, ep: EntryPoint, module: ModuleType) -> ClusterPlugin:
+        classes = {hook: self._call(name, module, hook) for hook in hookspecs.REQUIRED_HOOKS}
+        expected = {
+            "get_cluster_queue_class": ClusterQueue,
+            "get_cluster_distributor_class": ClusterDistributor,
+            "get_cluster_worker_node_class": ClusterWorkerNode,
+        }
+        problems = [
+            p for hook, proto in expected.items() for p in protocol_problems(classes[hook], proto)
+        ]
+        if problems:
+            raise PluginLoadError(name, "; ".join(problems))
+        settings_class = self._call(name, module, "get_cluster_settings_class")
+        if settings_class is not None:
+            try:
+                setting_options(name, settings_class)
+            except JobfleetError as exc:
+                raise PluginLoadError(name, str(exc)) from exc
+        return ClusterPlugin(
+            name=name,
+            queue_class=classes["get_cluster_queue_class"],
+            distributor_class=classes["get_cluster_distributor_class"],
+            worker_node_class=classes["get_cluster_worker_node_class"],
+            settings_class=settings_class,
+            distribution=_distribution(ep),
+            version=_version(ep),
+            module=module,
+        )
+
+    def _call(self, name: str, module: ModuleType, hook: str) -> Any:
+        """Call one hook of one plugin only: the others are left out of the call."""
+        others = [p for p in self.plugin_manager.get_plugins() if p is not module]
+        caller = self.plugin_manager.subset_hook_caller(hook, remove_plugins=others)
+        try:
+            return caller()
+        except Exception as exc:
+            raise PluginLoadError(
+                name, f"its hook {hook}() raised {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def version_info(self, name: str) -> Mapping[str, str]:
+        """What the plugin's optional `get_cluster_version_info` hook says (may be empty)."""
+        plugin = self.get_cluster(name)
+        try:
+            info = self._call(name, plugin.module, "get_cluster_version_info")
+        except PluginLoadError as exc:
+            return {"error": exc.reason}
+        return dict(info or {})
+
+    # -- listing ------------------------------------------------------------------------------
+
+    def list_plugins(self) -> list[PluginInfo]:
+        """Every installed plugin with its status; loads each one that is not disabled."""
+        return [self._info(name, ep) for name, ep in sorted(self._discover().items())]
+
+    def _info(self, name: str, ep: EntryPoint) -> PluginInfo:
+        def info(status: PluginStatus, error: str | None = None) -> PluginInfo:
+            return PluginInfo(name, _distribution(ep), _version(ep), ep.value, status, error)
+
+        blocked = self._blocked_reason(name)
+        if blocked:
+            return info(PluginStatus.DISABLED, blocked)
+        try:
+            self.get_cluster(name)
+        except PluginLoadError as exc:
+            return info(PluginStatus.BROKEN, exc.reason)
+        return info(PluginStatus.OK)
+
+
+def _import(name: str, ep: EntryPoint) -> ModuleType:
+    try:
+        loaded = ep.load()
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        raise PluginLoadError(
+            name, f"importing {ep.value} failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    if not isinstance(loaded, ModuleType):
+        raise PluginLoadError(
+            name, f"the entry point {ep.value} must name a module, not {loaded!r}"
+        )
+    return loaded
+
+
+def _distribution(ep: EntryPoint) -> str | None:
+    return ep.dist.name if ep.dist is not None else None
+
+
+def _version(ep: EntryPoint) -> str | None:
+    return ep.dist.version if ep.dist is not None else None
+
+
+def _trace_before(
+    hook_name: str, methods: Sequence[pluggy.HookImpl], kwargs: Mapping[str, object]
+) -> None:
+    plugins = ", ".join(impl.plugin_name for impl in methods) or "no plugin"
+    sys.stderr.write(f"jobfleet: calling {hook_name}() of {plugins}\n")
+    _trace_start.value = time.perf_counter()
+
+
+def _trace_after(
+    outcome: pluggy.Result[object],
+    hook_name: str,
+    methods: Sequence[pluggy.HookImpl],
+    kwargs: Mapping[str, object],
+) -> None:
+    elapsed = (time.perf_counter() - getattr(_trace_start, "value", time.perf_counter())) * 1000
+    if outcome.exception is None:
+        result = repr(outcome.get_result())
+    else:
+        result = f"raised {type(outcome.exception).__name__}: {outcome.exception}"
+    sys.stderr.write(f"jobfleet: {hook_name}() -> {result} ({elapsed:.1f} ms)\n")
+
+
+_trace_start = threading.local()
+
+_default: PluginRegistry | None = None
+_default_lock = threading.Lock()
+
+
+def default_registry() -> PluginRegistry:
+    """The process-wide registry, built on first use from the environment of that moment."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = PluginRegistry()
+        return _default
+
+
+def get_cluster(name: str) -> ClusterPlugin:
+    """The plugin for a cluster type, from the process-wide registry."""
+    return default_registry().get_cluster(name)
+
+
+def list_plugins() -> list[PluginInfo]:
+    """Every installed plugin with its status, from the process-wide registry."""
+    return default_registry().list_plugins()

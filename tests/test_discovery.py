@@ -1,0 +1,275 @@
+"""Discovery through real installed distributions: good, broken, disabled, conflicting plugins."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from jobfleet.core.errors import PluginLoadError, UnknownClusterError
+from jobfleet.core.plugins import PluginRegistry, PluginStatus
+
+# Hooks written as plain functions, the way a Jobmon plugin module is written (no marker).
+JOBMON_STYLE_HOOKS = textwrap.dedent("""
+    from {impl} import Queue, Distributor, WorkerNode
+
+    def get_cluster_queue_class():
+        return Queue
+
+    def get_cluster_distributor_class():
+        return Distributor
+
+    def get_cluster_worker_node_class():
+        return WorkerNode
+""")
+
+
+def statuses(registry: PluginRegistry) -> dict[str, PluginStatus]:
+    return {info.name: info.status for info in registry.list_plugins()}
+
+
+def test_jobmon_style_module_without_markers_is_a_plugin(install_plugin, good_plugin):
+    install_plugin(
+        "jobfleet-jobmonish",
+        {"jm_impl": good_plugin, "jm_plugin": JOBMON_STYLE_HOOKS.format(impl="jm_impl")},
+        {"jobmonish": "jm_plugin"},
+    )
+    plugin = PluginRegistry(environ={}).get_cluster("jobmonish")
+    assert plugin.distributor_class.__name__ == "Distributor"
+    assert plugin.distribution == "jobfleet-jobmonish"
+    assert plugin.version == "1.0"
+    assert plugin.settings_class is None
+
+
+def test_plugin_raising_at_import_is_broken_and_others_still_work(install_plugin):
+    install_plugin(
+        "jobfleet-exploding",
+        {"exploding_plugin": "raise RuntimeError('kaboom')"},
+        {"exploding": "exploding_plugin"},
+    )
+    registry = PluginRegistry(environ={})
+    listing = {info.name: info for info in registry.list_plugins()}
+    assert listing["exploding"].status is PluginStatus.BROKEN
+    assert "RuntimeError: kaboom" in listing["exploding"].error
+    assert listing["exploding"].distribution == "jobfleet-exploding"
+    assert listing["dummy"].status is PluginStatus.OK
+    with pytest.raises(PluginLoadError, match="kaboom"):
+        registry.get_cluster("exploding")
+    assert registry.get_cluster("dummy").name == "dummy"
+
+
+def test_plugin_calling_sys_exit_at_import_does_not_end_the_host(install_plugin):
+    install_plugin(
+        "jobfleet-quitter",
+        {"quitter_plugin": "import sys; sys.exit(3)"},
+        {"quitter": "quitter_plugin"},
+    )
+    with pytest.raises(PluginLoadError, match="SystemExit"):
+        PluginRegistry(environ={}).get_cluster("quitter")
+
+
+def test_missing_required_hook_is_named(install_plugin):
+    source = "def get_cluster_queue_class():\n    return object\n"
+    install_plugin("jobfleet-partial", {"partial_plugin": source}, {"partial": "partial_plugin"})
+    with pytest.raises(PluginLoadError) as caught:
+        PluginRegistry(environ={}).get_cluster("partial")
+    assert "get_cluster_distributor_class" in str(caught.value)
+    assert "get_cluster_worker_node_class" in str(caught.value)
+
+
+def test_class_breaking_the_protocol_is_refused_at_load(install_plugin, good_plugin):
+    bad = (
+        good_plugin
+        + """
+    class Distributor(Distributor):
+        def submit_to_batch_distributor(self, command):  # lost two parameters
+            return "1"
+    """
+    )
+    install_plugin(
+        "jobfleet-wrongsig",
+        {"ws_impl": bad, "ws_plugin": JOBMON_STYLE_HOOKS.format(impl="ws_impl")},
+        {"wrongsig": "ws_plugin"},
+    )
+    with pytest.raises(PluginLoadError, match="submit_to_batch_distributor"):
+        PluginRegistry(environ={}).get_cluster("wrongsig")
+
+
+def test_abstract_member_left_unwritten_is_refused(install_plugin, good_plugin):
+    bad = (
+        good_plugin
+        + """
+    class WorkerNode(ClusterWorkerNode):
+        def __init__(self): pass
+        distributor_id = None
+        array_step_id = None
+        def get_exit_info(self, exit_code, error_msg): return ("D", "")
+    """
+    )
+    install_plugin(
+        "jobfleet-abstract",
+        {"ab_impl": bad, "ab_plugin": JOBMON_STYLE_HOOKS.format(impl="ab_impl")},
+        {"abstract": "ab_plugin"},
+    )
+    with pytest.raises(PluginLoadError, match="get_usage_stats"):
+        PluginRegistry(environ={}).get_cluster("abstract")
+
+
+def test_hook_returning_a_non_class_is_refused(install_plugin, good_plugin):
+    source = (
+        JOBMON_STYLE_HOOKS.format(impl="nc_impl")
+        + "\ndef get_cluster_queue_class():\n    return 42\n"
+    )
+    install_plugin(
+        "jobfleet-nonclass",
+        {"nc_impl": good_plugin, "nc_plugin": source},
+        {"nonclass": "nc_plugin"},
+    )
+    with pytest.raises(PluginLoadError, match="expected a class implementing ClusterQueue"):
+        PluginRegistry(environ={}).get_cluster("nonclass")
+
+
+def test_hook_raising_is_recorded(install_plugin, good_plugin):
+    source = JOBMON_STYLE_HOOKS.format(impl="hr_impl") + (
+        "\ndef get_cluster_worker_node_class():\n    raise ImportError('no client library')\n"
+    )
+    install_plugin(
+        "jobfleet-hookraise",
+        {"hr_impl": good_plugin, "hr_plugin": source},
+        {"hookraise": "hr_plugin"},
+    )
+    registry = PluginRegistry(environ={})
+    info = next(i for i in registry.list_plugins() if i.name == "hookraise")
+    assert info.status is PluginStatus.BROKEN
+    assert "get_cluster_worker_node_class() raised ImportError: no client library" in info.error
+
+
+@pytest.mark.parametrize(
+    ("settings_source", "message"),
+    [
+        ("@dataclass(frozen=True)\nclass S:\n    x: int = 1\n", "has no help text"),
+        (
+            "@dataclass(frozen=True)\nclass S:\n    x: int = setting(help='an x')\n",
+            "has no default",
+        ),
+        ("@dataclass\nclass S:\n    x: int = setting(1, help='an x')\n", "must be frozen"),
+        (
+            "@dataclass(frozen=True)\nclass S:\n    x: list = setting(None, help='x')\n",
+            "cannot be read",
+        ),
+        ("class S:\n    x = 1\n", "must be a dataclass"),
+    ],
+)
+def test_bad_settings_class_makes_the_plugin_broken(
+    install_plugin, good_plugin, settings_source, message
+):
+    module = f"bs_{abs(hash(settings_source))}"  # modules stay in sys.modules: one name per case
+    source = (
+        JOBMON_STYLE_HOOKS.format(impl=f"{module}_impl")
+        + "\nfrom dataclasses import dataclass\nfrom jobfleet.core.settings import setting\n"
+        + settings_source
+        + "\ndef get_cluster_settings_class():\n    return S\n"
+    )
+    install_plugin(
+        "jobfleet-badsettings",
+        {f"{module}_impl": good_plugin, module: source},
+        {"badsettings": module},
+    )
+    with pytest.raises(PluginLoadError, match=message):
+        PluginRegistry(environ={}).get_cluster("badsettings")
+
+
+def test_unknown_name_lists_installed_and_suggests_install():
+    with pytest.raises(UnknownClusterError) as caught:
+        PluginRegistry(environ={}).get_cluster("slurmx")
+    message = str(caught.value)
+    assert "dummy" in message
+    assert "pip install jobfleet-slurmx" in message
+
+
+def test_disable_plugins_blocks_without_importing(install_plugin):
+    install_plugin(
+        "jobfleet-boom2",
+        {"boom2_plugin": "raise RuntimeError('imported!')"},
+        {"boom2": "boom2_plugin"},
+    )
+    registry = PluginRegistry(environ={"JOBFLEET_DISABLE_PLUGINS": "boom2, other"})
+    info = next(i for i in registry.list_plugins() if i.name == "boom2")
+    assert info.status is PluginStatus.DISABLED
+    assert "JOBFLEET_DISABLE_PLUGINS" in info.error
+    with pytest.raises(UnknownClusterError, match="disabled by JOBFLEET_DISABLE_PLUGINS"):
+        registry.get_cluster("boom2")
+
+
+def test_load_plugins_loads_only_those(install_plugin):
+    install_plugin(
+        "jobfleet-boom3",
+        {"boom3_plugin": "raise RuntimeError('imported!')"},
+        {"boom3": "boom3_plugin"},
+    )
+    registry = PluginRegistry(environ={"JOBFLEET_LOAD_PLUGINS": "dummy"})
+    assert statuses(registry)["boom3"] is PluginStatus.DISABLED
+    assert statuses(registry)["dummy"] is PluginStatus.OK
+    with pytest.raises(UnknownClusterError, match="not in JOBFLEET_LOAD_PLUGINS"):
+        registry.get_cluster("boom3")
+
+
+def test_loading_is_lazy_and_cached(install_plugin, good_plugin):
+    counter = textwrap.dedent("""
+        import builtins
+        builtins.lazy_imports = getattr(builtins, "lazy_imports", 0) + 1
+    """)
+    install_plugin(
+        "jobfleet-lazy",
+        {"lz_impl": good_plugin, "lz_plugin": counter + JOBMON_STYLE_HOOKS.format(impl="lz_impl")},
+        {"lazy": "lz_plugin"},
+    )
+    import builtins
+
+    registry = PluginRegistry(environ={})
+    assert "lazy" in registry.names()
+    assert not hasattr(builtins, "lazy_imports"), "listing names must not import plugins"
+    registry.get_cluster("dummy")
+    assert not hasattr(builtins, "lazy_imports"), "loading one plugin must not import another"
+    first = registry.get_cluster("lazy")
+    assert registry.get_cluster("lazy") is first
+    assert builtins.lazy_imports == 1
+    del builtins.lazy_imports
+
+
+def test_two_distributions_claiming_one_name_are_both_refused(
+    install_plugin, plugin_site, good_plugin
+):
+    install_plugin("jobfleet-twin-a", {"twin_a": good_plugin}, {"twin": "twin_a"})
+    install_plugin("jobfleet-twin-b", {"twin_b": good_plugin}, {"twin": "twin_b"})
+    with pytest.raises(PluginLoadError, match="two installed distributions claim it"):
+        PluginRegistry(environ={}).get_cluster("twin")
+
+
+def test_invalid_cluster_name_is_refused(install_plugin, good_plugin):
+    install_plugin(
+        "jobfleet-badname",
+        {"bn_impl": good_plugin, "bn_plugin": JOBMON_STYLE_HOOKS.format(impl="bn_impl")},
+        {"Bad-Name": "bn_plugin"},
+    )
+    with pytest.raises(PluginLoadError, match="lower-case letters"):
+        PluginRegistry(environ={}).get_cluster("Bad-Name")
+
+
+def test_trace_prints_every_hook_call(capsys):
+    registry = PluginRegistry(environ={"JOBFLEET_TRACE_PLUGINS": "1"})
+    registry.get_cluster("dummy")
+    err = capsys.readouterr().err
+    for hook in (
+        "get_cluster_queue_class",
+        "get_cluster_distributor_class",
+        "get_cluster_worker_node_class",
+        "get_cluster_settings_class",
+    ):
+        assert f"jobfleet: calling {hook}() of dummy" in err
+        assert f"jobfleet: {hook}() -> " in err
+
+
+def test_no_trace_by_default(capsys):
+    PluginRegistry(environ={}).get_cluster("dummy")
+    assert capsys.readouterr().err == ""
