@@ -1,0 +1,38 @@
+"""The dummy backend: accepts every request, runs nothing, reports each instance done at once.
+
+It exists to measure a host's dispatch overhead and to exercise hosts (retries through
+`fail_every`, running time through `report_delay`). Registered through its entry point like any
+other backend; the hook functions below are all a plugin module needs.
+"""
+
+from __future__ import annotations
+
+from jobfleet.core.hookspecs import hookimpl
+
+
+@hookimpl
+def get_cluster_queue_class() -> type:
+    from jobfleet.plugins.dummy.queue import DummyQueue
+
+    return DummyQueue
+
+
+@hookimpl
+def get_cluster_distributor_class() -> type:
+    from jobfleet.plugins.dummy.distributor import DummyDistributor
+
+    return DummyDistributor
+
+
+@hookimpl
+def get_cluster_worker_node_class() -> type:
+    from jobfleet.plugins.dummy.worker_node import DummyWorkerNode
+
+    return DummyWorkerNode
+
+
+@hookimpl
+def get_cluster_settings_class() -> type:
+    from jobfleet.plugins.dummy.settings import DummySettings
+
+    return DummySettings
