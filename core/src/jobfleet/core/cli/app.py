@@ -1,0 +1,196 @@
+"""The `jobfleet` command group and its commands."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from jobfleet.core import __version__
+from jobfleet.core.errors import JobfleetError
+from jobfleet.core.plugins import PluginInfo, PluginRegistry, PluginStatus, default_registry
+
+
+def _registry() -> PluginRegistry:
+    return default_registry()
+
+
+def _console() -> Console:
+    # Tables must not be cut to 80 columns when the output goes to a file or a pipe.
+    return Console(width=None if sys.stdout.isatty() else 160)
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+def version_report() -> dict[str, Any]:
+    """The core's version and every plugin's, as `jobfleet version --json` prints it."""
+    registry = _registry()
+    plugins = []
+    for info in registry.list_plugins():
+        entry = info.to_dict()
+        if info.status is PluginStatus.OK:
+            entry["version_info"] = dict(registry.version_info(info.name))
+        plugins.append(entry)
+    return {"jobfleet-core": __version__, "python": sys.version.split()[0], "plugins": plugins}
+
+
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    _echo_version(version_report())
+    ctx.exit()
+
+
+def _echo_version(report: dict[str, Any]) -> None:
+    click.echo(f"jobfleet-core {report['jobfleet-core']} (Python {report['python']})")
+    for plugin in report["plugins"]:
+        line = f"  {plugin['name']}: {plugin['distribution'] or '?'} {plugin['version'] or '?'}"
+        extras = ", ".join(f"{k} {v}" for k, v in plugin.get("version_info", {}).items())
+        if extras:
+            line += f" ({extras})"
+        if plugin["status"] != "ok":
+            line += f" [{plugin['status']}: {plugin['error']}]"
+        click.echo(line)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Show the version of the core and of every installed backend, then exit.",
+)
+def cli() -> None:
+    """Run shell commands on any cluster through one plugin protocol.
+
+    Backends (sequential, multiprocess, slurm, kubernetes, mesos, …) are plugins found through
+    the entry-point group `jobfleet.plugins`; `jobfleet plugins` lists what is installed.
+    """
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def version(as_json: bool) -> None:
+    """Show the version of the core and of every installed backend."""
+    report = version_report()
+    if as_json:
+        _print_json(report)
+    else:
+        _echo_version(report)
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def plugins(name: str | None, as_json: bool) -> None:
+    """List the installed backends, or show one backend and its settings.
+
+    A backend that fails to load is listed as broken with its error; the others still work.
+    Set JOBFLEET_DISABLE_PLUGINS=a,b or JOBFLEET_LOAD_PLUGINS=a,b to leave plugins out.
+    """
+    registry = _registry()
+    if name is not None:
+        _show_plugin(registry, name, as_json)
+        return
+    infos = registry.list_plugins()
+    if as_json:
+        _print_json([info.to_dict() for info in infos])
+        return
+    _console().print(_plugins_table(infos))
+
+
+def _plugins_table(infos: list[PluginInfo]) -> Table:
+    table = Table(title="jobfleet plugins", title_justify="left")
+    for column in ("name", "distribution", "version", "status"):
+        table.add_column(column, no_wrap=column != "status")
+    styles = {PluginStatus.OK: "green", PluginStatus.BROKEN: "red", PluginStatus.DISABLED: "yellow"}
+    for info in infos:
+        status = info.status.value + (f": {info.error}" if info.error else "")
+        table.add_row(
+            info.name,
+            info.distribution or "?",
+            info.version or "?",
+            f"[{styles[info.status]}]{status}[/]",
+        )
+    if not infos:
+        table.caption = "No backend is installed. Try: pip install jobfleet-multiprocess"
+    return table
+
+
+def _show_plugin(registry: PluginRegistry, name: str, as_json: bool) -> None:
+    plugin = registry.get_cluster(name)
+    options = plugin.setting_options()
+    detail = {
+        "name": plugin.name,
+        "distribution": plugin.distribution,
+        "version": plugin.version,
+        "module": plugin.module.__name__,
+        "queue_class": _qualname(plugin.queue_class),
+        "distributor_class": _qualname(plugin.distributor_class),
+        "worker_node_class": _qualname(plugin.worker_node_class),
+        "settings": [
+            {
+                "field": o.field,
+                "option": o.flag,
+                "envvar": o.envvar,
+                "type": o.type.__name__,
+                "default": o.default
+                if isinstance(o.default, str | int | float | bool | None)
+                else str(o.default),
+                "help": o.help,
+            }
+            for o in options
+        ],
+    }
+    if as_json:
+        _print_json(detail)
+        return
+    console = _console()
+    for key in (
+        "name",
+        "distribution",
+        "version",
+        "module",
+        "queue_class",
+        "distributor_class",
+        "worker_node_class",
+    ):
+        console.print(f"[bold]{key}[/]: {detail[key]}", highlight=False)
+    table = Table(title="settings", title_justify="left")
+    for column in ("option", "environment variable", "default", "help"):
+        table.add_column(column)
+    for o in options:
+        table.add_row(o.flag, o.envvar, repr(o.default), o.help)
+    if not options:
+        table.caption = "This backend has no settings."
+    console.print(table)
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI; errors jobfleet raises on purpose are printed without a traceback."""
+    try:
+        cli.main(args=argv, prog_name="jobfleet", standalone_mode=False)
+    except JobfleetError as exc:
+        click.echo(f"jobfleet: error: {exc}", err=True)
+        return 1
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        return 130
+    return 0

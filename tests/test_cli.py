@@ -1,0 +1,121 @@
+"""The `jobfleet` console script, run as a user runs it: a real process, real installed plugins."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+JOBFLEET = shutil.which("jobfleet")
+
+
+def jobfleet(*args: str, extra_path: Path | None = None, env: dict[str, str] | None = None):
+    assert JOBFLEET, "the jobfleet console script is not installed in this environment"
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("JOBFLEET_")}
+    environ.update(env or {})
+    if extra_path is not None:
+        environ["PYTHONPATH"] = str(extra_path)
+    return subprocess.run(
+        [JOBFLEET, *args], capture_output=True, text=True, env=environ, check=False, timeout=120
+    )
+
+
+def test_plugins_json_lists_dummy_with_distribution_and_version():
+    result = jobfleet("plugins", "--json")
+    assert result.returncode == 0, result.stderr
+    plugins = {p["name"]: p for p in json.loads(result.stdout)}
+    assert plugins["dummy"]["distribution"] == "jobfleet-dummy"
+    assert plugins["dummy"]["version"] == "0.1.0"
+    assert plugins["dummy"]["status"] == "ok"
+    assert plugins["dummy"]["error"] is None
+
+
+def test_broken_plugin_shows_as_broken_while_dummy_works(install_plugin):
+    site = install_plugin(
+        "jobfleet-kaput",
+        {"kaput_plugin": "raise ImportError('no kaput client')"},
+        {"kaput": "kaput_plugin"},
+        version="2.3",
+    )
+    listing = jobfleet("plugins", "--json", extra_path=site)
+    assert listing.returncode == 0, listing.stderr
+    plugins = {p["name"]: p for p in json.loads(listing.stdout)}
+    assert plugins["kaput"]["status"] == "broken"
+    assert plugins["kaput"]["distribution"] == "jobfleet-kaput"
+    assert plugins["kaput"]["version"] == "2.3"
+    assert "no kaput client" in plugins["kaput"]["error"]
+    assert plugins["dummy"]["status"] == "ok"
+
+    table = jobfleet("plugins", extra_path=site)
+    assert table.returncode == 0
+    assert "broken" in table.stdout
+    assert "no kaput client" in table.stdout
+
+    dummy = jobfleet("plugins", "dummy", "--json", extra_path=site)
+    assert dummy.returncode == 0, dummy.stderr
+    assert json.loads(dummy.stdout)["name"] == "dummy"
+
+
+def test_plugin_detail_lists_settings_as_options_and_variables():
+    result = jobfleet("plugins", "dummy", "--json")
+    assert result.returncode == 0, result.stderr
+    detail = json.loads(result.stdout)
+    settings = {s["field"]: s for s in detail["settings"]}
+    assert settings["report_delay"]["option"] == "--dummy-report-delay"
+    assert settings["report_delay"]["envvar"] == "JOBFLEET_DUMMY_REPORT_DELAY"
+    assert settings["report_delay"]["default"] == 0.0
+    assert detail["distributor_class"] == "jobfleet.plugins.dummy.distributor.DummyDistributor"
+    text = jobfleet("plugins", "dummy")
+    assert "--dummy-fail-every" in text.stdout
+
+
+def test_version_shows_core_and_every_plugin():
+    result = jobfleet("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("jobfleet-core 0.1.0")
+    assert "dummy: jobfleet-dummy 0.1.0" in result.stdout
+    report = json.loads(jobfleet("version", "--json").stdout)
+    assert report["jobfleet-core"] == "0.1.0"
+    assert any(p["name"] == "dummy" and p["status"] == "ok" for p in report["plugins"])
+
+
+def test_unknown_plugin_is_an_error_without_traceback():
+    result = jobfleet("plugins", "nosuchthing")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "pip install jobfleet-nosuchthing" in result.stderr
+    assert "dummy" in result.stderr
+
+
+def test_disabled_plugin_is_listed_as_disabled():
+    result = jobfleet("plugins", "--json", env={"JOBFLEET_DISABLE_PLUGINS": "dummy"})
+    plugins = {p["name"]: p for p in json.loads(result.stdout)}
+    assert plugins["dummy"]["status"] == "disabled"
+    shown = jobfleet("plugins", "dummy", env={"JOBFLEET_DISABLE_PLUGINS": "dummy"})
+    assert shown.returncode == 1
+    assert "disabled by JOBFLEET_DISABLE_PLUGINS" in shown.stderr
+
+
+def test_trace_goes_to_stderr_and_leaves_json_intact():
+    result = jobfleet("plugins", "--json", env={"JOBFLEET_TRACE_PLUGINS": "1"})
+    assert result.returncode == 0
+    json.loads(result.stdout)
+    assert "jobfleet: calling get_cluster_queue_class() of dummy" in result.stderr
+
+
+@pytest.mark.parametrize("args", [["--help"], ["plugins", "--help"], ["version", "--help"]])
+def test_help_is_useful(args):
+    result = jobfleet(*args)
+    assert result.returncode == 0
+    assert "Usage: jobfleet" in result.stdout
+    assert "--json" in result.stdout or args == ["--help"]
+
+
+def test_bad_option_is_a_usage_error():
+    result = jobfleet("plugins", "--jsn")
+    assert result.returncode == 2
+    assert "No such option" in result.stderr
