@@ -54,5 +54,13 @@ class SettingsError(JobfleetError, ValueError):
     """A backend setting (from the command line or the environment) has an unusable value."""
 
 
+class ChannelError(JobfleetError):
+    """The host channel (task specs and reports) could not be read or written."""
+
+
+class ProtocolVersionError(ChannelError):
+    """The host and the worker node speak different versions of the channel protocol."""
+
+
 class BackendError(JobfleetError):
     """The backend (scheduler, API server, local process table) failed to do what was asked."""

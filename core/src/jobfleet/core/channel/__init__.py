@@ -1,0 +1,95 @@
+"""The host channel: how worker-node wrappers get their task specs and report back.
+
+A channel is named by a URL. `open_channel(url)` picks the transport from the URL's scheme
+through a small registry; `file:///abs/dir` (or a plain absolute path) is built in, and other
+transports add themselves with `register_transport`. See docs/channel.md for the protocol.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from jobfleet.core.errors import ChannelError, ProtocolVersionError
+
+from .base import Channel, EventCursor, EventWriter, new_writer_token
+from .file import FileChannel
+from .messages import PROTOCOL_VERSION, Event, EventKind, TaskSpec
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "Channel",
+    "ChannelError",
+    "Event",
+    "EventCursor",
+    "EventKind",
+    "EventWriter",
+    "FileChannel",
+    "ProtocolVersionError",
+    "TaskSpec",
+    "TransportFactory",
+    "new_writer_token",
+    "open_channel",
+    "register_transport",
+    "transport_schemes",
+]
+
+# RFC 3986: a letter, then letters, digits, "+", "-" or ".".
+_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
+
+
+class TransportFactory(Protocol):
+    """Opens (or, with `create=True`, creates on the host side) the channel a URL names."""
+
+    def __call__(self, url: str, *, create: bool = False) -> Channel: ...
+
+
+_TRANSPORTS: dict[str, TransportFactory] = {}
+
+
+def register_transport(scheme: str, factory: TransportFactory, *, replace: bool = False) -> None:
+    """Make `open_channel` hand URLs of `scheme` to `factory`.
+
+    Registering a scheme that is taken raises ChannelError unless `replace=True`, so that two
+    packages cannot silently fight over one scheme.
+    """
+    key = scheme.lower()
+    if not _SCHEME.fullmatch(key):
+        raise ChannelError(f"{scheme!r} is not a valid URL scheme.")
+    if key in _TRANSPORTS and not replace and _TRANSPORTS[key] is not factory:
+        raise ChannelError(
+            f"A channel transport is already registered for {key!r}; pass replace=True "
+            "to replace it."
+        )
+    _TRANSPORTS[key] = factory
+
+
+def transport_schemes() -> list[str]:
+    """The schemes `open_channel` accepts, sorted."""
+    return sorted(_TRANSPORTS)
+
+
+def open_channel(url: str, *, create: bool = False) -> Channel:
+    """The channel `url` names: `file:///abs/dir`, a plain absolute path, or a registered scheme.
+
+    `create=True` is for the host: it makes the channel if it does not exist yet. A worker
+    opens without it, so that a wrong URL fails instead of making an empty channel.
+    """
+    if os.path.isabs(url):
+        # A plain absolute path is the file transport's convenience form.
+        return _TRANSPORTS["file"](url, create=create)
+    scheme = urlsplit(url).scheme.lower()
+    factory = _TRANSPORTS.get(scheme)
+    if factory is None:
+        accepted = ", ".join(f"{name}:" for name in transport_schemes())
+        what = f"the scheme {scheme!r}" if scheme else "no scheme"
+        raise ChannelError(
+            f"The channel address {url!r} has {what}, which no channel transport serves. "
+            f"Accepted: {accepted}, or an absolute path."
+        )
+    return factory(url, create=create)
+
+
+register_transport("file", FileChannel.from_url)

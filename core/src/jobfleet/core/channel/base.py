@@ -1,0 +1,218 @@
+"""The transport-independent half of a host channel.
+
+A host channel is how the worker-node wrapper gets its task spec and reports back, without ever
+opening the host's database. The host writes specs (and array step maps) and reads events; each
+wrapper run reads its spec and writes its events through its own `EventWriter`. A transport
+(`file://`, later `http://`) subclasses `Channel` and `EventWriter`; the sequencing and locking
+of events live here so that every transport numbers and serialises them the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType, TracebackType
+from typing import Any, Self
+
+from jobfleet.core.errors import ChannelError
+from jobfleet.core.naming import safe_name
+
+from .messages import Event, EventKind, TaskSpec, parse_kind
+
+__all__ = ["Channel", "EventCursor", "EventWriter", "new_writer_token"]
+
+
+def new_writer_token() -> str:
+    """A token naming one wrapper run: hostname, pid and random hex, safe as a file name.
+
+    The random part keeps two runs apart even when a pid is reused on the same host, or two
+    hosts share a name.
+    """
+    return safe_name(f"{os.uname().nodename}-{os.getpid()}-{os.urandom(8).hex()}")
+
+
+@dataclass(frozen=True, slots=True)
+class EventCursor:
+    """Where a host is in the event stream of one channel.
+
+    Callers treat it as opaque: they pass the cursor one `read_events` returned to the next,
+    and may persist it with `to_dict` (JSON-ready) to resume after a crash. `positions` is the
+    transport's bookkeeping (for `file://`, a byte offset per events file).
+
+    `problems` lists, as sentences, the records the call that returned this cursor had to skip
+    (corrupt lines, a file that shrank). They describe that one call only and are not saved by
+    `to_dict`; a host logs them or records them against the instance.
+    """
+
+    transport: str
+    positions: Mapping[str, int] = field(default_factory=dict, hash=False)
+    problems: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready form a host may store (problems are left out)."""
+        return {"transport": self.transport, "positions": dict(self.positions)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EventCursor:
+        """Read back what `to_dict` wrote."""
+        transport = data.get("transport") if isinstance(data, Mapping) else None
+        positions = data.get("positions") if isinstance(data, Mapping) else None
+        if not isinstance(transport, str) or not isinstance(positions, Mapping):
+            raise ChannelError(
+                "A saved event cursor must be an object with a 'transport' string and a "
+                f"'positions' object, not {data!r:.120}."
+            )
+        for key, value in positions.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ChannelError(
+                    f"The saved event cursor has the position {value!r} for {key!r}, "
+                    "which is not a non-negative integer."
+                )
+        return cls(transport, MappingProxyType(dict(positions)))
+
+
+class EventWriter(ABC):
+    """Sends the events of one wrapper run for one task instance.
+
+    `send` is thread-safe: a heartbeat thread and the main thread share one writer, and a lock
+    makes each event's sequence number and its delivery one step, so the records of a writer
+    arrive in sequence order. Transports implement `_deliver` and `_release`.
+    """
+
+    def __init__(self, task_instance_id: int, writer: str | None = None) -> None:
+        self.task_instance_id = task_instance_id
+        self.writer = writer or new_writer_token()
+        self._sequence = 0
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def send(
+        self,
+        kind: EventKind | str,
+        data: Mapping[str, Any] | None = None,
+        *,
+        durable: bool = False,
+    ) -> Event:
+        """Send one event and return it; `durable=True` waits until it survives a crash.
+
+        The wrapper sends its final report durably. A send that fails raises ChannelError;
+        its sequence number may then stay unused, so sequences can have gaps but never repeat.
+        """
+        kind = parse_kind(kind)
+        with self._lock:
+            if self._closed:
+                raise ChannelError(
+                    f"The event writer {self.writer} of task instance "
+                    f"{self.task_instance_id} is closed; no more events can be sent."
+                )
+            event = Event(
+                kind=kind,
+                task_instance_id=self.task_instance_id,
+                writer=self.writer,
+                sequence=self._sequence,
+                time=time.time(),
+                data=dict(data or {}),
+            )
+            line = event.to_line()  # fails before using the number if the data is not JSON
+            self._sequence += 1
+            self._deliver(event, line, durable=durable)
+            return event
+
+    def close(self) -> None:
+        """Release the writer; later sends raise ChannelError. Closing twice is harmless."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._release()
+
+    @abstractmethod
+    def _deliver(self, event: Event, line: bytes, *, durable: bool) -> None:
+        """Hand one serialised event to the transport (called under the writer's lock)."""
+
+    @abstractmethod
+    def _release(self) -> None:
+        """Free what the writer holds (file descriptor, connection)."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class Channel(ABC):
+    """One host channel, as seen by the host and by the worker-node wrappers.
+
+    Events of different task instances (and of different wrapper runs of one instance) are not
+    ordered with respect to each other; the events of one writer come in sequence order.
+    """
+
+    @property
+    @abstractmethod
+    def url(self) -> str:
+        """The URL that names this channel (what a wrapper is given to open it)."""
+
+    # Host side.
+
+    @abstractmethod
+    def put_spec(self, spec: TaskSpec) -> None:
+        """Store the spec of a task instance; a reader never sees half of it."""
+
+    @abstractmethod
+    def put_array(self, array_id: int, batch_number: int, steps: Mapping[int, int]) -> None:
+        """Store which task instance each 0-based step of an array batch runs."""
+
+    @abstractmethod
+    def read_events(self, cursor: EventCursor | None = None) -> tuple[list[Event], EventCursor]:
+        """The events that arrived since `cursor` (since the start if None), and a new cursor.
+
+        Each complete event is returned by exactly one call of a chain of cursors; a record
+        still being written is left for a later call. Records that cannot be read are skipped
+        and described in the returned cursor's `problems`, never raised.
+        """
+
+    @abstractmethod
+    def remove(self, task_instance_id: int) -> None:
+        """Delete the spec and events of a task instance whose final report is ingested."""
+
+    @abstractmethod
+    def remove_array(self, array_id: int, batch_number: int) -> None:
+        """Delete the step map of an array batch whose steps are all ingested."""
+
+    # Worker side.
+
+    @abstractmethod
+    def get_spec(self, task_instance_id: int) -> TaskSpec:
+        """The spec of a task instance; ChannelError if the host stored none."""
+
+    @abstractmethod
+    def resolve_array_step(self, array_id: int, batch_number: int, step: int) -> int:
+        """The task instance id that step `step` (0-based) of an array batch runs."""
+
+    @abstractmethod
+    def open_writer(self, task_instance_id: int) -> EventWriter:
+        """A new writer, with a fresh token, for one wrapper run of a task instance."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release what the channel holds; writers it opened stay usable until closed."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

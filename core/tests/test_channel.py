@@ -1,0 +1,662 @@
+import json
+import math
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+
+import jobfleet.core.channel as channel_package
+from jobfleet.core.channel import (
+    PROTOCOL_VERSION,
+    ChannelError,
+    Event,
+    EventCursor,
+    EventKind,
+    FileChannel,
+    ProtocolVersionError,
+    TaskSpec,
+    new_writer_token,
+    open_channel,
+    register_transport,
+    transport_schemes,
+)
+
+
+@pytest.fixture
+def channel(tmp_path):
+    return FileChannel.create(tmp_path / "channel")
+
+
+def full_spec(**changes):
+    fields = {
+        "task_instance_id": 12,
+        "command": "echo 'hi' && exit 3",
+        "name": "a/strange $(name)",
+        "run_id": 4,
+        "stdout_dir": "/logs/out",
+        "stderr_dir": None,
+        "environment": {"OMP_NUM_THREADS": "2", "EMPTY": ""},
+        "memory": 4 * 1024**3,
+        "runtime": 3600,
+        "cores": 2,
+        "heartbeat_interval": 5,
+    }
+    fields.update(changes)
+    return TaskSpec(**fields)
+
+
+# Task specs.
+
+
+def test_spec_round_trips_through_json():
+    spec = full_spec()
+    again = TaskSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
+    assert again == spec
+    assert again.cores == 2.0
+    assert isinstance(again.cores, float)
+    assert again.heartbeat_interval == 5.0
+    assert again.protocol_version == PROTOCOL_VERSION
+
+
+def test_spec_defaults_and_minimal_dict():
+    spec = TaskSpec.from_dict(
+        {
+            "protocol_version": PROTOCOL_VERSION,
+            "task_instance_id": 1,
+            "command": "true",
+            "name": "t",
+        }
+    )
+    assert spec == TaskSpec(1, "true", "t")
+    assert spec.stdout_dir is None
+    assert spec.stderr_dir is None
+    assert dict(spec.environment) == {}
+    assert spec.memory is None
+    assert spec.heartbeat_interval == 30.0
+
+
+def test_spec_ignores_unknown_keys():
+    data = full_spec().to_dict() | {"added_in_a_later_release": [1, 2]}
+    assert TaskSpec.from_dict(data) == full_spec()
+
+
+def test_spec_environment_is_a_frozen_copy():
+    environment = {"A": "1"}
+    spec = full_spec(environment=environment)
+    environment["A"] = "changed"
+    assert spec.environment["A"] == "1"
+    with pytest.raises(TypeError):
+        spec.environment["B"] = "2"
+    assert hash(spec) == hash(full_spec(environment={"A": "1"}))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("task_instance_id", "12"),
+        ("task_instance_id", True),
+        ("task_instance_id", -1),
+        ("task_instance_id", 1.0),
+        ("command", ["echo", "hi"]),
+        ("name", None),
+        ("run_id", "4"),
+        ("stdout_dir", 3),
+        ("stderr_dir", False),
+        ("environment", [["A", "1"]]),
+        ("environment", {"A": 1}),
+        ("memory", "4G"),
+        ("memory", 0),
+        ("memory", 1.5),
+        ("runtime", -5),
+        ("cores", "2"),
+        ("cores", 0),
+        ("cores", True),
+        ("heartbeat_interval", None),
+        ("heartbeat_interval", 0),
+        ("heartbeat_interval", math.inf),
+        ("protocol_version", "1"),
+    ],
+)
+def test_spec_type_errors_name_the_field(field, value):
+    data = full_spec().to_dict() | {field: value}
+    with pytest.raises(ChannelError, match=repr(field)):
+        TaskSpec.from_dict(data)
+
+
+@pytest.mark.parametrize("field", ["protocol_version", "task_instance_id", "command", "name"])
+def test_spec_missing_required_field_is_named(field):
+    data = full_spec().to_dict()
+    del data[field]
+    with pytest.raises(ChannelError, match=repr(field)):
+        TaskSpec.from_dict(data)
+
+
+def test_spec_that_is_not_an_object_is_refused():
+    with pytest.raises(ChannelError, match="JSON object"):
+        TaskSpec.from_dict([1, 2])
+
+
+def test_spec_of_another_protocol_version_is_refused():
+    data = full_spec().to_dict() | {"protocol_version": PROTOCOL_VERSION + 1, "command": 5}
+    with pytest.raises(ProtocolVersionError) as caught:
+        TaskSpec.from_dict(data)
+    message = str(caught.value)
+    assert f"version {PROTOCOL_VERSION + 1}" in message
+    assert f"version {PROTOCOL_VERSION}." in message
+
+
+def test_constructing_a_bad_spec_fails_on_the_host():
+    with pytest.raises(ChannelError, match="'memory'"):
+        TaskSpec(1, "true", "t", memory="4G")
+
+
+# Events.
+
+
+def test_event_line_round_trip():
+    event = Event(EventKind.FINAL, 3, "w-1", 7, 1700000000.25, {"text": "a\nb\u00e9\udcff"})
+    line = event.to_line()
+    assert line.endswith(b"\n")
+    assert line.count(b"\n") == 1
+    assert b" " not in line
+    assert Event.from_line(line) == event
+
+
+def test_event_with_data_that_is_not_json_is_refused():
+    event = Event(EventKind.HEARTBEAT, 3, "w", 0, 0.0, {"rss": math.nan})
+    with pytest.raises(ChannelError, match="not JSON-ready"):
+        event.to_line()
+    event = Event(EventKind.HEARTBEAT, 3, "w", 0, 0.0, {"what": object()})
+    with pytest.raises(ChannelError, match="not JSON-ready"):
+        event.to_line()
+
+
+@pytest.mark.parametrize(
+    ("line", "complaint"),
+    [
+        (b"nonsense", "not valid JSON"),
+        (b"\xff\xfe", "not valid JSON"),
+        (b"[1]", "JSON object"),
+        (b'{"kind":"final","task_instance_id":1,"writer":"w","sequence":0}', "'time'"),
+        (b'{"kind":"exploded","task_instance_id":1,"writer":"w","sequence":0,"time":1}', "kind"),
+        (b'{"kind":"final","task_instance_id":"1","writer":"w","sequence":0,"time":1}', "task"),
+        (b'{"kind":"final","task_instance_id":1,"writer":"w","sequence":0,"time":"x"}', "'time'"),
+        (
+            b'{"kind":"final","task_instance_id":1,"writer":"w","sequence":0,"time":1,"data":[]}',
+            "'data'",
+        ),
+    ],
+)
+def test_garbage_event_lines_raise_channel_error(line, complaint):
+    with pytest.raises(ChannelError, match=complaint):
+        Event.from_line(line)
+
+
+def test_event_kinds():
+    assert [kind.value for kind in EventKind] == ["running", "heartbeat", "final"]
+
+
+# Opening channels.
+
+
+def test_open_channel_accepts_file_urls_and_absolute_paths(tmp_path):
+    created = open_channel((tmp_path / "c").as_uri(), create=True)
+    assert isinstance(created, FileChannel)
+    assert created.url == (tmp_path / "c").as_uri()
+    assert open_channel(str(tmp_path / "c")).url == created.url
+    assert open_channel(f"file://localhost{tmp_path / 'c'}").url == created.url
+    assert open_channel(created.url).url == created.url
+
+
+def test_open_channel_decodes_percent_escapes(tmp_path):
+    root = tmp_path / "with space"
+    created = FileChannel.create(root)
+    assert "%20" in created.url
+    assert open_channel(created.url).root == str(root)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["relative/dir", "file:relative/dir", "file://relative/dir", "file:///tmp/x?a=1", "./x"],
+)
+def test_relative_or_odd_file_urls_are_refused(url):
+    with pytest.raises(ChannelError, match=r"absolute|query|scheme"):
+        open_channel(url, create=True)
+
+
+def test_unknown_scheme_names_the_accepted_ones():
+    with pytest.raises(ChannelError, match="'ftp'") as caught:
+        open_channel("ftp://example.org/dir")
+    assert "file:" in str(caught.value)
+
+
+def test_missing_root_is_a_channel_error(tmp_path):
+    with pytest.raises(ChannelError, match="does not exist"):
+        open_channel((tmp_path / "missing").as_uri())
+
+
+def test_directory_without_channel_json_is_refused(tmp_path):
+    with pytest.raises(ChannelError, match=r"channel\.json"):
+        FileChannel(tmp_path)
+
+
+def test_channel_of_another_protocol_version_is_refused(tmp_path):
+    FileChannel.create(tmp_path)
+    (tmp_path / "channel.json").write_text(json.dumps({"protocol": PROTOCOL_VERSION + 1}))
+    with pytest.raises(ProtocolVersionError) as caught:
+        open_channel(tmp_path.as_uri())
+    assert f"version {PROTOCOL_VERSION + 1}" in str(caught.value)
+    assert f"version {PROTOCOL_VERSION}." in str(caught.value)
+    # The host does not overwrite it either: old wrappers may still be using it.
+    with pytest.raises(ProtocolVersionError):
+        FileChannel.create(tmp_path)
+    assert json.loads((tmp_path / "channel.json").read_text())["protocol"] == PROTOCOL_VERSION + 1
+
+
+@pytest.mark.parametrize("content", ["{}", "[1]", '{"protocol": "1"}', "{"])
+def test_unreadable_channel_json_is_a_channel_error(tmp_path, content):
+    FileChannel.create(tmp_path)
+    (tmp_path / "channel.json").write_text(content)
+    with pytest.raises(ChannelError, match=r"channel\.json"):
+        FileChannel(tmp_path)
+
+
+def test_create_is_idempotent(tmp_path):
+    first = FileChannel.create(tmp_path)
+    first.put_spec(full_spec())
+    again = FileChannel.create(tmp_path)
+    assert again.get_spec(12) == full_spec()
+    assert sorted(os.listdir(tmp_path)) == ["arrays", "channel.json", "events", "specs"]
+
+
+def test_register_transport(monkeypatch, tmp_path):
+    monkeypatch.setattr(channel_package, "_TRANSPORTS", dict(channel_package._TRANSPORTS))
+    calls = []
+
+    def factory(url, *, create=False):
+        calls.append((url, create))
+        return FileChannel.create(tmp_path)
+
+    register_transport("Memory", factory)
+    assert transport_schemes() == ["file", "memory"]
+    assert isinstance(open_channel("memory://x", create=True), FileChannel)
+    assert calls == [("memory://x", True)]
+    with pytest.raises(ChannelError, match="already registered"):
+        register_transport("memory", FileChannel.from_url)
+    register_transport("memory", FileChannel.from_url, replace=True)
+    with pytest.raises(ChannelError, match="not a valid URL scheme"):
+        register_transport("2bad", factory)
+
+
+# Specs and arrays in a file channel.
+
+
+def test_put_and_get_spec(channel):
+    channel.put_spec(full_spec())
+    assert channel.get_spec(12) == full_spec()
+    assert os.listdir(os.path.join(channel.root, "specs")) == ["12.json"]
+
+
+def test_missing_spec_says_which_and_where(channel):
+    with pytest.raises(ChannelError, match="no spec for task instance 99 in file://"):
+        channel.get_spec(99)
+
+
+def test_spec_of_another_version_on_disk_is_refused(channel):
+    path = os.path.join(channel.root, "specs", "12.json")
+    with open(path, "w") as stream:
+        json.dump(full_spec().to_dict() | {"protocol_version": 99}, stream)
+    with pytest.raises(ProtocolVersionError, match="99"):
+        channel.get_spec(12)
+
+
+def test_corrupt_spec_file_is_a_channel_error(channel):
+    with open(os.path.join(channel.root, "specs", "12.json"), "w") as stream:
+        stream.write('{"protocol_version": 1, "task_')
+    with pytest.raises(ChannelError, match="not valid JSON"):
+        channel.get_spec(12)
+
+
+@pytest.mark.parametrize("bad_id", [-1, True, "12", 1.5])
+def test_ids_must_be_non_negative_integers(channel, bad_id):
+    with pytest.raises(ChannelError, match="non-negative integer"):
+        channel.get_spec(bad_id)
+    with pytest.raises(ChannelError, match="non-negative integer"):
+        channel.open_writer(bad_id)
+
+
+def test_spec_rewrites_are_atomic(channel):
+    """A reader polling while large specs are rewritten only ever sees whole specs."""
+    size = 1_000_000
+    versions = [full_spec(environment={"BIG": letter * size}) for letter in "ab"]
+    channel.put_spec(versions[0])
+    done = threading.Event()
+    reads = []
+    failures = []
+
+    def reader():
+        while not done.is_set():
+            try:
+                big = channel.get_spec(12).environment["BIG"]
+            except Exception as exc:  # any failure is the test's finding
+                failures.append(exc)
+                return
+            if big not in (versions[0].environment["BIG"], versions[1].environment["BIG"]):
+                failures.append(AssertionError(f"mixed spec of {len(big)} characters"))
+                return
+            reads.append(big[0])
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    writes = 0
+    try:
+        while (writes < 40 or len(reads) < 40) and not failures:
+            channel.put_spec(versions[writes % 2])
+            writes += 1
+    finally:
+        done.set()
+        thread.join()
+    assert not failures
+    assert set(reads) <= {"a", "b"}
+    assert os.listdir(os.path.join(channel.root, "specs")) == ["12.json"]
+
+
+def test_array_steps_resolve(channel):
+    channel.put_array(7, 2, {0: 100, 1: 101, 2: 105})
+    assert [channel.resolve_array_step(7, 2, step) for step in range(3)] == [100, 101, 105]
+    with pytest.raises(ChannelError, match="has no step 3"):
+        channel.resolve_array_step(7, 2, 3)
+    with pytest.raises(ChannelError, match="no step map for array 7 batch 3"):
+        channel.resolve_array_step(7, 3, 0)
+    channel.remove_array(7, 2)
+    channel.remove_array(7, 2)  # removing twice is harmless
+    with pytest.raises(ChannelError, match="no step map"):
+        channel.resolve_array_step(7, 2, 0)
+
+
+def test_array_map_is_checked(channel):
+    with pytest.raises(ChannelError, match="array step"):
+        channel.put_array(7, 2, {-1: 100})
+    with pytest.raises(ChannelError, match="task instance id"):
+        channel.put_array(7, 2, {0: "100"})
+    with pytest.raises(ChannelError, match="batch number"):
+        channel.put_array(7, -2, {0: 100})
+
+
+# Events in a file channel.
+
+
+def test_events_are_read_once_each(channel):
+    with channel.open_writer(5) as writer:
+        sent = [writer.send(EventKind.RUNNING, {"pid": 1})]
+        events, cursor = channel.read_events()
+        assert events == sent
+        sent.append(writer.send("heartbeat"))
+        sent.append(writer.send(EventKind.FINAL, {"error_state": "D"}, durable=True))
+    more, cursor = channel.read_events(cursor)
+    assert more == sent[1:]
+    assert [e.sequence for e in sent] == [0, 1, 2]
+    assert {e.writer for e in sent} == {writer.writer}
+    assert channel.read_events(cursor)[0] == []
+    assert cursor.problems == ()
+
+
+def test_cursor_survives_json_and_resumes_without_duplicates(channel):
+    writer = channel.open_writer(5)
+    first = [writer.send("heartbeat", {"n": n}) for n in range(3)]
+    events, cursor = channel.read_events()
+    assert events == first
+    saved = json.dumps(cursor.to_dict())
+    resumed = EventCursor.from_dict(json.loads(saved))
+    assert resumed == cursor
+    assert channel.read_events(resumed)[0] == []
+    later = [writer.send("heartbeat", {"n": n}) for n in range(3, 5)]
+    assert channel.read_events(resumed)[0] == later
+    writer.close()
+
+
+@pytest.mark.parametrize(
+    "saved",
+    [
+        {},
+        {"transport": "file"},
+        {"transport": "file", "positions": {"5.w.jsonl": -1}},
+        {"transport": "file", "positions": {"5.w.jsonl": "10"}},
+        [],
+    ],
+)
+def test_bad_saved_cursors_are_refused(saved):
+    with pytest.raises(ChannelError, match="cursor"):
+        EventCursor.from_dict(saved)
+
+
+def test_cursor_of_another_transport_is_refused(channel):
+    with pytest.raises(ChannelError, match="'http'"):
+        channel.read_events(EventCursor("http", {}))
+
+
+def events_path(channel, writer):
+    return os.path.join(channel.root, "events", f"{writer.task_instance_id}.{writer.writer}.jsonl")
+
+
+def test_torn_trailing_record_waits_until_complete(channel):
+    writer = channel.open_writer(5)
+    first = writer.send("running")
+    line = Event(EventKind.HEARTBEAT, 5, writer.writer, 1, 1.0, {"rss": 10}).to_line()
+    path = events_path(channel, writer)
+    with open(path, "ab") as stream:
+        stream.write(line[:20])
+    events, cursor = channel.read_events()
+    assert events == [first]
+    assert channel.read_events(cursor)[0] == []
+    with open(path, "ab") as stream:
+        stream.write(line[20:])
+    events, cursor = channel.read_events(cursor)
+    assert events == [Event.from_line(line)]
+    assert channel.read_events(cursor)[0] == []
+    assert cursor.problems == ()
+
+
+def test_corrupt_complete_line_is_skipped_and_reported_once(channel):
+    writer = channel.open_writer(5)
+    first = writer.send("running")
+    with open(events_path(channel, writer), "ab") as stream:
+        stream.write(b'{"kind": "runn\n')
+    last = writer.send("heartbeat")
+    events, cursor = channel.read_events()
+    assert events == [first, last]
+    assert len(cursor.problems) == 1
+    assert "Skipped the record at byte" in cursor.problems[0]
+    events, cursor = channel.read_events(cursor)
+    assert events == []
+    assert cursor.problems == ()
+
+
+def test_record_in_the_wrong_file_is_skipped(channel):
+    writer = channel.open_writer(5)
+    stray = Event(EventKind.FINAL, 6, writer.writer, 0, 1.0, {}).to_line()
+    with open(events_path(channel, writer), "ab") as stream:
+        stream.write(stray)
+    events, cursor = channel.read_events()
+    assert events == []
+    assert "do not match the file name" in cursor.problems[0]
+
+
+def test_failed_write_does_not_spoil_later_records(channel, monkeypatch):
+    writer = channel.open_writer(5)
+    first = writer.send("running")
+    real_write = os.write
+
+    def half_then_fail(fd, data):
+        real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "write", half_then_fail)
+        with pytest.raises(ChannelError, match="No space left"):
+            writer.send("heartbeat", {"rss": 1})
+    last = writer.send("final", {"error_state": "D"}, durable=True)
+    events, cursor = channel.read_events()
+    assert events == [first, last]
+    assert last.sequence == 2  # the failed send's number is never reused
+    assert len(cursor.problems) == 1
+
+
+def test_closed_writer_refuses_to_send(channel):
+    writer = channel.open_writer(5)
+    writer.close()
+    writer.close()
+    with pytest.raises(ChannelError, match="closed"):
+        writer.send("heartbeat")
+
+
+def test_unknown_event_kind_and_bad_data_are_refused_without_using_a_number(channel):
+    writer = channel.open_writer(5)
+    with pytest.raises(ChannelError, match="Known kinds: running, heartbeat, final"):
+        writer.send("exploded")
+    with pytest.raises(ChannelError, match="not JSON-ready"):
+        writer.send("heartbeat", {"rss": math.inf})
+    assert writer.send("running").sequence == 0
+
+
+def test_writer_tokens_are_unique_and_file_name_safe(channel):
+    tokens = {new_writer_token() for _ in range(100)}
+    assert len(tokens) == 100
+    for token in tokens:
+        assert all(c.isascii() and (c.isalnum() or c in "._-") for c in token)
+        assert str(os.getpid()) in token
+    writer = channel.open_writer(5)
+    assert os.path.basename(events_path(channel, writer)).startswith("5.")
+
+
+def test_threads_sharing_a_writer_never_mix_records(channel):
+    """A heartbeat thread and the main thread send through one writer at the same time."""
+    per_thread = 500
+    writer = channel.open_writer(5)
+    start = threading.Barrier(2)
+
+    def send_all(kind):
+        start.wait()
+        for n in range(per_thread):
+            writer.send(kind, {"n": n, "pad": "p" * (n % 7) * 1000})
+
+    heartbeat = threading.Thread(target=send_all, args=("heartbeat",))
+    heartbeat.start()
+    send_all("running")
+    heartbeat.join()
+    events, cursor = channel.read_events()
+    assert cursor.problems == ()
+    # File order is sequence order, so numbering and writing happened as one step.
+    assert [e.sequence for e in events] == list(range(2 * per_thread))
+    for kind in ("heartbeat", "running"):
+        assert [e.data["n"] for e in events if e.kind == kind] == list(range(per_thread))
+
+
+def test_events_come_back_in_file_name_then_sequence_order(channel):
+    writers = [channel.open_writer(tid) for tid in (30, 4, 4)]
+    for n in range(3):
+        for writer in writers:
+            writer.send("heartbeat", {"n": n})
+    events, _ = channel.read_events()
+    keys = [(f"{e.task_instance_id}.{e.writer}.jsonl", e.sequence) for e in events]
+    assert keys == sorted(keys)
+    assert len(events) == 9
+
+
+def test_remove_deletes_spec_and_events_of_one_instance(channel):
+    channel.put_spec(full_spec(task_instance_id=1))
+    channel.put_spec(full_spec(task_instance_id=11))
+    gone = [channel.open_writer(1), channel.open_writer(1)]
+    kept = channel.open_writer(11)
+    for writer in [*gone, kept]:
+        writer.send("final", {}, durable=True)
+    events, cursor = channel.read_events()
+    assert len(events) == 3
+    channel.remove(1)
+    channel.remove(1)  # removing twice is harmless
+    channel.remove(12345)  # so is removing an unknown instance
+    with pytest.raises(ChannelError, match="no spec for task instance 1 "):
+        channel.get_spec(1)
+    assert channel.get_spec(11).task_instance_id == 11
+    assert os.listdir(os.path.join(channel.root, "events")) == [
+        os.path.basename(events_path(channel, kept))
+    ]
+    more = kept.send("heartbeat")
+    events, cursor = channel.read_events(cursor)
+    assert events == [more]
+    assert list(cursor.positions) == [os.path.basename(events_path(channel, kept))]
+
+
+def test_other_files_in_events_are_ignored(channel):
+    events_dir = os.path.join(channel.root, "events")
+    for name in ["README", ".5.w.jsonl.swp", "x.w.jsonl", "5..jsonl", "5.w.json"]:
+        with open(os.path.join(events_dir, name), "w") as stream:
+            stream.write("junk\n")
+    events, cursor = channel.read_events()
+    assert events == []
+    assert cursor.problems == ()
+    assert dict(cursor.positions) == {}
+
+
+WRITER_SCRIPT = """
+import sys
+from jobfleet.core.channel import open_channel
+
+url, task_instance_id, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+with open_channel(url).open_writer(task_instance_id) as writer:
+    for n in range(count):
+        # Every tenth record is far larger than PIPE_BUF (4 KiB).
+        big = chr(ord("a") + n % 26) * 20_000 if n % 10 == 0 else ""
+        writer.send("heartbeat", {"n": n, "big": big}, durable=n == count - 1)
+    print(writer.writer)
+"""
+
+
+def test_many_processes_write_while_a_reader_polls(channel):
+    processes, per_process, instances = 50, 200, 10
+    children = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                WRITER_SCRIPT,
+                channel.url,
+                str(n % instances),
+                str(per_process),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(processes)
+    ]
+    seen = []
+    problems = []
+    cursor = None
+    polls_while_writing = 0
+    while any(child.poll() is None for child in children):
+        events, cursor = channel.read_events(cursor)
+        seen.extend(events)
+        problems.extend(cursor.problems)
+        polls_while_writing += 1
+    outputs = [child.communicate() for child in children]
+    assert [child.returncode for child in children] == [0] * processes, outputs
+    events, cursor = channel.read_events(cursor)
+    seen.extend(events)
+    problems.extend(cursor.problems)
+
+    assert problems == []
+    assert polls_while_writing > 0
+    tokens = {out.strip() for out, _ in outputs}
+    assert len(tokens) == processes
+    keys = [(e.writer, e.sequence) for e in seen]
+    assert len(keys) == len(set(keys)) == processes * per_process
+    assert set(keys) == {(t, n) for t in tokens for n in range(per_process)}
+    for event in seen:
+        n = event.data["n"]
+        assert event.sequence == n
+        expected = chr(ord("a") + n % 26) * 20_000 if n % 10 == 0 else ""
+        assert event.data["big"] == expected
+    assert channel.read_events(cursor)[0] == []
