@@ -273,3 +273,55 @@ def test_trace_prints_every_hook_call(capsys):
 def test_no_trace_by_default(capsys):
     PluginRegistry(environ={}).get_cluster("dummy")
     assert capsys.readouterr().err == ""
+
+
+def test_worker_node_class_loads_without_the_other_classes(install_plugin, good_plugin):
+    hooks = textwrap.dedent("""
+        import builtins
+
+        def get_cluster_queue_class():
+            builtins.heavy_queue_loaded = True
+            from wo_impl import Queue
+            return Queue
+
+        def get_cluster_distributor_class():
+            builtins.heavy_queue_loaded = True
+            from wo_impl import Distributor
+            return Distributor
+
+        def get_cluster_worker_node_class():
+            from wo_impl import WorkerNode
+            return WorkerNode
+    """)
+    install_plugin(
+        "jobfleet-workeronly",
+        {"wo_impl": good_plugin, "wo_plugin": hooks},
+        {"workeronly": "wo_plugin"},
+    )
+    import builtins
+
+    registry = PluginRegistry(environ={})
+    assert registry.get_worker_node_class("workeronly").__name__ == "WorkerNode"
+    assert not hasattr(builtins, "heavy_queue_loaded")
+    assert registry.get_cluster("workeronly").worker_node_class is registry.get_worker_node_class(
+        "workeronly"
+    )
+    assert builtins.heavy_queue_loaded
+    del builtins.heavy_queue_loaded
+
+
+def test_worker_node_class_breaking_its_protocol_is_refused(install_plugin, good_plugin):
+    bad = (
+        good_plugin
+        + """
+    class WorkerNode:
+        pass
+    """
+    )
+    install_plugin(
+        "jobfleet-badnode",
+        {"bnode_impl": bad, "bnode_plugin": JOBMON_STYLE_HOOKS.format(impl="bnode_impl")},
+        {"badnode": "bnode_plugin"},
+    )
+    with pytest.raises(PluginLoadError, match="get_usage_stats"):
+        PluginRegistry(environ={}).get_worker_node_class("badnode")

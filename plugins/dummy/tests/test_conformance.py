@@ -4,7 +4,13 @@ from collections.abc import Callable
 
 import pytest
 
-from jobfleet.core.testing import Capabilities, DistributorTests, QueueTests, RegistrationTests
+from jobfleet.core.testing import (
+    Capabilities,
+    DistributorTests,
+    QueueTests,
+    RegistrationTests,
+    WorkerNodeTests,
+)
 from jobfleet.plugins.dummy.distributor import DummyDistributor
 from jobfleet.plugins.dummy.queue import DummyQueue
 from jobfleet.plugins.dummy.settings import DummySettings
@@ -38,3 +44,7 @@ class TestDummyDistributor(DistributorTests):
     def make_distributor(self) -> Callable[[], DummyDistributor]:
         # Instances stay "running" long enough for the kill contracts to be checked.
         return lambda: DummyDistributor("dummy-test", settings=DummySettings(report_delay=600))
+
+
+class TestDummyWorkerNode(WorkerNodeTests):
+    cluster_name = "dummy"

@@ -110,8 +110,9 @@ def test_worker_node_reads_its_ids_from_the_environment(monkeypatch):
 
 def test_worker_node_exit_info_and_usage(tmp_path):
     node = DummyWorkerNode()
-    assert node.get_exit_info(0, "") == ("D", "")
+    assert node.get_exit_info(0, "")[0] == "D"
     assert node.get_exit_info(3, "boom") == ("E", "boom")
+    assert node.get_exit_info(127, "") == ("F", "launcher_error: exit code 127")
     usage = node.get_usage_stats()
     assert usage["wallclock"] >= 0
     assert json.loads(usage["usage_str"])["maxrss_source"] == "rusage"

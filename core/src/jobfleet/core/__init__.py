@@ -1,8 +1,16 @@
 """jobfleet core: cluster protocols, plugin discovery, resource model, conformance kit."""
 
-from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
-try:
-    __version__ = version("jobfleet-core")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0+unknown"
+
+def __getattr__(name: str) -> Any:
+    # Computed on first use: importlib.metadata costs ~25 ms to import, and the worker-node
+    # wrapper, which imports this package around every task, never needs the version.
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("jobfleet-core")
+        except PackageNotFoundError:  # running from a source tree that was never installed
+            return "0+unknown"
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

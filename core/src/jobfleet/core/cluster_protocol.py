@@ -10,7 +10,6 @@ that can tell which nodes it has and stop using some of them.
 
 from __future__ import annotations
 
-import inspect
 import os
 from abc import abstractmethod
 from collections.abc import Mapping
@@ -266,7 +265,7 @@ def protocol_problems(cls: object, protocol: type) -> list[str]:
     exists, and that every method accepts the arguments the protocol calls it with.
     """
     expected = protocol.__name__
-    if not inspect.isclass(cls):
+    if not isinstance(cls, type):
         return [f"expected a class implementing {expected}, got {cls!r}"]
     problems: list[str] = []
     abstract = sorted(getattr(cls, "__abstractmethods__", ()))
@@ -285,6 +284,8 @@ def protocol_problems(cls: object, protocol: type) -> list[str]:
 def _signature_problem(
     cls: type, member: str, shape: tuple[tuple[Any, ...], dict[str, Any]]
 ) -> str:
+    import inspect  # only when checking plugins, not on every worker-node start
+
     method = getattr(cls, member)
     if not callable(method):
         return f"{cls.__name__}.{member} is not a method"

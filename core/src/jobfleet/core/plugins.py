@@ -145,6 +145,7 @@ class PluginRegistry:
         self._given_entry_points = None if entry_points_ is None else list(entry_points_)
         self._entry_points: dict[str, EntryPoint] | None = None
         self._conflicts: dict[str, str] = {}
+        self._modules: dict[str, tuple[ModuleType, EntryPoint]] = {}
         self._loaded: dict[str, ClusterPlugin] = {}
         self._errors: dict[str, PluginLoadError] = {}
         self._lock = threading.RLock()
@@ -203,28 +204,62 @@ class PluginRegistry:
                 return self._loaded[name]
             if name in self._errors:
                 raise self._errors[name]
-            installed = self._discover()
-            if name not in installed:
-                raise UnknownClusterError(name, self._usable_names())
-            blocked = self._blocked_reason(name)
-            if blocked:
-                raise UnknownClusterError(
-                    name,
-                    self._usable_names(),
-                    detail=f"The jobfleet plugin {name!r} is installed but {blocked}.",
-                )
+            module, ep = self._module_for(name)
             try:
-                plugin = self._load(name, installed[name])
+                plugin = self._build(name, ep, module)
             except PluginLoadError as exc:
                 self._errors[name] = exc
                 raise
             self._loaded[name] = plugin
             return plugin
 
+    def get_worker_node_class(self, name: str) -> type[ClusterWorkerNode]:
+        """Only the worker-node class of a cluster type, checked against its protocol.
+
+        The worker-node wrapper runs around every task on every node: it must not pay for
+        the queue and distributor classes (and the client libraries they import).
+        """
+        with self._lock:
+            if name in self._loaded:
+                return self._loaded[name].worker_node_class
+            if name in self._errors:
+                raise self._errors[name]
+            module, _ = self._module_for(name)
+            found = self._call(name, module, "get_cluster_worker_node_class")
+            problems = protocol_problems(found, ClusterWorkerNode)
+            if problems:
+                self._errors[name] = PluginLoadError(name, "; ".join(problems))
+                raise self._errors[name]
+            return found  # type: ignore[no-any-return]
+
     def _usable_names(self) -> list[str]:
         return [n for n in self._discover() if not self._blocked_reason(n)]
 
-    def _load(self, name: str, ep: EntryPoint) -> ClusterPlugin:
+    def _module_for(self, name: str) -> tuple[ModuleType, EntryPoint]:
+        """The plugin's module, imported and registered once; errors are remembered."""
+        if name in self._modules:
+            return self._modules[name]
+        installed = self._discover()
+        if name not in installed:
+            raise UnknownClusterError(name, self._usable_names())
+        blocked = self._blocked_reason(name)
+        if blocked:
+            raise UnknownClusterError(
+                name,
+                self._usable_names(),
+                detail=f"The jobfleet plugin {name!r} is installed but {blocked}.",
+            )
+        ep = installed[name]
+        try:
+            module = self._import_checked(name, ep)
+            self._register(name, module)
+        except PluginLoadError as exc:
+            self._errors[name] = exc
+            raise
+        self._modules[name] = (module, ep)
+        return module, ep
+
+    def _import_checked(self, name: str, ep: EntryPoint) -> ModuleType:
         if name in self._conflicts:
             raise PluginLoadError(name, self._conflicts[name])
         if not _VALID_NAME.match(name):
@@ -233,13 +268,7 @@ class PluginRegistry:
                 "a cluster type name must be lower-case letters, digits and underscores, "
                 "starting with a letter, so that it can name CLI options and variables",
             )
-        module = _import(name, ep)
-        self._register(name, module)
-        try:
-            return self._build(name, ep, module)
-        except PluginLoadError:
-            self.plugin_manager.unregister(module)
-            raise
+        return _import(name, ep)
 
     def _register(self, name: str, module: ModuleType) -> None:
         try:
@@ -387,6 +416,11 @@ def default_registry() -> PluginRegistry:
 def get_cluster(name: str) -> ClusterPlugin:
     """The plugin for a cluster type, from the process-wide registry."""
     return default_registry().get_cluster(name)
+
+
+def get_worker_node_class(name: str) -> type[ClusterWorkerNode]:
+    """Only the worker-node class of a cluster type, from the process-wide registry."""
+    return default_registry().get_worker_node_class(name)
 
 
 def list_plugins() -> list[PluginInfo]:

@@ -1,6 +1,6 @@
 """The conformance kit: pytest classes a plugin's own tests subclass in a few lines.
 
-    from jobfleet.core.testing import Capabilities, DistributorTests, QueueTests, RegistrationTests
+    from jobfleet.core.testing import Capabilities, DistributorTests, RegistrationTests
 
     class TestRegistration(RegistrationTests):
         cluster_name = "mybackend"
@@ -21,5 +21,12 @@ from jobfleet.core.testing.capabilities import Capabilities
 from jobfleet.core.testing.distributor import DistributorTests
 from jobfleet.core.testing.queue import QueueTests
 from jobfleet.core.testing.registration import RegistrationTests
+from jobfleet.core.testing.worker_node import WorkerNodeTests
 
-__all__ = ["Capabilities", "DistributorTests", "QueueTests", "RegistrationTests"]
+__all__ = [
+    "Capabilities",
+    "DistributorTests",
+    "QueueTests",
+    "RegistrationTests",
+    "WorkerNodeTests",
+]

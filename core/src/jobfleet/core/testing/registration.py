@@ -79,7 +79,7 @@ class RegistrationTests:
             f"print(json.dumps(sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules)))\n"
         )
         env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
-        result = subprocess.run(  # noqa: S603 - our own interpreter, fixed code
+        result = subprocess.run(
             [sys.executable, "-c", probe],
             capture_output=True,
             text=True,
