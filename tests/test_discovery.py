@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -325,3 +328,48 @@ def test_worker_node_class_breaking_its_protocol_is_refused(install_plugin, good
     )
     with pytest.raises(PluginLoadError, match="get_usage_stats"):
         PluginRegistry(environ={}).get_worker_node_class("badnode")
+
+
+def test_quick_scan_finds_what_importlib_metadata_finds():
+    from importlib.metadata import entry_points
+
+    from jobfleet.core.plugins import ENTRY_POINT_GROUP, scan_entry_point
+
+    (dummy,) = entry_points(group=ENTRY_POINT_GROUP, name="dummy")
+    scanned = scan_entry_point(ENTRY_POINT_GROUP, "dummy")
+    assert scanned is not None
+    assert scanned.value == dummy.value
+    assert scanned.load() is dummy.load()
+    assert scan_entry_point(ENTRY_POINT_GROUP, "nosuchplugin") is None
+
+
+def test_quick_scan_leaves_a_conflict_to_the_full_discovery(install_plugin, good_plugin):
+    from jobfleet.core.plugins import ENTRY_POINT_GROUP, scan_entry_point
+
+    install_plugin("jobfleet-clash-a", {"clash_a": good_plugin}, {"clash": "clash_a"})
+    install_plugin("jobfleet-clash-b", {"clash_b": good_plugin}, {"clash": "clash_b"})
+    assert scan_entry_point(ENTRY_POINT_GROUP, "clash") is None
+    with pytest.raises(PluginLoadError, match="two installed distributions claim it"):
+        PluginRegistry(environ={}).get_worker_node_class("clash")
+
+
+def test_worker_node_path_does_not_import_importlib_metadata():
+    probe = (
+        "import sys\n"
+        "from jobfleet.core.plugins import get_worker_node_class\n"
+        "get_worker_node_class('dummy')\n"
+        "print('importlib.metadata' in sys.modules)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBFLEET_")}
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env
+    )
+    assert result.stdout.strip() == "False"
+
+
+def test_listing_after_the_quick_path_still_names_the_distribution():
+    registry = PluginRegistry(environ={})
+    registry.get_worker_node_class("dummy")
+    plugin = registry.get_cluster("dummy")
+    assert plugin.distribution == "jobfleet-dummy"
+    assert plugin.version

@@ -14,6 +14,7 @@ Environment:
 from __future__ import annotations
 
 import enum
+import importlib
 import os
 import re
 import sys
@@ -21,9 +22,8 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import EntryPoint, entry_points
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pluggy
 
@@ -36,6 +36,9 @@ from jobfleet.core.cluster_protocol import (
 )
 from jobfleet.core.errors import JobfleetError, PluginLoadError, UnknownClusterError
 from jobfleet.core.settings import SettingOption, resolve_settings, setting_options
+
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
 
 ENTRY_POINT_GROUP = "jobfleet.plugins"
 _VALID_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -145,7 +148,7 @@ class PluginRegistry:
         self._given_entry_points = None if entry_points_ is None else list(entry_points_)
         self._entry_points: dict[str, EntryPoint] | None = None
         self._conflicts: dict[str, str] = {}
-        self._modules: dict[str, tuple[ModuleType, EntryPoint]] = {}
+        self._modules: dict[str, tuple[ModuleType, _EntryPointLike]] = {}
         self._loaded: dict[str, ClusterPlugin] = {}
         self._errors: dict[str, PluginLoadError] = {}
         self._lock = threading.RLock()
@@ -160,6 +163,8 @@ class PluginRegistry:
         if self._entry_points is None:
             found = self._given_entry_points
             if found is None:
+                from importlib.metadata import entry_points
+
                 found = list(entry_points(group=ENTRY_POINT_GROUP))
             self._entry_points = {}
             for ep in found:
@@ -204,7 +209,10 @@ class PluginRegistry:
                 return self._loaded[name]
             if name in self._errors:
                 raise self._errors[name]
-            module, ep = self._module_for(name)
+            module, found = self._module_for(name)
+            # The distribution's metadata (name, version) comes from a full discovery, even
+            # when the wrapper's quick scan imported the module first.
+            ep = self._discover().get(name, found)
             try:
                 plugin = self._build(name, ep, module)
             except PluginLoadError as exc:
@@ -224,7 +232,7 @@ class PluginRegistry:
                 return self._loaded[name].worker_node_class
             if name in self._errors:
                 raise self._errors[name]
-            module, _ = self._module_for(name)
+            module, _ = self._module_for(name, self._scanned(name))
             found = self._call(name, module, "get_cluster_worker_node_class")
             problems = protocol_problems(found, ClusterWorkerNode)
             if problems:
@@ -235,11 +243,21 @@ class PluginRegistry:
     def _usable_names(self) -> list[str]:
         return [n for n in self._discover() if not self._blocked_reason(n)]
 
-    def _module_for(self, name: str) -> tuple[ModuleType, EntryPoint]:
+    def _scanned(self, name: str) -> _EntryPointLike | None:
+        """The entry point found by a quick scan, when a full discovery has not run yet."""
+        if self._entry_points is not None or self._given_entry_points is not None:
+            return None
+        return scan_entry_point(ENTRY_POINT_GROUP, name)
+
+    def _module_for(
+        self, name: str, found: _EntryPointLike | None = None
+    ) -> tuple[ModuleType, _EntryPointLike]:
         """The plugin's module, imported and registered once; errors are remembered."""
         if name in self._modules:
             return self._modules[name]
-        installed = self._discover()
+        installed: Mapping[str, _EntryPointLike] = (
+            {name: found} if found is not None else self._discover()
+        )
         if name not in installed:
             raise UnknownClusterError(name, self._usable_names())
         blocked = self._blocked_reason(name)
@@ -259,7 +277,7 @@ class PluginRegistry:
         self._modules[name] = (module, ep)
         return module, ep
 
-    def _import_checked(self, name: str, ep: EntryPoint) -> ModuleType:
+    def _import_checked(self, name: str, ep: _EntryPointLike) -> ModuleType:
         if name in self._conflicts:
             raise PluginLoadError(name, self._conflicts[name])
         if not _VALID_NAME.match(name):
@@ -283,7 +301,7 @@ class PluginRegistry:
                 name, f"the module {module.__name__} does not define {', '.join(missing)}"
             )
 
-    def _build(self, name: str, ep: EntryPoint, module: ModuleType) -> ClusterPlugin:
+    def _build(self, name: str, ep: _EntryPointLike, module: ModuleType) -> ClusterPlugin:
         classes = {hook: self._call(name, module, hook) for hook in hookspecs.REQUIRED_HOOKS}
         expected = {
             "get_cluster_queue_class": ClusterQueue,
@@ -352,7 +370,84 @@ class PluginRegistry:
         return info(PluginStatus.OK)
 
 
-def _import(name: str, ep: EntryPoint) -> ModuleType:
+class _EntryPointLike(Protocol):
+    """What the registry uses of an entry point (importlib.metadata's, or a scanned one)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def value(self) -> str: ...
+
+    def load(self) -> Any: ...
+
+
+@dataclass(frozen=True)
+class ScannedEntryPoint:
+    """An entry point read straight from an installed distribution's entry_points.txt."""
+
+    name: str
+    value: str
+
+    def load(self) -> Any:
+        module, _, attribute = self.value.partition(":")
+        loaded: Any = importlib.import_module(module.strip())
+        for part in filter(None, attribute.strip().split(".")):
+            loaded = getattr(loaded, part)
+        return loaded
+
+
+def scan_entry_point(group: str, name: str) -> ScannedEntryPoint | None:
+    """Find one entry point by reading the dist-info folders on sys.path directly.
+
+    The worker-node wrapper needs one plugin at every task start, and importing
+    importlib.metadata costs ~20 ms. None when it is absent, or claimed by two
+    distributions: the full discovery then decides, and reports the conflict.
+    """
+    claims: dict[str, str] = {}  # distribution folder -> value
+    for folder in sys.path:
+        try:
+            entries = list(os.scandir(folder or "."))
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.name.endswith((".dist-info", ".egg-info")):
+                value = _entry_point_value(
+                    os.path.join(entry.path, "entry_points.txt"), group, name
+                )
+                if value is not None:
+                    claims[entry.name] = value
+    values = set(claims.values())
+    if len(claims) != 1 and not (len(values) == 1 and _same_distribution(claims)):
+        return None
+    return ScannedEntryPoint(name, values.pop())
+
+
+def _same_distribution(claims: Mapping[str, str]) -> bool:
+    """Whether every folder is the same distribution (found twice on sys.path)."""
+    return len({folder.rsplit("-", 1)[0].lower().replace("-", "_") for folder in claims}) == 1
+
+
+def _entry_point_value(path: str, group: str, name: str) -> str | None:
+    """`name`'s value in the `[group]` section of an entry_points.txt (an INI file)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return None
+    section = None
+    for raw in lines:
+        line = raw.strip()
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1].strip()
+        elif section == group and "=" in line and not line.startswith(("#", ";")):
+            key, _, value = line.partition("=")
+            if key.strip() == name:
+                return value.strip()
+    return None
+
+
+def _import(name: str, ep: _EntryPointLike) -> ModuleType:
     try:
         loaded = ep.load()
     except BaseException as exc:
@@ -368,12 +463,14 @@ def _import(name: str, ep: EntryPoint) -> ModuleType:
     return loaded
 
 
-def _distribution(ep: EntryPoint) -> str | None:
-    return ep.dist.name if ep.dist is not None else None
+def _distribution(ep: _EntryPointLike) -> str | None:
+    dist = getattr(ep, "dist", None)
+    return dist.name if dist is not None else None
 
 
-def _version(ep: EntryPoint) -> str | None:
-    return ep.dist.version if ep.dist is not None else None
+def _version(ep: _EntryPointLike) -> str | None:
+    dist = getattr(ep, "dist", None)
+    return dist.version if dist is not None else None
 
 
 def _trace_before(
