@@ -8,7 +8,6 @@ original, so two different names never collapse into one.
 
 from __future__ import annotations
 
-import hashlib
 import re
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -27,6 +26,8 @@ def safe_name(name: str, *, max_length: int = 100, allowed: re.Pattern[str] = _U
     cleaned = allowed.sub("_", name).lstrip(".") or "_"
     if cleaned == name and len(name) <= max_length:
         return name
+    import hashlib  # only for names that had to change; the wrapper starts faster without it
+
     digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:10]
     head = cleaned[: max_length - len(digest) - 1].rstrip("_.") or "_"
     return f"{head}-{digest}"
