@@ -1,0 +1,193 @@
+"""`jobfleet-worker-node`: run one task instance (or one array step) and report back.
+
+    jobfleet-worker-node job   --task-instance-id N             --cluster NAME --host URL
+    jobfleet-worker-node array --array-id A --batch-number B     --cluster NAME --host URL
+
+Exit codes: the command's own when it ran (128 + N when signal N ended it); 240 when the
+wrapper failed; 241 when the host speaks another channel protocol version; 2 for a bad command
+line. Every failure after the task instance is known is also sent as a final report.
+
+Kept light on purpose: it runs around every task on every node. It imports the channel, the
+one plugin named by --cluster, and psutil; no database, no CLI library, no other plugin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from jobfleet.core.channel import PROTOCOL_VERSION, Channel, EventKind, EventWriter, open_channel
+from jobfleet.core.errors import ChannelError, JobfleetError, ProtocolVersionError
+from jobfleet.core.exit_info import ErrorState, ExitReason, ExitRecord
+from jobfleet.worker_node import exit_codes
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jobfleet-worker-node",
+        description="Run one jobfleet task instance on this node and report it to the host.",
+        epilog="Exit codes: the command's own; 240 wrapper failed; 241 protocol version "
+        "mismatch; 2 bad command line.",
+    )
+    parser.add_argument(
+        "--version", action=_VersionAction, nargs=0, help="Show the version and exit."
+    )
+    commands = parser.add_subparsers(dest="mode", required=True, metavar="{job,array}")
+    job = commands.add_parser("job", help="Run one task instance.")
+    job.add_argument("--task-instance-id", type=_non_negative, required=True, metavar="N")
+    array = commands.add_parser("array", help="Run this node's step of an array batch.")
+    array.add_argument("--array-id", type=_non_negative, required=True, metavar="A")
+    array.add_argument("--batch-number", type=_non_negative, required=True, metavar="B")
+    for sub in (job, array):
+        _common_options(sub)
+    return parser
+
+
+def _common_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cluster",
+        default=os.environ.get("JOBFLEET_CLUSTER"),
+        help="Cluster type whose worker node to use (default: $JOBFLEET_CLUSTER).",
+    )
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("JOBFLEET_HOST"),
+        help="The host channel, e.g. file:///shared/jobfleet/channel (default: $JOBFLEET_HOST).",
+    )
+    parser.add_argument(
+        "--kill-grace",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="Seconds between SIGTERM and SIGKILL when the task is stopped (default: 10).",
+    )
+    parser.add_argument(
+        "--cgroup",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="Put the task in a memory cgroup of its own: when the spec limits its memory "
+        "(auto, the default), always (exact peaks, at ~20 ms per task), or never.",
+    )
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+class _VersionAction(argparse.Action):
+    """Like argparse's "version" action, but reads package metadata only when asked:
+    importlib.metadata costs ~20 ms, and the wrapper starts around every task."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: Any, **_kwargs: Any) -> None:
+        sys.stdout.write(_version() + "\n")
+        parser.exit()
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        mine = version("jobfleet-worker-node")
+    except PackageNotFoundError:
+        mine = "unknown"
+    return f"jobfleet-worker-node {mine} (channel protocol {PROTOCOL_VERSION})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    for name in ("cluster", "host"):
+        if not getattr(args, name):
+            _say(f"--{name} is required (or set JOBFLEET_{name.upper()}).")
+            return exit_codes.USAGE_ERROR
+    try:
+        channel = open_channel(args.host)
+    except JobfleetError as exc:
+        _say(f"cannot open the host channel {args.host}: {exc}")
+        return exit_codes.WRAPPER_FAILED
+    try:
+        return _run(args, channel)
+    finally:
+        channel.close()
+
+
+def _run(args: argparse.Namespace, channel: Channel) -> int:
+    writer: EventWriter | None = None
+    try:
+        if args.mode == "job":
+            # Known before anything can fail, so every later failure is reported for it.
+            writer = channel.open_writer(args.task_instance_id)
+        node = _worker_node(args.cluster)
+        step = node.array_step_id if args.mode == "array" else None
+        task_instance_id = _task_instance_id(args, channel, step)
+        if writer is None:
+            writer = channel.open_writer(task_instance_id)
+        spec = channel.get_spec(task_instance_id)
+        from jobfleet.worker_node.runner import RunOptions, TaskRunner
+
+        options = RunOptions(kill_grace=args.kill_grace, array_step=step, cgroup=args.cgroup)
+        return TaskRunner(spec, node, writer, options).run()
+    except ProtocolVersionError as exc:
+        _fail(writer, ErrorState.ERROR_FATAL, str(exc))
+        return exit_codes.VERSION_MISMATCH
+    except JobfleetError as exc:
+        # Known failures: no spec, no plugin, a log directory that cannot be written.
+        _fail(writer, ErrorState.ERROR_FATAL, f"{type(exc).__name__}: {exc}")
+        return exit_codes.WRAPPER_FAILED
+    except BaseException as exc:  # whatever happens, report it before dying
+        if isinstance(exc, KeyboardInterrupt | SystemExit) and writer is None:
+            raise
+        import traceback
+
+        _fail(
+            writer,
+            ErrorState.UNKNOWN_ERROR,
+            "the worker-node wrapper failed:\n" + traceback.format_exc(),
+        )
+        return exit_codes.WRAPPER_FAILED
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def _worker_node(cluster: str) -> Any:
+    from jobfleet.core.plugins import get_worker_node_class
+
+    return get_worker_node_class(cluster)()
+
+
+def _task_instance_id(args: argparse.Namespace, channel: Channel, step: int | None) -> int:
+    if args.mode == "job":
+        return int(args.task_instance_id)
+    if step is None:
+        raise ChannelError(
+            f"The {args.cluster} worker node found no array step in this task's environment, "
+            "so it cannot tell which task instance of the array to run."
+        )
+    return channel.resolve_array_step(args.array_id, args.batch_number, step)
+
+
+def _fail(writer: EventWriter | None, state: ErrorState, message: str) -> None:
+    """Send a final report for a run that failed in the wrapper, and say it on stderr too."""
+    _say(message)
+    if writer is None:
+        return
+    record = ExitRecord(ExitReason.LAUNCHER_ERROR, message=message)
+    data = {"error_state": state.value, "message": message, "exit": record.to_dict(), "usage": None}
+    try:
+        writer.send(EventKind.FINAL, data, durable=True)
+    except Exception as exc:  # nothing left to report through
+        _say(f"the final report could not be sent either: {exc}")
+
+
+def _say(message: str) -> None:
+    sys.stderr.write(f"jobfleet-worker-node: {message}\n")
+    sys.stderr.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
