@@ -23,8 +23,10 @@ from jobfleet.core.cluster_protocol import ClusterWorkerNode
 from jobfleet.core.errors import JobfleetError
 from jobfleet.core.exit_info import ErrorState, ExitRecord
 from jobfleet.worker_node import process_tree
+from jobfleet.worker_node.cgroup import TaskCgroup, current_memory_cgroup
 from jobfleet.worker_node.outcome import Observation, classify
 from jobfleet.worker_node.output import OutputPump
+from jobfleet.worker_node.usage import TreeSample, TreeSampler, combine, current_rss, gpu_usage
 
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
 STOPPING_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
@@ -103,22 +105,22 @@ class TaskRunner:
                 raise LogDirectoryError(stream, directory, exc) from exc
         return paths
 
-    def _make_cgroup(self) -> tuple[Any, str]:
+    def _make_cgroup(self) -> tuple[TaskCgroup | None, str]:
         mode = self.options.cgroup
         if mode == "never" or (mode == "auto" and self.spec.memory is None):
             # Without a limit to enforce, sampling measures within a few percent and the
             # subreaper catches escaped processes; a cgroup would add ~20 ms to every task.
             return None, f"not used (--cgroup {mode})"
-        from jobfleet.worker_node.cgroup import TaskCgroup
-
         name = f"jobfleet-ti{self.spec.task_instance_id}"
         return TaskCgroup.try_create(name, self.spec.memory)
 
-    def _run_command(self, log_paths: dict[str, str | None], cgroup: Any, cgroup_note: str) -> int:
+    def _run_command(
+        self, log_paths: dict[str, str | None], cgroup: TaskCgroup | None, cgroup_note: str
+    ) -> int:
         enclosing = _enclosing_cgroup()
         enclosing_ooms = enclosing.oom_kills() if enclosing is not None else 0
         process_tree.become_subreaper()
-        wrapper_rss = _own_rss()
+        wrapper_rss = current_rss()
         started_at = time.monotonic()
         self._install_signal_handlers()
         try:
@@ -147,7 +149,7 @@ class TaskRunner:
         for helper in helpers:
             if helper is not None:
                 helper.join(timeout=5)
-        sample = sampler.stop() if sampler is not None else None
+        sample = sampler.stop()
         seen = Observation(
             wait_status=status,
             timed_out=self._run.timed_out,
@@ -177,7 +179,7 @@ class TaskRunner:
         env["JOBFLEET_ARRAY_STEP_ID"] = "" if step is None else str(step)
         return env
 
-    def _start(self, cgroup: Any) -> subprocess.Popen[bytes]:
+    def _start(self, cgroup: TaskCgroup | None) -> subprocess.Popen[bytes]:
         common: dict[str, Any] = {
             "stdin": subprocess.DEVNULL,
             "stdout": subprocess.PIPE,
@@ -236,9 +238,7 @@ class TaskRunner:
             pump.start()
         return pumps
 
-    def _start_sampler(self, pid: int) -> Any:
-        from jobfleet.worker_node.usage import TreeSampler
-
+    def _start_sampler(self, pid: int) -> TreeSampler:
         # Rooted at the wrapper (excluded from the sums): as a subreaper it adopts every orphan
         # of the task, so daemons that left the task's tree are still measured.
         sampler = TreeSampler(os.getpid(), exclude_pids=frozenset({os.getpid()}))
@@ -269,11 +269,11 @@ class TaskRunner:
 
         threading.Thread(target=escalate, name="jobfleet-kill", daemon=True).start()
 
-    def _start_heartbeats(self, sampler: Any) -> threading.Thread:
+    def _start_heartbeats(self, sampler: TreeSampler) -> threading.Thread:
         # A thread of its own, so that neither a silent task nor a flood of output delays it.
         def beat() -> None:
             while not self._run.finished.wait(self.spec.heartbeat_interval):
-                data = {"rss": getattr(sampler, "current_bytes", None)}
+                data = {"rss": sampler.current_bytes}
                 try:
                     self.writer.send(EventKind.HEARTBEAT, data)
                 except Exception:  # noqa: S112 - a lost heartbeat must not stop the task
@@ -301,16 +301,18 @@ class TaskRunner:
         thread.start()
         return thread
 
-    def _start_memory_guard(self, sampler: Any, cgroup: Any) -> threading.Thread | None:
+    def _start_memory_guard(
+        self, sampler: TreeSampler, cgroup: TaskCgroup | None
+    ) -> threading.Thread | None:
         """Without a cgroup, enforce the memory limit by watching the sampled tree."""
         limit = self.spec.memory
         process = self._run.process
-        if limit is None or cgroup is not None or sampler is None or process is None:
+        if limit is None or cgroup is not None or process is None:
             return None
 
         def guard() -> None:
             while not self._run.finished.wait(0.05):
-                current = getattr(sampler, "current_bytes", None)
+                current = sampler.current_bytes
                 if current is not None and current > limit:
                     self._run.memory_enforced = True
                     process_tree.signal_group(process.pid, signal.SIGKILL)
@@ -330,7 +332,7 @@ class TaskRunner:
     # -- ending -------------------------------------------------------------------------------
 
     def _end_everything(
-        self, process: subprocess.Popen[bytes], cgroup: Any
+        self, process: subprocess.Popen[bytes], cgroup: TaskCgroup | None
     ) -> list[resource.struct_rusage]:
         """Kill whatever the task left behind, in its group, its cgroup or adopted by us."""
         process_tree.signal_group(process.pid, signal.SIGKILL)
@@ -341,15 +343,13 @@ class TaskRunner:
 
     def _usage(
         self,
-        sample: Any,
+        sample: TreeSample,
         usages: list[resource.struct_rusage],
         wallclock: float,
-        cgroup: Any,
+        cgroup: TaskCgroup | None,
         wrapper_rss: int | None,
         cgroup_note: str,
     ) -> dict[str, Any]:
-        from jobfleet.worker_node.usage import combine, gpu_usage
-
         stats = combine(
             sample=sample,
             children_rusage=_sum_rusage(usages),
@@ -441,32 +441,22 @@ def _exit_code(status: int) -> int:
     return 128 - code if code < 0 else code
 
 
-def _own_rss() -> int | None:
-    try:
-        with open("/proc/self/statm", encoding="ascii") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _enclosing_cgroup() -> Any:
+def _enclosing_cgroup() -> TaskCgroup | None:
     """The limited memory cgroup a backend put the whole job in (Slurm, Kubernetes), if any.
 
     Its OOM counter tells an out-of-memory kill from any other SIGKILL; its peak is not used
     for maxrss, because it also holds the wrapper.
     """
-    from jobfleet.worker_node.cgroup import TaskCgroup, current_memory_cgroup
-
     info = current_memory_cgroup()
     return TaskCgroup.open(info) if info is not None and info.has_limit else None
 
 
-def _peak(sample: Any, cgroup: Any) -> int | None:
+def _peak(sample: TreeSample, cgroup: TaskCgroup | None) -> int | None:
     if cgroup is not None:
         peak = cgroup.peak_bytes()
         if peak is not None:
             return int(peak)
-    return getattr(sample, "peak_bytes", None)
+    return sample.peak_bytes
 
 
 def _sum_rusage(usages: list[resource.struct_rusage]) -> resource.struct_rusage:
