@@ -542,3 +542,18 @@ def test_version_help_and_usage_errors() -> None:
         [WRAPPER, "job", "--task-instance-id", "-3"], capture_output=True, text=True, check=False
     )
     assert negative.returncode == exit_codes.USAGE_ERROR
+
+
+def test_only_the_named_plugin_is_imported(host: Host, install_plugin) -> None:
+    # A broken plugin installed beside dummy: the wrapper must never import it.
+    site = install_plugin(
+        "jobfleet-landmine",
+        {"landmine_plugin": "raise SystemExit('the wrapper imported a plugin it did not need')"},
+        {"landmine": "landmine_plugin"},
+    )
+    spec = host.spec("exit 0")
+    argv = host.argv("job", "--task-instance-id", str(spec.task_instance_id))
+    env = host.env({"PYTHONPATH": str(site)})
+    outcome = host.finish(subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env))
+    assert outcome.returncode == 0, outcome.stderr
+    assert outcome.final["error_state"] == "D"
