@@ -219,6 +219,7 @@ class TaskRunner:
             {
                 "hostname": self._hostname,
                 "pid": process.pid,
+                "wrapper_pid": os.getpid(),
                 "distributor_id": self.node.distributor_id,
                 "stdout_path": log_paths["stdout"],
                 "stderr_path": log_paths["stderr"],
