@@ -35,29 +35,32 @@ def signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
 
 
-def descendant_pids() -> list[int]:
-    """Every live descendant of this process, whatever group or session it moved to.
+def descendant_pids(root: int | None = None) -> list[int]:
+    """Every live descendant of `root` (this process by default), whatever group or session
+    it moved to.
 
     Read from /proc/<pid>/task/<tid>/children (Linux 3.5+), which costs a few reads, not a
     scan of every process on the node; psutil is the fallback where that file is missing.
     """
+    top = os.getpid() if root is None else root
     found: list[int] = []
-    pending = [os.getpid()]
+    pending = [top]
     try:
         while pending:
-            children = _children(pending.pop())
+            pid = pending.pop()
+            children = _children(pid, is_root=pid == top)
             found.extend(children)
             pending.extend(children)
     except FileNotFoundError:
-        return _descendants_by_psutil()
+        return _descendants_by_psutil(top)
     return found
 
 
-def _children(pid: int) -> list[int]:
+def _children(pid: int, *, is_root: bool) -> list[int]:
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
     except FileNotFoundError:
-        if pid == os.getpid():
+        if is_root and pid == os.getpid():
             raise  # no /proc here at all
         return []  # it exited meanwhile
     children: list[int] = []
@@ -66,16 +69,16 @@ def _children(pid: int) -> list[int]:
             with open(f"/proc/{pid}/task/{tid}/children", encoding="ascii") as listing:
                 children.extend(int(child) for child in listing.read().split())
         except FileNotFoundError:
-            if pid == os.getpid() and tid == str(pid):
+            if is_root and pid == os.getpid() and tid == str(pid):
                 raise  # the kernel does not offer the children file
     return children
 
 
-def _descendants_by_psutil() -> list[int]:
+def _descendants_by_psutil(root: int) -> list[int]:
     import psutil
 
     try:
-        return [child.pid for child in psutil.Process().children(recursive=True)]
+        return [child.pid for child in psutil.Process(root).children(recursive=True)]
     except psutil.Error:
         return []
 

@@ -1,0 +1,382 @@
+"""The multiprocess distributor: each task instance is a local `jobfleet-worker-node` process.
+
+Scheduling: instances wait in submission order and start as soon as their cores, memory and
+GPUs are free; an instance that does not fit never blocks later ones that do (no head-of-line
+blocking), but once the oldest waiting instance has been overtaken `overtake_limit` times,
+nothing else starts until it has (bounded starvation).
+
+Killing is synchronous: `terminate_task_instances` returns once the killed wrappers and every
+process they started are gone, and a killed instance that was still queued never starts.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import psutil
+
+from jobfleet.core.base_worker_node import record_from_exit_code
+from jobfleet.core.cluster_protocol import ClusterDistributor
+from jobfleet.core.errors import BackendError
+from jobfleet.core.exit_info import ErrorState, ExitReason, ExitRecord, RemoteExitInfo
+from jobfleet.core.resources import ResourceRequest, parse_cores, parse_memory
+from jobfleet.plugins.multiprocess.pool import Need, ResourcePool
+from jobfleet.plugins.multiprocess.settings import MultiprocessSettings, gpu_ids
+from jobfleet.worker_node import exit_codes, process_tree
+
+_QUEUED, _RUNNING, _FINISHED, _KILLED = "queued", "running", "finished", "killed"
+
+
+@dataclass(eq=False)
+class _Job:
+    distributor_id: str
+    argv: list[str]
+    need: Need
+    step: int | None
+    state: str = _QUEUED
+    process: subprocess.Popen[bytes] | None = None
+    gpus: tuple[str, ...] = ()
+    returncode: int | None = None
+    overtaken: int = 0
+    ended: threading.Event = field(default_factory=threading.Event)
+
+
+class MultiprocessDistributor(ClusterDistributor):
+    """Runs wrappers as local processes, as many at once as the resource pool allows."""
+
+    cluster_type: ClassVar[str] = "multiprocess"
+    max_parallel: ClassVar[int | None] = None
+
+    def __init__(
+        self,
+        cluster_name: str,
+        *args: Any,
+        settings: MultiprocessSettings | None = None,
+        host_url: str | None = None,
+        **connection_parameters: Any,
+    ) -> None:
+        self.cluster_name = cluster_name
+        self.settings = settings or MultiprocessSettings()
+        self.host_url = host_url or os.environ.get("JOBFLEET_HOST")
+        self.pool = _pool_from(self.settings)
+        self._prefix = uuid.uuid4().hex[:8]
+        self._counter = itertools.count(1)
+        self._jobs: dict[str, _Job] = {}
+        self._waiting: deque[_Job] = deque()
+        self._running = 0
+        self._lock = threading.RLock()
+        self._workdir: Path | None = None
+        self._stopped = False
+
+    # -- the protocol -------------------------------------------------------------------------
+
+    @property
+    def worker_node_entry_point(self) -> str:
+        return shlex.join(_wrapper_argv())
+
+    def start(self) -> None:
+        with self._lock:
+            if self._workdir is None:
+                self._workdir = Path(tempfile.mkdtemp(prefix="jobfleet-local-"))
+            self._stopped = False
+
+    def stop(self) -> None:
+        """Drop the queue, stop every running wrapper, remove the work directory."""
+        with self._lock:
+            self._stopped = True
+            ids = [
+                job.distributor_id
+                for job in self._jobs.values()
+                if job.state in (_QUEUED, _RUNNING)
+            ]
+        self.terminate_task_instances(ids)
+        with self._lock:
+            if self._workdir is not None:
+                shutil.rmtree(self._workdir, ignore_errors=True)
+                self._workdir = None
+
+    def submit_to_batch_distributor(
+        self, command: str, name: str, requested_resources: dict[str, Any]
+    ) -> str:
+        need = self._need(requested_resources)
+        argv = self._argv(command)
+        with self._lock:
+            job = self._enqueue(argv, need, step=None)
+            self._schedule()
+            return job.distributor_id
+
+    def submit_array_to_batch_distributor(
+        self,
+        command: str,
+        name: str,
+        requested_resources: dict[str, Any],
+        array_length: int,
+    ) -> dict[int, str]:
+        if array_length < 1:
+            raise ValueError(f"array_length must be at least 1, not {array_length}")
+        need = self._need(requested_resources)
+        argv = self._argv(command)
+        with self._lock:
+            steps = {
+                step: self._enqueue(argv, need, step).distributor_id for step in range(array_length)
+            }
+            self._schedule()
+            return steps
+
+    def get_submitted_or_running(self, distributor_ids: list[str]) -> set[str]:
+        with self._lock:
+            return {
+                distributor_id
+                for distributor_id in distributor_ids
+                if (job := self._jobs.get(distributor_id)) and job.state in (_QUEUED, _RUNNING)
+            }
+
+    def terminate_task_instances(self, distributor_ids: list[str]) -> None:
+        """Drop queued instances and stop running ones; returns when they are all gone."""
+        running: list[_Job] = []
+        with self._lock:
+            for distributor_id in distributor_ids:
+                job = self._jobs.get(distributor_id)
+                if job is None or job.state in (_FINISHED, _KILLED):
+                    continue
+                if job.state == _QUEUED:
+                    job.state = _KILLED  # dropped from the queue by the next _schedule
+                    job.ended.set()
+                else:
+                    job.state = _KILLED
+                    running.append(job)
+        _stop_wrappers(running, self.settings.kill_grace)
+        with self._lock:
+            self._schedule()
+
+    def get_queueing_errors(self, distributor_ids: list[str]) -> dict[str, str]:
+        # A request that can never fit is refused at submission, so nothing is stuck.
+        return {}
+
+    def get_remote_exit_info(self, distributor_id: str) -> RemoteExitInfo:
+        with self._lock:
+            job = self._jobs.get(distributor_id)
+            if job is None:
+                return RemoteExitInfo.unknown(f"this distributor never ran {distributor_id!r}")
+            state, returncode = job.state, job.returncode
+        if state == _KILLED:
+            record = ExitRecord(
+                ExitReason.CANCELLED, raw_state="killed", message="killed on request"
+            )
+            return RemoteExitInfo(ErrorState.KILL_SELF, record.message, record=record)
+        if state in (_QUEUED, _RUNNING):
+            return RemoteExitInfo.unknown(f"still {state}", finalized=False)
+        return self._exit_info_of_finished(job, returncode)
+
+    # -- submission ---------------------------------------------------------------------------
+
+    def _need(self, requested: dict[str, Any]) -> Need:
+        request = ResourceRequest.parse(requested)
+        need = Need(
+            cores=request.cores if request.cores is not None else 1.0,
+            memory=request.memory or 0,
+            gpus=request.gpus or 0,
+        )
+        self.pool.check_fits_at_all(need)
+        return need
+
+    def _argv(self, command: str) -> list[str]:
+        if not self.host_url:
+            raise BackendError(
+                f"The {self.cluster_type} distributor has no host channel to give its worker "
+                "nodes: pass host_url= (or set JOBFLEET_HOST)."
+            )
+        # `command` holds the worker-node arguments only (Jobmon's convention); they were
+        # built from integers by build_worker_node_command, and go on as argv, never a shell.
+        return [
+            *_wrapper_argv(),
+            *shlex.split(command),
+            "--cluster",
+            self.cluster_type,
+            "--host",
+            self.host_url,
+            "--kill-grace",
+            str(self.settings.kill_grace),
+            "--cgroup",
+            self.settings.cgroup,
+        ]
+
+    def _enqueue(self, argv: list[str], need: Need, step: int | None) -> _Job:
+        if self._stopped or self._workdir is None:
+            raise BackendError(f"The {self.cluster_type} distributor is not started.")
+        job = _Job(f"{self._prefix}-{next(self._counter)}", argv, need, step)
+        self._jobs[job.distributor_id] = job
+        self._waiting.append(job)
+        return job
+
+    # -- scheduling (always under the lock) ---------------------------------------------------
+
+    def _schedule(self) -> None:
+        """Start every waiting instance that fits, oldest first, never starving the oldest.
+
+        One pass over the queue; killed instances are dropped from it here (lazily), so a
+        kill of many queued instances costs no more than one pass.
+        """
+        if self._stopped:
+            return
+        remaining: deque[_Job] = deque()
+        blocked: _Job | None = None
+        for job in self._waiting:
+            if job.state != _QUEUED:
+                continue
+            if self._cannot_start_more(blocked):
+                remaining.append(job)
+            elif self.pool.fits(job.need):
+                self._launch(job)
+                if blocked is not None:
+                    blocked.overtaken += 1
+            else:
+                blocked = blocked or job
+                remaining.append(job)
+        self._waiting = remaining
+
+    def _cannot_start_more(self, blocked: _Job | None) -> bool:
+        if self.max_parallel is not None and self._running >= self.max_parallel:
+            return True
+        if not self.pool.has_free_cores():
+            return True
+        # The oldest waiting instance gets the next free resources once overtaken enough.
+        return blocked is not None and blocked.overtaken >= self.settings.overtake_limit
+
+    def _launch(self, job: _Job) -> None:
+        job.gpus = self.pool.take(job.need)
+        job.state = _RUNNING
+        self._running += 1
+        assert self._workdir is not None
+        log = self._workdir / f"{job.distributor_id}.wrapper.log"
+        try:
+            with open(log, "wb") as stderr:
+                job.process = subprocess.Popen(
+                    job.argv,
+                    env=self._environment(job),
+                    stdin=subprocess.DEVNULL,
+                    stdout=stderr,
+                    stderr=stderr,
+                    start_new_session=True,
+                )
+        except OSError as exc:
+            log.write_text(f"the worker-node wrapper could not be started: {exc}\n")
+            self._finished(job, returncode=exit_codes.WRAPPER_FAILED)
+            return
+        threading.Thread(
+            target=self._watch, args=(job,), name=f"jobfleet-{job.distributor_id}", daemon=True
+        ).start()
+
+    def _environment(self, job: _Job) -> dict[str, str]:
+        env = dict(os.environ)
+        env["JOBFLEET_DISTRIBUTOR_ID"] = job.distributor_id
+        env["JOBFLEET_ARRAY_STEP_ID"] = "" if job.step is None else str(job.step)
+        if self.pool.total.gpus:
+            # Every task sees exactly the devices it was given, and none when it asked for none.
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(job.gpus)
+        return env
+
+    def _watch(self, job: _Job) -> None:
+        assert job.process is not None
+        returncode = job.process.wait()
+        with self._lock:
+            self._finished(job, returncode)
+            self._schedule()
+
+    def _finished(self, job: _Job, returncode: int) -> None:
+        job.returncode = returncode
+        self._running -= 1
+        if job.state != _KILLED:
+            job.state = _FINISHED
+        self.pool.give_back(job.need, job.gpus)
+        job.ended.set()
+
+    # -- triage -------------------------------------------------------------------------------
+
+    def _exit_info_of_finished(self, job: _Job, returncode: int | None) -> RemoteExitInfo:
+        """What the wrapper's exit says, for when its final report never reached the host."""
+        tail = self._wrapper_log_tail(job)
+        if returncode is None or returncode < 0:
+            name = signal.Signals(-returncode).name if returncode else "an unknown cause"
+            message = f"the worker-node wrapper died ({name}) before it reported; {tail}"
+            record = ExitRecord(
+                ExitReason.LOST, signal=-returncode if returncode else None, message=message
+            )
+            return RemoteExitInfo(ErrorState.UNKNOWN_ERROR, message, record=record)
+        if returncode == exit_codes.VERSION_MISMATCH:
+            return RemoteExitInfo(
+                ErrorState.ERROR_FATAL, f"channel protocol version mismatch; {tail}"
+            )
+        if returncode == exit_codes.WRAPPER_FAILED:
+            return RemoteExitInfo.unknown(f"the worker-node wrapper failed; {tail}")
+        record = record_from_exit_code(
+            returncode, "from the wrapper's exit code; its report was not seen"
+        )
+        return RemoteExitInfo(record.reason.default_error_state, record.message, record=record)
+
+    def _wrapper_log_tail(self, job: _Job) -> str:
+        if self._workdir is None:
+            return "its log is gone"
+        try:
+            text = (self._workdir / f"{job.distributor_id}.wrapper.log").read_text(errors="replace")
+        except OSError:
+            return "it left no log"
+        return f"its last words: {text[-2000:].strip()!r}" if text.strip() else "it printed nothing"
+
+
+def _stop_wrappers(jobs: list[_Job], grace: float) -> None:
+    """SIGTERM each wrapper (it stops its task and reports), then SIGKILL what is left."""
+    for job in jobs:
+        if job.process is not None:
+            process_tree.kill_pids([job.process.pid], signal.SIGTERM)
+    deadline = time.monotonic() + grace + 1.0
+    for job in jobs:
+        if job.process is None:
+            continue
+        if not job.ended.wait(max(0.0, deadline - time.monotonic())):
+            # The wrapper did not finish in time: kill it and everything below it.
+            process_tree.kill_pids(
+                [*process_tree.descendant_pids(job.process.pid), job.process.pid]
+            )
+            job.ended.wait(5.0)
+
+
+def _wrapper_argv() -> list[str]:
+    """The worker-node wrapper of this very installation, found without relying on PATH."""
+    beside = Path(sys.executable).with_name("jobfleet-worker-node")
+    if beside.exists():
+        return [str(beside)]
+    found = shutil.which("jobfleet-worker-node")
+    return [found] if found else [sys.executable, "-m", "jobfleet.worker_node.cli"]
+
+
+def _pool_from(settings: MultiprocessSettings) -> ResourcePool:
+    cores = (
+        parse_cores(settings.cores)
+        if settings.cores is not None
+        else float(psutil.cpu_count() or 1)
+    )
+    memory = (
+        parse_memory(settings.memory)
+        if settings.memory is not None
+        else psutil.virtual_memory().total
+    )
+    if settings.gpus is not None:
+        devices = gpu_ids(settings.gpus)
+    else:
+        devices = gpu_ids(os.environ.get("CUDA_VISIBLE_DEVICES", ""))
+    return ResourcePool(cores, memory, devices)
