@@ -32,7 +32,12 @@ def test_core_without_extras_depends_on_pluggy_alone():
 
 
 def test_plugins_pin_the_core_with_both_bounds():
-    for name in ("jobfleet-dummy", "jobfleet-worker-node"):
+    for name in (
+        "jobfleet-dummy",
+        "jobfleet-worker-node",
+        "jobfleet-multiprocess",
+        "jobfleet-sequential",
+    ):
         (core,) = [Requirement(r) for r in requires(name) or [] if r.startswith("jobfleet-core")]
         operators = {spec.operator for spec in core.specifier}
         assert {">=", "<"} <= operators, f"{name} must pin jobfleet-core with explicit bounds"
