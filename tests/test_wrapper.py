@@ -557,3 +557,17 @@ def test_only_the_named_plugin_is_imported(host: Host, install_plugin) -> None:
     outcome = host.finish(subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env))
     assert outcome.returncode == 0, outcome.stderr
     assert outcome.final["error_state"] == "D"
+
+
+def test_array_step_from_specs_stored_with_the_batch(host: Host) -> None:
+    specs = {
+        step: TaskSpec(200 + step, f'echo "step $JOBFLEET_ARRAY_STEP_ID of 3"', f"s{step}")
+        for step in range(3)
+    }
+    host.channel.put_array_specs(6, 2, specs)
+    argv = host.argv("array", "--array-id", "6", "--batch-number", "2")
+    env = host.env({"JOBFLEET_ARRAY_STEP_ID": "2"})
+    outcome = host.finish(subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env))
+    assert outcome.returncode == 0, outcome.stderr
+    assert outcome.final["stdout_tail"] == "step 2 of 3\n"
+    assert {e.task_instance_id for e in outcome.events} == {202}

@@ -660,3 +660,32 @@ def test_many_processes_write_while_a_reader_polls(channel):
         expected = chr(ord("a") + n % 26) * 20_000 if n % 10 == 0 else ""
         assert event.data["big"] == expected
     assert channel.read_events(cursor)[0] == []
+
+
+def test_array_specs_are_one_file_and_read_back_by_step(channel):
+    specs = {step: TaskSpec(100 + step, f"echo {step}", f"step-{step}") for step in range(5)}
+    channel.put_array_specs(3, 1, specs)
+    root = channel.url.removeprefix("file://")
+    assert os.listdir(os.path.join(root, "specs")) == []
+    assert os.listdir(os.path.join(root, "arrays")) == ["3.1.json"]
+    for step, spec in specs.items():
+        assert channel.get_array_step(3, 1, step) == spec
+        assert channel.resolve_array_step(3, 1, step) == spec.task_instance_id
+    with pytest.raises(ChannelError, match="has no step 5"):
+        channel.get_array_step(3, 1, 5)
+
+
+def test_array_step_falls_back_to_spec_files_for_a_bare_step_map(channel):
+    channel.put_spec(TaskSpec(7, "echo seven", "seven"))
+    channel.put_array(2, 0, {0: 7})
+    assert channel.get_array_step(2, 0, 0).command == "echo seven"
+
+
+def test_default_array_specs_of_a_transport_store_them_one_by_one(channel):
+    # The base-class way, for transports that do not batch: same answers as the file way.
+    from jobfleet.core.channel import Channel
+
+    specs = {0: TaskSpec(40, "true", "a"), 1: TaskSpec(41, "false", "b")}
+    Channel.put_array_specs(channel, 9, 0, specs)
+    assert channel.get_spec(41).command == "false"
+    assert Channel.get_array_step(channel, 9, 0, 1) == specs[1]

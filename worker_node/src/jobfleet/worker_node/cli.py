@@ -18,7 +18,14 @@ import os
 import sys
 from typing import Any
 
-from jobfleet.core.channel import PROTOCOL_VERSION, Channel, EventKind, EventWriter, open_channel
+from jobfleet.core.channel import (
+    PROTOCOL_VERSION,
+    Channel,
+    EventKind,
+    EventWriter,
+    TaskSpec,
+    open_channel,
+)
 from jobfleet.core.errors import ChannelError, JobfleetError, ProtocolVersionError
 from jobfleet.core.exit_info import ErrorState, ExitReason, ExitRecord
 from jobfleet.worker_node import exit_codes
@@ -123,10 +130,11 @@ def _run(args: argparse.Namespace, channel: Channel) -> int:
             writer = channel.open_writer(args.task_instance_id)
         node = _worker_node(args.cluster)
         step = node.array_step_id if args.mode == "array" else None
-        task_instance_id = _task_instance_id(args, channel, step)
         if writer is None:
-            writer = channel.open_writer(task_instance_id)
-        spec = channel.get_spec(task_instance_id)
+            spec = _array_spec(args, channel, step)
+            writer = channel.open_writer(spec.task_instance_id)
+        else:
+            spec = channel.get_spec(args.task_instance_id)
         from jobfleet.worker_node.runner import RunOptions, TaskRunner
 
         options = RunOptions(kill_grace=args.kill_grace, array_step=step, cgroup=args.cgroup)
@@ -160,15 +168,13 @@ def _worker_node(cluster: str) -> Any:
     return get_worker_node_class(cluster)()
 
 
-def _task_instance_id(args: argparse.Namespace, channel: Channel, step: int | None) -> int:
-    if args.mode == "job":
-        return int(args.task_instance_id)
+def _array_spec(args: argparse.Namespace, channel: Channel, step: int | None) -> TaskSpec:
     if step is None:
         raise ChannelError(
             f"The {args.cluster} worker node found no array step in this task's environment, "
             "so it cannot tell which task instance of the array to run."
         )
-    return channel.resolve_array_step(args.array_id, args.batch_number, step)
+    return channel.get_array_step(args.array_id, args.batch_number, step)
 
 
 def _fail(writer: EventWriter | None, state: ErrorState, message: str) -> None:

@@ -171,6 +171,21 @@ class Channel(ABC):
     def put_array(self, array_id: int, batch_number: int, steps: Mapping[int, int]) -> None:
         """Store which task instance each 0-based step of an array batch runs."""
 
+    def put_array_specs(
+        self, array_id: int, batch_number: int, specs: Mapping[int, TaskSpec]
+    ) -> None:
+        """Store the specs of an array batch, by 0-based step, with its step map.
+
+        The way to submit arrays: a transport may store the whole batch at once (the file
+        transport writes one file instead of one per instance, which is what limits dispatch
+        on most file systems). This default stores them one by one.
+        """
+        for spec in specs.values():
+            self.put_spec(spec)
+        self.put_array(
+            array_id, batch_number, {step: s.task_instance_id for step, s in specs.items()}
+        )
+
     @abstractmethod
     def read_events(self, cursor: EventCursor | None = None) -> tuple[list[Event], EventCursor]:
         """The events that arrived since `cursor` (since the start if None), and a new cursor.
@@ -197,6 +212,10 @@ class Channel(ABC):
     @abstractmethod
     def resolve_array_step(self, array_id: int, batch_number: int, step: int) -> int:
         """The task instance id that step `step` (0-based) of an array batch runs."""
+
+    def get_array_step(self, array_id: int, batch_number: int, step: int) -> TaskSpec:
+        """The spec that step `step` of an array batch runs, however the host stored it."""
+        return self.get_spec(self.resolve_array_step(array_id, batch_number, step))
 
     @abstractmethod
     def open_writer(self, task_instance_id: int) -> EventWriter:
