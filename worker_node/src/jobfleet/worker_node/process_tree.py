@@ -83,6 +83,31 @@ def _descendants_by_psutil(root: int) -> list[int]:
         return []
 
 
+def pids_tagged(variable: str, value: str) -> list[int]:
+    """Processes whose environment holds `variable=value` (Linux; [] without /proc).
+
+    How a local backend finds what a dead wrapper left behind: the wrapper's task inherits
+    the wrapper's environment, tag included, whatever session it moved to. Processes of other
+    users cannot be read and are not returned.
+    """
+    tag = f"{variable}={value}".encode()
+    found: list[int] = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return found
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as environ:
+                if tag in environ.read().split(b"\0"):
+                    found.append(int(entry))
+        except OSError:  # gone, or not ours to read
+            continue
+    return found
+
+
 def kill_pids(pids: list[int], sig: int = signal.SIGKILL) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):

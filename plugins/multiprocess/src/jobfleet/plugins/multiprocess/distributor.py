@@ -293,6 +293,9 @@ class MultiprocessDistributor(ClusterDistributor):
     def _watch(self, job: _Job) -> None:
         assert job.process is not None
         returncode = job.process.wait()
+        if returncode < 0:
+            # The wrapper was killed before it could end its task: end what it left behind.
+            _kill_leftovers(job)
         with self._lock:
             self._finished(job, returncode)
             self._schedule()
@@ -353,6 +356,20 @@ def _stop_wrappers(jobs: list[_Job], grace: float) -> None:
                 [*process_tree.descendant_pids(job.process.pid), job.process.pid]
             )
             job.ended.wait(5.0)
+
+
+def _kill_leftovers(job: _Job) -> None:
+    """Kill every process still tagged with the job's distributor id, until none is left.
+
+    A task runs in a session of its own, so a wrapper killed by a signal leaves it behind,
+    re-parented to init; the tag in its environment (which the wrapper passes on) finds it.
+    """
+    deadline = time.monotonic() + 5.0
+    while pids := process_tree.pids_tagged("JOBFLEET_DISTRIBUTOR_ID", job.distributor_id):
+        process_tree.kill_pids(pids)
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.01)  # killed processes take a moment to leave /proc
 
 
 def _wrapper_argv() -> list[str]:
