@@ -561,7 +561,7 @@ def test_only_the_named_plugin_is_imported(host: Host, install_plugin) -> None:
 
 def test_array_step_from_specs_stored_with_the_batch(host: Host) -> None:
     specs = {
-        step: TaskSpec(200 + step, f'echo "step $JOBFLEET_ARRAY_STEP_ID of 3"', f"s{step}")
+        step: TaskSpec(200 + step, 'echo "step $JOBFLEET_ARRAY_STEP_ID of 3"', f"s{step}")
         for step in range(3)
     }
     host.channel.put_array_specs(6, 2, specs)

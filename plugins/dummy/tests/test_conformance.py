@@ -41,9 +41,13 @@ class TestDummyDistributor(DistributorTests):
     capabilities = Capabilities(runs_commands=False)
 
     @pytest.fixture
-    def make_distributor(self) -> Callable[[], DummyDistributor]:
-        # Instances stay "running" long enough for the kill contracts to be checked.
-        return lambda: DummyDistributor("dummy-test", settings=DummySettings(report_delay=600))
+    def make_distributor(self) -> Callable[..., DummyDistributor]:
+        # The dummy runs nothing, so it has no use for the host channel's URL. Instances stay
+        # "running" long enough for the kill contracts to be checked.
+        def make(*, host_url: str) -> DummyDistributor:
+            return DummyDistributor("dummy-test", settings=DummySettings(report_delay=600))
+
+        return make
 
 
 class TestDummyWorkerNode(WorkerNodeTests):

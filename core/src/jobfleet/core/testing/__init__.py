@@ -10,7 +10,7 @@
 
         @pytest.fixture
         def make_distributor(self):
-            return lambda: MyDistributor("test-cluster")
+            return lambda *, host_url: MyDistributor("test-cluster", host_url=host_url)
 
 Fixtures the kit cannot know raise `NotImplementedError` until a subclass overrides them.
 A backend declares what it cannot do with `Capabilities`; the tests that need it are skipped
@@ -18,15 +18,19 @@ with the reason. The classes carry no `Test` prefix, so pytest collects only the
 """
 
 from jobfleet.core.testing.capabilities import Capabilities
-from jobfleet.core.testing.distributor import DistributorTests
+from jobfleet.core.testing.distributor import DistributorFactory, DistributorTests
+from jobfleet.core.testing.host import KitHost, Submitted
 from jobfleet.core.testing.queue import QueueTests
 from jobfleet.core.testing.registration import RegistrationTests
 from jobfleet.core.testing.worker_node import WorkerNodeTests
 
 __all__ = [
     "Capabilities",
+    "DistributorFactory",
     "DistributorTests",
+    "KitHost",
     "QueueTests",
     "RegistrationTests",
+    "Submitted",
     "WorkerNodeTests",
 ]

@@ -31,4 +31,6 @@ class SequentialDistributor(MultiprocessDistributor):
         local = MultiprocessSettings(
             kill_grace=chosen.kill_grace, cgroup=chosen.cgroup, overtake_limit=0
         )
-        super().__init__(cluster_name, *args, settings=local, host_url=host_url, **connection_parameters)
+        super().__init__(
+            cluster_name, *args, settings=local, host_url=host_url, **connection_parameters
+        )

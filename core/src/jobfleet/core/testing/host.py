@@ -1,0 +1,188 @@
+"""The conformance kit's own minimal host: specs into a file channel, reports out of it.
+
+It does what a real host does for one distributor, and no more: it numbers task instances,
+stores their specs (and array step maps) in a `file://` channel, submits worker-node commands
+through the distributor, and reads the wrappers' events with one cursor kept across calls. So
+the kit runs real commands through the real `jobfleet-worker-node` on any backend whose nodes
+can reach the kit's temporary directory.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from jobfleet.core.channel import Channel, Event, EventCursor, EventKind, TaskSpec, open_channel
+from jobfleet.core.cluster_protocol import ClusterDistributor
+
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT = 120.0
+"""Seconds a wait gives up after: generous, because CI machines are slow and shared."""
+
+POLL_INTERVAL = 0.05
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """One submitted task instance: the host's id and the backend's."""
+
+    task_instance_id: int
+    distributor_id: str
+
+
+def wait_for(condition: Callable[[], T | None], what: str, timeout: float = DEFAULT_TIMEOUT) -> T:
+    """Poll `condition` until it returns something truthy, and return that; fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(POLL_INTERVAL)
+
+
+class KitHost:
+    """A host of one channel under `root`; task instance ids count from 1."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.logs = root / "logs"
+        self.channel: Channel = open_channel(f"file://{root / 'channel'}", create=True)
+        self._task_ids = itertools.count(1)
+        self._array_ids = itertools.count(1)
+        self._cursor: EventCursor | None = None
+        self._events: list[Event] = []
+
+    @property
+    def url(self) -> str:
+        """The channel's URL: what distributors receive as `host_url`."""
+        return self.channel.url
+
+    # -- specs and submission -----------------------------------------------------------------
+
+    def add_spec(
+        self,
+        command: str,
+        *,
+        env: Mapping[str, str] | None = None,
+        name: str | None = None,
+        memory: int | None = None,
+        runtime: int | None = None,
+    ) -> int:
+        """Store the spec of a new task instance and return its id."""
+        task_instance_id = next(self._task_ids)
+        spec = TaskSpec(
+            task_instance_id=task_instance_id,
+            command=command,
+            name=name or f"kit-{task_instance_id}",
+            stdout_dir=str(self.logs),
+            stderr_dir=str(self.logs),
+            environment=dict(env or {}),
+            memory=memory,
+            runtime=runtime,
+        )
+        self.channel.put_spec(spec)
+        return task_instance_id
+
+    def submit(
+        self,
+        distributor: ClusterDistributor,
+        command: str,
+        *,
+        resources: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
+        name: str | None = None,
+        memory: int | None = None,
+        runtime: int | None = None,
+    ) -> Submitted:
+        """Store a spec running `command` and submit its worker-node command."""
+        task_instance_id = self.add_spec(
+            command, env=env, name=name, memory=memory, runtime=runtime
+        )
+        worker_command = distributor.build_worker_node_command(task_instance_id=task_instance_id)
+        distributor_id = distributor.submit_to_batch_distributor(
+            worker_command, name or f"kit-{task_instance_id}", dict(resources or {})
+        )
+        return Submitted(task_instance_id, distributor_id)
+
+    def submit_array(
+        self,
+        distributor: ClusterDistributor,
+        commands: Sequence[str],
+        resources: Mapping[str, Any] | None = None,
+    ) -> list[Submitted]:
+        """Store one spec per command and a step map, and submit them as one array (batch 0).
+
+        The result is in step order: element n is step n.
+        """
+        array_id = next(self._array_ids)
+        task_instance_ids = [self.add_spec(command) for command in commands]
+        self.channel.put_array(array_id, 0, dict(enumerate(task_instance_ids)))
+        worker_command = distributor.build_worker_node_command(array_id=array_id, batch_number=0)
+        steps = distributor.submit_array_to_batch_distributor(
+            worker_command, f"kit-array-{array_id}", dict(resources or {}), len(commands)
+        )
+        return [Submitted(ti, steps[step]) for step, ti in enumerate(task_instance_ids)]
+
+    # -- events -------------------------------------------------------------------------------
+
+    def events(self) -> list[Event]:
+        """The events that arrived since the last call (every event is returned once)."""
+        new, self._cursor = self.channel.read_events(self._cursor)
+        self._events.extend(new)
+        return new
+
+    def history(self) -> list[Event]:
+        """Every event read so far (reading what is new first)."""
+        self.events()
+        return list(self._events)
+
+    def seen(self, kind: EventKind, task_instance_id: int | None = None) -> list[dict[str, Any]]:
+        """The data of every event of `kind` read so far, of one instance or of all."""
+        self.events()
+        return [
+            dict(event.data)
+            for event in self._events
+            if event.kind is kind
+            and (task_instance_id is None or event.task_instance_id == task_instance_id)
+        ]
+
+    def finals(self) -> dict[int, list[dict[str, Any]]]:
+        """Every final report read so far, by task instance (a list, to show repeats)."""
+        self.events()
+        found: dict[int, list[dict[str, Any]]] = {}
+        for event in self._events:
+            if event.kind is EventKind.FINAL:
+                found.setdefault(event.task_instance_id, []).append(dict(event.data))
+        return found
+
+    def started(self) -> set[int]:
+        """The task instances that have sent a RUNNING event so far."""
+        self.events()
+        return {e.task_instance_id for e in self._events if e.kind is EventKind.RUNNING}
+
+    def wait_running(
+        self, task_instance_id: int, timeout: float = DEFAULT_TIMEOUT
+    ) -> dict[str, Any]:
+        """The data of the instance's first RUNNING event, once it has arrived."""
+        return self._wait_event(EventKind.RUNNING, task_instance_id, timeout)
+
+    def wait_final(self, task_instance_id: int, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
+        """The data of the instance's first final report, once it has arrived."""
+        return self._wait_event(EventKind.FINAL, task_instance_id, timeout)
+
+    def _wait_event(self, kind: EventKind, task_instance_id: int, timeout: float) -> dict[str, Any]:
+        def first() -> dict[str, Any] | None:
+            found = self.seen(kind, task_instance_id)
+            return found[0] if found else None
+
+        return wait_for(first, f"a {kind.value} event of task instance {task_instance_id}", timeout)
+
+    def close(self) -> None:
+        self.channel.close()
