@@ -3,7 +3,6 @@ and a real file channel: what it reports, what it leaves behind, what it costs."
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -11,8 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +17,7 @@ from typing import Any
 import pytest
 
 from jobfleet.core.channel import Channel, Event, EventKind, TaskSpec, open_channel
+from jobfleet.core.testing.host import is_locked, wait_for
 from jobfleet.worker_node import exit_codes
 
 WRAPPER = shutil.which("jobfleet-worker-node")
@@ -38,14 +36,6 @@ def has_v1_memory_cgroup() -> bool:
 needs_cgroup = pytest.mark.skipif(
     not has_v1_memory_cgroup(), reason="no writable v1 memory cgroup controller on this machine"
 )
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-    return result
 
 
 @dataclass
@@ -217,9 +207,7 @@ def test_memory_limit_of_a_cgroup_the_test_creates_is_oom(host: Host, tmp_path: 
         )
         final = host.finish(process).final
     finally:
-        wait_for(
-            lambda: not (cgroup / "cgroup.procs").read_text().strip(), what="empty test cgroup"
-        )
+        wait_for(lambda: not (cgroup / "cgroup.procs").read_text().strip(), "an empty test cgroup")
         cgroup.rmdir()
     assert final["exit"]["reason"] == "oom"
     assert final["error_state"] == "Z"
@@ -256,21 +244,11 @@ def test_forwarded_user_signal_reaches_the_task(host: Host, tmp_path: Path) -> N
         f"trap 'echo got-usr1; exit 0' USR1; touch {ready}; while :; do sleep 0.05; done"
     )
     process = host.start(spec.task_instance_id)
-    wait_for(ready.exists, what="the task's trap")
+    wait_for(ready.exists, "the task's trap")
     process.send_signal(signal.SIGUSR1)
     outcome = host.finish(process)
     assert outcome.final["stdout_tail"] == "got-usr1\n"
     assert outcome.final["error_state"] == "D"
-
-
-def _locked(path: Path) -> bool:
-    with open(path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        return False
 
 
 ESCAPING_TASK = """
@@ -294,12 +272,12 @@ def test_sigterm_to_the_wrapper_ends_the_whole_tree(
     lock.touch()
     spec = host.spec(ESCAPING_TASK.format(lock=lock, pids=tmp_path / "pids"))
     process = host.start(spec.task_instance_id, "--cgroup", "always" if cgroup else "never")
-    wait_for(lambda: _locked(lock), what="the task's children to take the lock")
+    wait_for(lambda: is_locked(lock), "the task's children to take the lock")
     process.send_signal(signal.SIGTERM)
     outcome = host.finish(process)
     assert outcome.final["exit"]["reason"] == "cancelled"
     assert outcome.final["error_state"] == "K"
-    assert not _locked(lock), "a process of the task survived the wrapper"
+    assert not is_locked(lock), "a process of the task survived the wrapper"
 
 
 def test_children_left_behind_are_killed_when_the_task_ends(host: Host, tmp_path: Path) -> None:
@@ -307,7 +285,7 @@ def test_children_left_behind_are_killed_when_the_task_ends(host: Host, tmp_path
     lock.touch()
     outcome = host.run(f"setsid flock {lock} sleep 1000 & sleep 0.2; exit 0")
     assert outcome.final["error_state"] == "D"
-    assert not _locked(lock)
+    assert not is_locked(lock)
 
 
 # -- output ---------------------------------------------------------------------------------

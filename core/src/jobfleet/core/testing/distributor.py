@@ -14,7 +14,6 @@ sense: the contract is that a killed instance is never reported done and never r
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shlex
 import signal
@@ -28,7 +27,7 @@ import pytest
 from jobfleet.core.cluster_protocol import ClusterDistributor
 from jobfleet.core.exit_info import ErrorState, RemoteExitInfo
 from jobfleet.core.testing.capabilities import Capabilities
-from jobfleet.core.testing.host import DEFAULT_TIMEOUT, KitHost, Submitted, wait_for
+from jobfleet.core.testing.host import DEFAULT_TIMEOUT, KitHost, Submitted, is_locked, wait_for
 
 # Ids no backend hands out: odd shapes must be answered, not crash the backend (or reach a shell).
 UNKNOWN_IDS = ("jobfleet-no-such-id", "", "../../etc/passwd", "1; touch /tmp/pwned", "9" * 300)
@@ -92,22 +91,11 @@ def _state_and_message(info: Any) -> tuple[ErrorState, str]:
     return ErrorState(state), message
 
 
-def _locked(path: Path) -> bool:
-    """Whether some process holds a lock on `path` (checked without waiting)."""
-    with open(path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        return False
-
-
 def _kill_holders(locks: dict[str, Path]) -> None:
     """End the lock holders that survived, so that a failing test leaves nothing running."""
     for lock in locks.values():
         pid_file = lock.with_name(lock.name + ".pid")
-        if _locked(lock) and pid_file.exists():
+        if is_locked(lock) and pid_file.exists():
             with contextlib.suppress(ProcessLookupError, ValueError):
                 os.kill(int(pid_file.read_text()), signal.SIGKILL)
 
@@ -435,7 +423,7 @@ class DistributorTests:
         children = [f"{self.python_command(script, how, lock)} &" for how, lock in locks.items()]
         job = host.submit(distributor, " ".join([*children, "wait"]), resources=resources)
         wait_for(
-            lambda: all(_locked(lock) for lock in locks.values()),
+            lambda: all(is_locked(lock) for lock in locks.values()),
             "the task's children to take their locks",
         )
         return job, locks
@@ -449,7 +437,7 @@ class DistributorTests:
         try:
             distributor.terminate_task_instances([job.distributor_id])
             # No waiting: terminate_task_instances returns once nothing of the task runs.
-            alive = [how for how, lock in locks.items() if _locked(lock)]
+            alive = [how for how, lock in locks.items() if is_locked(lock)]
         finally:
             _kill_holders(locks)
         assert alive == [], f"still running after terminate_task_instances returned: {alive}"
@@ -466,7 +454,7 @@ class DistributorTests:
         try:
             with running_distributor(make_distributor, kit_host) as distributor:
                 _, locks = self._start_escaping_task(distributor, kit_host, task_resources)
-            alive = [how for how, lock in locks.items() if _locked(lock)]
+            alive = [how for how, lock in locks.items() if is_locked(lock)]
         finally:
             _kill_holders(locks)
         assert alive == [], f"still running after stop() returned: {alive}"

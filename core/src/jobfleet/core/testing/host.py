@@ -9,6 +9,7 @@ can reach the kit's temporary directory.
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -45,6 +46,21 @@ def wait_for(condition: Callable[[], T | None], what: str, timeout: float = DEFA
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(POLL_INTERVAL)
+
+
+def is_locked(path: Path) -> bool:
+    """Whether some process holds a lock on `path` (checked without waiting).
+
+    How the kit and the tests see that a task's processes are gone: each holds a lock on a
+    file, and a lock dies with the last process holding it, whatever its session or parent.
+    """
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
 
 
 class KitHost:
