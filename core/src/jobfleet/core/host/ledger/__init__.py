@@ -1,0 +1,70 @@
+"""The ledger of the reference host: what ran where, in which state, and why.
+
+A SQLAlchemy 2 database (SQLite in WAL mode by default, PostgreSQL for shared use), migrated
+by Alembic to the newest schema whenever it is opened. See docs/ledger.md.
+"""
+
+from jobfleet.core.host.ledger.engine import DEFAULT_PATH, ENV_VAR, resolve_url, safe_url
+from jobfleet.core.host.ledger.errors import LeaseError, LedgerError, TransitionError
+from jobfleet.core.host.ledger.leases import (
+    DEFAULT_LEASE,
+    acquire_lease,
+    release_lease,
+    renew_lease,
+)
+from jobfleet.core.host.ledger.ledger import Ledger
+from jobfleet.core.host.ledger.models import (
+    Array,
+    Base,
+    Cluster,
+    Event,
+    Queue,
+    Run,
+    Task,
+    TaskInstance,
+    utcnow,
+)
+from jobfleet.core.host.ledger.states import (
+    ACTIVE_STATES,
+    RETRYABLE_STATES,
+    TERMINAL_STATES,
+    TRANSITIONS,
+    InstanceState,
+    RunStatus,
+    check_transition,
+)
+from jobfleet.core.host.ledger.transitions import add_instance, record_event, transition
+
+__all__ = [
+    "ACTIVE_STATES",
+    "DEFAULT_LEASE",
+    "DEFAULT_PATH",
+    "ENV_VAR",
+    "RETRYABLE_STATES",
+    "TERMINAL_STATES",
+    "TRANSITIONS",
+    "Array",
+    "Base",
+    "Cluster",
+    "Event",
+    "InstanceState",
+    "LeaseError",
+    "Ledger",
+    "LedgerError",
+    "Queue",
+    "Run",
+    "RunStatus",
+    "Task",
+    "TaskInstance",
+    "TransitionError",
+    "acquire_lease",
+    "add_instance",
+    "check_transition",
+    "record_event",
+    "release_lease",
+    "renew_lease",
+    "resolve_url",
+    "safe_url",
+    "transition",
+    "utcnow",
+]

@@ -1,0 +1,110 @@
+"""Where the ledger lives (URL resolution) and how its engine talks to the database."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Final
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from jobfleet.core.host.ledger.errors import LedgerError
+
+ENV_VAR: Final = "JOBFLEET_LEDGER"
+DEFAULT_PATH: Final = Path(".jobfleet") / "ledger.db"
+DEFAULT_BUSY_TIMEOUT: Final = 30.0
+# Set on a connection (execution option) to open a deferred transaction instead of IMMEDIATE.
+READ_ONLY_OPTION: Final = "jobfleet_read_only"
+
+
+def safe_url(url: str | URL) -> str:
+    """The URL as it may appear in a message or a log: password replaced by ***."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        # Not a URL at all: show nothing of it, as it might still hold a secret.
+        return "<unreadable ledger URL>"
+
+
+def resolve_url(url: str | os.PathLike[str] | URL | None = None, *, cwd: Path | None = None) -> URL:
+    """The ledger URL: the one given, else $JOBFLEET_LEDGER, else ./.jobfleet/ledger.db.
+
+    A value without `://` is a path to a SQLite file, so that `--ledger runs.db` works.
+    """
+    if isinstance(url, os.PathLike):
+        url = os.fspath(url)
+    raw: str | URL = url if url is not None else os.environ.get(ENV_VAR) or ""
+    if isinstance(raw, str) and "://" not in raw:
+        path = Path(raw) if raw else DEFAULT_PATH
+        path = path if path.is_absolute() else (cwd or Path.cwd()) / path
+        return URL.create("sqlite", database=str(path))
+    try:
+        parsed = make_url(raw)
+    except ArgumentError as exc:
+        raise LedgerError(f"The ledger URL {safe_url(raw)} cannot be read: {exc}") from None
+    # psycopg 3 is the driver jobfleet ships with; a bare postgresql:// would ask for psycopg2.
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def create_ledger_engine(url: URL, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> Engine:
+    """An engine for the ledger, set up for its backend."""
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        return _sqlite_engine(url, busy_timeout)
+    if backend == "postgresql":
+        return create_engine(url, pool_pre_ping=True)
+    raise LedgerError(
+        f"The ledger URL {safe_url(url)} names the database {backend!r}; "
+        "jobfleet supports sqlite:///PATH and postgresql+psycopg://USER:PASSWORD@HOST/DB."
+    )
+
+
+def _sqlite_engine(url: URL, busy_timeout: float) -> Engine:
+    database = url.database or ""
+    if database in ("", ":memory:") or database.startswith("file:"):
+        raise LedgerError(
+            f"The ledger URL {safe_url(url)} names no file: the ledger needs a SQLite file "
+            "(WAL mode and several processes sharing it), such as sqlite:///.jobfleet/ledger.db."
+        )
+    Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        url,
+        # Pooled connections move between threads; each is used by one thread at a time.
+        connect_args={"check_same_thread": False, "timeout": busy_timeout},
+        pool_size=10,
+        max_overflow=20,
+    )
+    event.listen(engine, "connect", _sqlite_on_connect(busy_timeout))
+    event.listen(engine, "begin", _sqlite_on_begin)
+    return engine
+
+
+def _sqlite_on_connect(busy_timeout: float) -> Any:
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the sqlite3 module, decide where transactions begin (see below).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            # With WAL, NORMAL survives a killed process; only a power cut can lose the last
+            # commits. It saves an fsync per transaction.
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        finally:
+            cursor.close()
+
+    return on_connect
+
+
+def _sqlite_on_begin(connection: Any) -> None:
+    # A deferred transaction that reads and then writes fails at once with "database is
+    # locked" when another writer got in between, whatever the busy timeout. Taking the write
+    # lock up front makes writers queue on the busy timeout instead. Readers ask for a plain
+    # BEGIN, which never blocks in WAL mode.
+    read_only = connection.get_execution_options().get(READ_ONLY_OPTION, False)
+    connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")

@@ -1,0 +1,430 @@
+"""The ledger on SQLite and on a real PostgreSQL server (see conftest.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import func, inspect, select, update
+from sqlalchemy.orm import Session
+
+from jobfleet.core.exit_info import ExitReason, ExitRecord
+from jobfleet.core.host.ledger import (
+    TRANSITIONS,
+    Array,
+    Base,
+    Cluster,
+    Event,
+    InstanceState,
+    LeaseError,
+    Ledger,
+    LedgerError,
+    Queue,
+    Run,
+    Task,
+    TaskInstance,
+    TransitionError,
+    acquire_lease,
+    add_instance,
+    record_event,
+    release_lease,
+    renew_lease,
+    transition,
+    utcnow,
+)
+from jobfleet.core.host.ledger.migrate import current_revision, head_revision
+
+S = InstanceState
+# A path through the table to each state, from a fresh (Q) instance.
+PATH_TO = {
+    S.QUEUED: "",
+    S.INSTANTIATED: "I",
+    S.LAUNCHED: "IO",
+    S.RUNNING: "IOR",
+    S.DONE: "IORD",
+    S.ERROR_RECOVERABLE: "IORE",
+    S.RESOURCE_ERROR: "IORZ",
+    S.UNKNOWN_ERROR: "IORU",
+    S.NO_DISTRIBUTOR_ID: "IW",
+    S.TRIAGING: "IORT",
+    S.NO_HEARTBEAT: "IOX",
+    S.KILL_SELF: "K",
+    S.ERROR_FATAL: "IORF",
+}
+
+
+@pytest.fixture
+def ledger(ledger_url: str) -> Iterator[Ledger]:
+    opened = Ledger.open(ledger_url)
+    yield opened
+    opened.close()
+
+
+def new_task(session: Session, *, max_attempts: int = 3, name: str = "t") -> Task:
+    cluster = session.scalar(select(Cluster).where(Cluster.name == "local"))
+    if cluster is None:
+        cluster = Cluster(name="local", cluster_type="dummy")
+        session.add(cluster)
+        session.flush()
+    run = Run(name="run", cluster_id=cluster.id)
+    session.add(run)
+    session.flush()
+    task = Task(
+        run_id=run.id,
+        name=name,
+        command="echo hi",
+        resources={"memory": "1G", "cores": 1},
+        max_attempts=max_attempts,
+    )
+    session.add(task)
+    session.flush()
+    return task
+
+
+def instance_in(ledger: Ledger, state: InstanceState) -> int:
+    with ledger.session() as session:
+        instance = add_instance(session, new_task(session))
+        for letter in PATH_TO[state]:
+            transition(session, instance, letter)
+        return instance.id
+
+
+# --- opening and migrations ---------------------------------------------------------------
+
+
+def test_open_applies_the_migrations(ledger: Ledger) -> None:
+    tables = set(inspect(ledger.engine).get_table_names())
+    assert tables == {*Base.metadata.tables, "alembic_version"}
+    with ledger.engine.connect() as connection:
+        assert current_revision(connection) == head_revision() == "0001"
+
+
+def test_migrated_schema_is_the_models_schema(ledger: Ledger) -> None:
+    with ledger.engine.connect() as connection:
+        diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    assert diff == []
+
+
+def test_hot_query_indexes_exist(ledger: Ledger) -> None:
+    indexes = {
+        tuple(index["column_names"])
+        for index in inspect(ledger.engine).get_indexes("task_instances")
+    }
+    assert ("run_id", "state") in indexes
+    assert ("distributor_id",) in indexes
+
+
+def test_reopening_is_idempotent_and_keeps_data(ledger_url: str) -> None:
+    with Ledger.open(ledger_url) as first, first.session() as session:
+        task_id = new_task(session).id
+    for _ in range(2):
+        with Ledger.open(ledger_url) as again, again.read_session() as session:
+            assert session.get(Task, task_id) is not None
+            assert session.scalar(select(func.count()).select_from(Task)) == 1
+
+
+def test_concurrent_first_opens_of_a_new_database(ledger_url: str) -> None:
+    errors: list[BaseException] = []
+
+    def open_it() -> None:
+        try:
+            Ledger.open(ledger_url).close()
+        except BaseException as exc:  # collected and reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_it) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert errors == []
+    with Ledger.open(ledger_url) as ledger, ledger.engine.connect() as connection:
+        assert current_revision(connection) == head_revision()
+
+
+def test_processes_racing_to_create_the_schema(ledger_url: str) -> None:
+    script = "import sys; from jobfleet.core.host.ledger import Ledger; Ledger.open(sys.argv[1])"
+    processes = [
+        subprocess.Popen([sys.executable, "-c", script, ledger_url], stderr=subprocess.PIPE)
+        for _ in range(4)
+    ]
+    failures = [p.stderr.read() for p in processes if p.wait(timeout=60) and p.stderr]
+    assert failures == []
+    with Ledger.open(ledger_url) as ledger, ledger.engine.connect() as connection:
+        assert current_revision(connection) == head_revision()
+
+
+# --- transitions and events -----------------------------------------------------------------
+
+
+def test_happy_path_logs_every_transition(ledger: Ledger) -> None:
+    with ledger.session() as session:
+        instance = add_instance(session, new_task(session))
+        for letter in "IOR":
+            transition(session, instance, letter, f"to {letter}")
+        instance.distributor_id = "123"
+        transition(session, instance, S.DONE, "finished", details={"exit_code": 0})
+        instance_id = instance.id
+    with ledger.read_session() as session:
+        stored = session.get_one(TaskInstance, instance_id)
+        assert stored.state == "D"
+        assert stored.distributor_id == "123"
+        stamps = stored.submitted_at, stored.started_at, stored.ended_at
+        assert None not in stamps
+        assert sorted(stamps) == list(stamps)  # type: ignore[type-var]
+        events = session.scalars(
+            select(Event).where(Event.task_instance_id == instance_id).order_by(Event.id)
+        ).all()
+    assert [(e.from_state, e.to_state) for e in events] == [
+        (None, "Q"), ("Q", "I"), ("I", "O"), ("O", "R"), ("R", "D"),
+    ]  # fmt: skip
+    assert {e.kind for e in events} == {"transition"}
+    assert events[-1].message == "finished"
+    assert events[-1].details == {"exit_code": 0}
+    assert events[-1].at.tzinfo is not None
+
+
+@pytest.mark.parametrize("source", list(InstanceState), ids=str)
+def test_every_forbidden_transition_raises(ledger: Ledger, source: InstanceState) -> None:
+    forbidden = [target for target in InstanceState if target not in TRANSITIONS[source]]
+    for target in forbidden:
+        instance_id = instance_in(ledger, source)
+        with pytest.raises(TransitionError) as caught, ledger.session() as session:
+            transition(session, session.get_one(TaskInstance, instance_id), target)
+        assert f"from {source.value} to {target.value}" in str(caught.value)
+        assert (caught.value.from_state, caught.value.to_state) == (source.value, target.value)
+        with ledger.read_session() as session:
+            assert session.get_one(TaskInstance, instance_id).state == source.value
+            last = session.scalars(
+                select(Event).where(Event.task_instance_id == instance_id).order_by(Event.id.desc())
+            ).first()
+        assert last is not None
+        assert last.to_state == source.value  # nothing was appended for the refused move
+
+
+@pytest.mark.parametrize("target", list(InstanceState), ids=str)
+def test_every_allowed_transition_from_every_state(ledger: Ledger, target: InstanceState) -> None:
+    sources = [source for source in InstanceState if target in TRANSITIONS[source]]
+    for source in sources:
+        instance_id = instance_in(ledger, source)
+        with ledger.session() as session:
+            event = transition(session, session.get_one(TaskInstance, instance_id), target)
+        assert (event.from_state, event.to_state) == (source.value, target.value)
+
+
+def test_unknown_letter_is_refused(ledger: Ledger) -> None:
+    instance_id = instance_in(ledger, S.QUEUED)
+    with pytest.raises(TransitionError, match="not a state"), ledger.session() as session:
+        transition(session, session.get_one(TaskInstance, instance_id), "Y")
+
+
+def test_transition_and_event_roll_back_together(ledger: Ledger) -> None:
+    instance_id = instance_in(ledger, S.QUEUED)
+
+    def crash_before_commit() -> None:
+        with ledger.session() as session:
+            transition(session, session.get_one(TaskInstance, instance_id), S.INSTANTIATED)
+            raise RuntimeError("crash before commit")
+
+    with pytest.raises(RuntimeError):
+        crash_before_commit()
+    with ledger.read_session() as session:
+        assert session.get_one(TaskInstance, instance_id).state == "Q"
+        count = select(func.count()).where(Event.task_instance_id == instance_id)
+        assert session.scalar(count) == 1
+
+
+def test_stale_state_is_detected(ledger: Ledger) -> None:
+    # Two services read the same running instance; only the first to write wins.
+    instance_id = instance_in(ledger, S.RUNNING)
+    with ledger.read_session() as session:
+        stale = session.get_one(TaskInstance, instance_id)
+    with ledger.session() as session:
+        transition(session, session.get_one(TaskInstance, instance_id), S.DONE)
+    with pytest.raises(TransitionError, match="changed it first"), ledger.session() as session:
+        transition(session, session.merge(stale, load=False), S.ERROR_RECOVERABLE)
+
+
+def test_attempts_are_numbered_and_bounded(ledger: Ledger) -> None:
+    with ledger.session() as session:
+        task = new_task(session, max_attempts=2)
+        first = add_instance(session, task)
+        transition(session, first, S.INSTANTIATED)
+        transition(session, first, S.NO_DISTRIBUTOR_ID)
+        second = add_instance(session, task, {"memory": "2G"})
+        assert (first.attempt, second.attempt) == (1, 2)
+        assert second.requested_resources == {"memory": "2G"}
+        with pytest.raises(LedgerError, match="used all of its 2 attempts"):
+            add_instance(session, task)
+
+
+def test_adjustments_are_logged_and_the_log_is_append_only(ledger: Ledger) -> None:
+    instance_id = instance_in(ledger, S.QUEUED)
+    with ledger.session() as session:
+        instance = session.get_one(TaskInstance, instance_id)
+        record_event(
+            session, instance.run_id, "adjustment", "memory clamped to the queue maximum",
+            details={"field": "memory", "from": "64G", "to": "32G"}, instance=instance,
+        )  # fmt: skip
+    with ledger.session() as session:
+        event = session.scalars(select(Event).where(Event.kind == "adjustment")).one()
+        assert event.details == {"field": "memory", "from": "64G", "to": "32G"}
+        event.message = "rewritten"
+        with pytest.raises(LedgerError, match="append-only"):
+            session.flush()
+        session.rollback()
+    with pytest.raises(LedgerError, match="transition"), ledger.session() as session:
+        record_event(session, 1, "transition", "forged")
+
+
+# --- JSON columns ------------------------------------------------------------------------
+
+
+def test_json_columns_round_trip(ledger: Ledger) -> None:
+    record = ExitRecord(ExitReason.OOM, exit_code=137, signal=9, raw_state="OUT_OF_MEMORY")
+    resources = {"memory": "4G", "cores": 2.5, "runtime": 3600, "extra": {"nested": [1, "x"]}}
+    with ledger.session() as session:
+        task = new_task(session)
+        cluster = session.get_one(Cluster, session.get_one(Run, task.run_id).cluster_id)
+        queue = Queue(cluster_id=cluster.id, name="all.q", parameters={"max_memory": "1T"})
+        session.add(queue)
+        session.flush()
+        array = Array(
+            run_id=task.run_id, queue_id=queue.id, resources=resources, size=2,
+            distributor_id="77", distributor_ids={"0": "77_0", "1": "77_1"},
+        )  # fmt: skip
+        session.add(array)
+        session.flush()
+        instance = add_instance(session, task, resources)
+        instance.array_id, instance.array_step = array.id, 1
+        for letter in "IORZ":
+            transition(session, instance, letter)
+        instance.exit_record = record.to_dict()
+        instance.maxrss, instance.cpu, instance.wallclock = 5 * 1024**3, 12.5, 30.25
+        instance.usage_str = "maxrss=5G cpu=12.5s"
+        ids = instance.id, array.id, queue.id
+    with ledger.read_session() as session:
+        stored = session.get_one(TaskInstance, ids[0])
+        assert ExitRecord.from_dict(stored.exit_record or {}) == record
+        assert stored.requested_resources == resources
+        assert (stored.maxrss, stored.cpu, stored.wallclock) == (5 * 1024**3, 12.5, 30.25)
+        assert stored.usage_str == "maxrss=5G cpu=12.5s"
+        assert (stored.array_id, stored.array_step) == (ids[1], 1)
+        assert session.get_one(Array, ids[1]).distributor_ids == {"0": "77_0", "1": "77_1"}
+        assert session.get_one(Queue, ids[2]).parameters == {"max_memory": "1T"}
+
+
+# --- leases -----------------------------------------------------------------------------
+
+
+def test_lease_is_exclusive_until_it_expires(ledger: Ledger) -> None:
+    with ledger.session() as session:
+        run_id = new_task(session).run_id
+    now = utcnow()
+    minute = timedelta(minutes=1)
+    with ledger.session() as session:
+        assert acquire_lease(session, run_id, "alpha", duration=minute, now=now) == now + minute
+    with pytest.raises(LeaseError, match="owned by 'alpha'") as caught, ledger.session() as s:
+        acquire_lease(s, run_id, "beta", duration=minute, now=now + minute / 2)
+    assert caught.value.owner == "alpha"
+    with ledger.session() as session:  # the owner renews; re-acquiring its own run works too
+        renew_lease(session, run_id, "alpha", duration=minute, now=now + minute / 2)
+        acquire_lease(session, run_id, "alpha", duration=minute, now=now + minute / 2)
+    later = now + 2 * minute  # alpha crashed and stopped renewing
+    with ledger.session() as session:
+        acquire_lease(session, run_id, "beta", duration=minute, now=later)
+        holder = session.get_one(Run, run_id).owner_token
+    assert holder == "beta"
+    with pytest.raises(LeaseError, match="lease lost"), ledger.session() as session:
+        renew_lease(session, run_id, "alpha", now=later)
+    with ledger.session() as session:
+        release_lease(session, run_id, "alpha")  # not alpha's any more: no effect
+        holder = session.get_one(Run, run_id).owner_token
+        assert holder == "beta"
+        release_lease(session, run_id, "beta")
+    with ledger.session() as session:
+        acquire_lease(session, run_id, "gamma", now=later)
+
+
+def test_only_one_of_many_racing_services_gets_the_lease(ledger: Ledger) -> None:
+    with ledger.session() as session:
+        run_id = new_task(session).run_id
+    winners: list[str] = []
+    barrier = threading.Barrier(10)
+
+    def race(owner: str) -> None:
+        barrier.wait()
+        try:
+            with ledger.session() as session:
+                acquire_lease(session, run_id, owner)
+            winners.append(owner)
+        except LeaseError:
+            pass
+
+    threads = [threading.Thread(target=race, args=(f"svc{i}",)) for i in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert len(winners) == 1
+
+
+def test_lease_of_a_missing_run(ledger: Ledger) -> None:
+    with pytest.raises(LedgerError, match="not in the ledger"), ledger.session() as session:
+        acquire_lease(session, 999, "alpha")
+
+
+# --- errors never show passwords ----------------------------------------------------------
+
+
+def test_connection_errors_hide_the_password(ledger_url: str) -> None:
+    from sqlalchemy.engine import make_url
+
+    url = make_url(ledger_url)
+    if url.get_backend_name() == "sqlite":
+        bad = "postgresql+psycopg://jobfleet:hunter2-pw@127.0.0.1:1/nowhere"
+    else:  # the real server, with a wrong password
+        bad = url.set(password="hunter2-pw").render_as_string(hide_password=False)  # noqa: S106
+    with pytest.raises(LedgerError) as caught:
+        Ledger.open(bad)
+    message = str(caught.value)
+    assert "hunter2-pw" not in message
+    assert "***" in message
+    # The driver's exception is not chained as a cause: its repr could carry the URL.
+    assert caught.value.__cause__ is None
+
+
+def test_the_ledger_never_shows_its_password(ledger_url: str) -> None:
+    with Ledger.open(ledger_url) as ledger:
+        assert ":***@" in ledger.safe_url or ledger.url.password is None
+        assert "s3cret" not in ledger.safe_url
+        assert "s3cret" not in repr(ledger.url)
+
+
+def test_unsupported_database_is_named_without_password() -> None:
+    with pytest.raises(LedgerError, match=r"'mysql'.*sqlite:///PATH") as caught:
+        Ledger.open("mysql://root:hunter2-pw@127.0.0.1/x")
+    assert "hunter2-pw" not in str(caught.value)
+
+
+def test_sqlite_needs_a_file(tmp_path: Path) -> None:
+    with pytest.raises(LedgerError, match="names no file"):
+        Ledger.open("sqlite://")
+
+
+def test_rows_updated_behind_the_ledger_are_still_checked(ledger: Ledger) -> None:
+    # A bulk UPDATE that skips transition() cannot make the next move legal by accident.
+    instance_id = instance_in(ledger, S.RUNNING)
+    with ledger.session() as session:
+        session.execute(
+            update(TaskInstance).where(TaskInstance.id == instance_id).values(state="D")
+        )
+    with pytest.raises(TransitionError, match="from D to R"), ledger.session() as session:
+        transition(session, session.get_one(TaskInstance, instance_id), S.RUNNING)
