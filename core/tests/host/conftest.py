@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import glob
 import os
 import pwd
@@ -48,6 +50,9 @@ class PostgresServer:
     root: Path
     port: int
     as_user: list[str]
+    # Held (flock) while this session lives: a directory whose lock is free was left behind
+    # by a run that was killed before it could stop its server.
+    lock: object = None
 
     @property
     def data(self) -> Path:
@@ -73,15 +78,48 @@ class PostgresServer:
         return self.url(name)
 
 
+def _hold_lock(root: Path) -> object:
+    handle = open(root / "lock", "a")  # noqa: SIM115 - held open for the whole session
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    return handle
+
+
+def _sweep_stale_servers(bindir: Path) -> None:
+    """Stop and remove servers of earlier runs that were killed (Ctrl-C, a timeout).
+
+    Only directories whose lock nobody holds: a test session running beside this one keeps its
+    server.
+    """
+    for root in Path(tempfile.gettempdir()).glob("jobfleet-pg-*"):
+        try:
+            handle = open(root / "lock", "a")  # noqa: SIM115 - closed below
+        except OSError:
+            continue
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # alive
+            as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                subprocess.run(
+                    [*as_user, str(bindir / "pg_ctl"), "-D", str(root / "data"), "-m",
+                     "immediate", "stop"], capture_output=True, timeout=60,
+                )  # fmt: skip
+            shutil.rmtree(root, ignore_errors=True)
+
+
 def _start_postgres(bindir: Path) -> PostgresServer:
+    _sweep_stale_servers(bindir)
     root = Path(tempfile.mkdtemp(prefix="jobfleet-pg-"))
+    lock = _hold_lock(root)
     as_user: list[str] = []
     if os.geteuid() == 0:
         # initdb refuses to run as root: hand the directory to the postgres user.
         account = pwd.getpwnam("postgres")
         os.chown(root, account.pw_uid, account.pw_gid)
         as_user = ["runuser", "-u", "postgres", "--"]
-    server = PostgresServer(bindir, root, _free_port(), as_user)
+    server = PostgresServer(bindir, root, _free_port(), as_user, lock)
     (root / "pw").write_text(PG_PASSWORD)
     if as_user:
         os.chown(root / "pw", pwd.getpwnam("postgres").pw_uid, -1)
