@@ -24,7 +24,7 @@ from jobfleet.worker_node.usage import (
     combine,
     current_rss,
     gpu_usage,
-    rusage_delta,
+    rusage_sum,
 )
 
 MB = 1024 * 1024
@@ -749,13 +749,14 @@ print(json.dumps([rss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss]))
     assert details(stats)["maxrss_source"] == "sampled"
 
 
-def test_rusage_delta_subtracts_counters_but_keeps_the_maximum() -> None:
-    before = rusage(1.0, 0.5, maxrss_kib=100, inblock=10)
-    after = rusage(3.0, 1.5, maxrss_kib=250, inblock=30)
-    delta = rusage_delta(before, after)
-    assert (delta.ru_utime, delta.ru_stime) == (2.0, 1.0)
-    assert delta.ru_maxrss == 250
-    assert delta.ru_inblock == 20
+def test_rusage_sum_adds_counters_but_keeps_the_maximum() -> None:
+    task = rusage(1.0, 0.5, maxrss_kib=250, inblock=10)
+    orphan = rusage(2.0, 1.0, maxrss_kib=100, inblock=30)
+    total = rusage_sum([task, orphan])
+    assert (total.ru_utime, total.ru_stime) == (3.0, 1.5)
+    assert total.ru_maxrss == 250
+    assert total.ru_inblock == 40
+    assert rusage_sum([task]) == task
 
 
 def test_current_rss_is_this_process() -> None:

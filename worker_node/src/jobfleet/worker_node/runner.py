@@ -26,7 +26,14 @@ from jobfleet.worker_node import process_tree
 from jobfleet.worker_node.cgroup import TaskCgroup, current_memory_cgroup
 from jobfleet.worker_node.outcome import Observation, classify
 from jobfleet.worker_node.output import OutputPump
-from jobfleet.worker_node.usage import TreeSample, TreeSampler, combine, current_rss, gpu_usage
+from jobfleet.worker_node.usage import (
+    TreeSample,
+    TreeSampler,
+    combine,
+    current_rss,
+    gpu_usage,
+    rusage_sum,
+)
 
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
 STOPPING_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
@@ -353,7 +360,7 @@ class TaskRunner:
     ) -> dict[str, Any]:
         stats = combine(
             sample=sample,
-            children_rusage=_sum_rusage(usages),
+            children_rusage=rusage_sum(usages),
             wallclock=wallclock,
             cgroup_peak=cgroup.peak_bytes() if cgroup is not None else None,
             wrapper_rss_at_start=wrapper_rss,
@@ -458,12 +465,3 @@ def _peak(sample: TreeSample, cgroup: TaskCgroup | None) -> int | None:
         if peak is not None:
             return int(peak)
     return sample.peak_bytes
-
-
-def _sum_rusage(usages: list[resource.struct_rusage]) -> resource.struct_rusage:
-    """One rusage for the task and every orphan reaped: times add up, maxrss is the largest."""
-    fields = list(usages[0])
-    for usage in usages[1:]:
-        for index, value in enumerate(usage):
-            fields[index] = max(fields[index], value) if index == 2 else fields[index] + value
-    return resource.struct_rusage(fields)

@@ -38,7 +38,7 @@ __all__ = [
     "combine",
     "current_rss",
     "gpu_usage",
-    "rusage_delta",
+    "rusage_sum",
 ]
 
 # The sampler grows its interval geometrically from first_interval to max_interval: short tasks
@@ -667,16 +667,16 @@ def _pick_cpu(
     return rusage.ru_utime, rusage.ru_stime, "rusage"
 
 
-def rusage_delta(
-    before: resource.struct_rusage, after: resource.struct_rusage
-) -> resource.struct_rusage:
-    """RUSAGE_CHILDREN of one task: `after` minus `before`, taken around it by the wrapper.
+def rusage_sum(usages: list[resource.struct_rusage]) -> resource.struct_rusage:
+    """One rusage for the task and every orphan the wrapper reaped (wait4 gives one each).
 
-    Times and counters subtract; ru_maxrss is a maximum, not a sum, so it is `after`'s value.
+    Times and counters add up; ru_maxrss is a maximum, not a sum, so it is the largest.
     """
-    values = [b - a for a, b in zip(before, after, strict=True)]
-    values[2] = after.ru_maxrss  # ru_maxrss is field 2
-    return resource.struct_rusage(values)
+    fields = list(usages[0])
+    for usage in usages[1:]:
+        for index, value in enumerate(usage):
+            fields[index] = max(fields[index], value) if index == 2 else fields[index] + value
+    return resource.struct_rusage(fields)
 
 
 def current_rss() -> int | None:
