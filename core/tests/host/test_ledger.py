@@ -20,6 +20,7 @@ from jobfleet.core.host.ledger import (
     TRANSITIONS,
     Array,
     Base,
+    Change,
     Cluster,
     Event,
     InstanceState,
@@ -33,6 +34,7 @@ from jobfleet.core.host.ledger import (
     TransitionError,
     acquire_lease,
     add_instance,
+    apply_changes,
     record_event,
     release_lease,
     renew_lease,
@@ -103,7 +105,7 @@ def test_open_applies_the_migrations(ledger: Ledger) -> None:
     tables = set(inspect(ledger.engine).get_table_names())
     assert tables == {*Base.metadata.tables, "alembic_version"}
     with ledger.engine.connect() as connection:
-        assert current_revision(connection) == head_revision() == "0001"
+        assert current_revision(connection) == head_revision() == "0002"
 
 
 def test_migrated_schema_is_the_models_schema(ledger: Ledger) -> None:
@@ -428,3 +430,68 @@ def test_rows_updated_behind_the_ledger_are_still_checked(ledger: Ledger) -> Non
         )
     with pytest.raises(TransitionError, match="from D to R"), ledger.session() as session:
         transition(session, session.get_one(TaskInstance, instance_id), S.RUNNING)
+
+
+# --- bulk changes (the service's fast path) -------------------------------------------------
+
+
+def run_of(ledger: Ledger, instance_id: int) -> int:
+    with ledger.read_session() as session:
+        return session.get_one(TaskInstance, instance_id).run_id
+
+
+def test_bulk_changes_set_columns_and_log_events(ledger: Ledger) -> None:
+    ids = [instance_in(ledger, S.INSTANTIATED) for _ in range(3)]
+    changes = [
+        Change(
+            i,
+            run_of(ledger, i),
+            S.INSTANTIATED,
+            S.LAUNCHED,
+            "submitted",
+            values={"distributor_id": f"job-{i}"},
+            details={"n": i},
+        )
+        for i in ids
+    ]
+    with ledger.session() as session:
+        apply_changes(session, changes)
+    with ledger.read_session() as session:
+        rows = session.scalars(select(TaskInstance).where(TaskInstance.id.in_(ids))).all()
+        assert {(r.state, r.distributor_id) for r in rows} == {("O", f"job-{i}") for i in ids}
+        assert all(r.submitted_at is not None for r in rows)
+        events = session.scalars(
+            select(Event).where(Event.task_instance_id.in_(ids), Event.to_state == "O")
+        ).all()
+        assert sorted(e.details["n"] for e in events) == ids
+        assert {e.message for e in events} == {"submitted"}
+
+
+def test_bulk_changes_refuse_a_forbidden_move_before_writing(ledger: Ledger) -> None:
+    ok, done = instance_in(ledger, S.RUNNING), instance_in(ledger, S.DONE)
+    changes = [
+        Change(ok, run_of(ledger, ok), S.RUNNING, S.DONE),
+        Change(done, run_of(ledger, done), S.DONE, S.RUNNING),
+    ]
+    with pytest.raises(TransitionError, match="DONE ends"), ledger.session() as session:
+        apply_changes(session, changes)
+    with ledger.read_session() as session:
+        assert session.get_one(TaskInstance, ok).state == "R"
+
+
+def test_bulk_changes_detect_a_stale_state_and_roll_back(ledger: Ledger) -> None:
+    fresh, stale = instance_in(ledger, S.RUNNING), instance_in(ledger, S.RUNNING)
+    with ledger.session() as session:
+        transition(session, session.get_one(TaskInstance, stale), S.DONE)
+    changes = [
+        Change(fresh, run_of(ledger, fresh), S.RUNNING, S.ERROR_RECOVERABLE),
+        Change(stale, run_of(ledger, stale), S.RUNNING, S.ERROR_RECOVERABLE),
+    ]
+    with pytest.raises(TransitionError, match="changed it"), ledger.session() as session:
+        apply_changes(session, changes)
+    with ledger.read_session() as session:
+        # Nothing of the batch stays: the fresh instance is still running, no E event exists.
+        assert session.get_one(TaskInstance, fresh).state == "R"
+        assert session.get_one(TaskInstance, stale).state == "D"
+        count = select(func.count()).where(Event.to_state == "E")
+        assert session.scalar(count) == 0

@@ -33,7 +33,13 @@ from jobfleet.core.host.ledger.states import (
     RunStatus,
     check_transition,
 )
-from jobfleet.core.host.ledger.transitions import add_instance, record_event, transition
+from jobfleet.core.host.ledger.transitions import (
+    Change,
+    add_instance,
+    apply_changes,
+    record_event,
+    transition,
+)
 
 __all__ = [
     "ACTIVE_STATES",
@@ -45,6 +51,7 @@ __all__ = [
     "TRANSITIONS",
     "Array",
     "Base",
+    "Change",
     "Cluster",
     "Event",
     "InstanceState",
@@ -59,6 +66,7 @@ __all__ = [
     "TransitionError",
     "acquire_lease",
     "add_instance",
+    "apply_changes",
     "check_transition",
     "record_event",
     "release_lease",

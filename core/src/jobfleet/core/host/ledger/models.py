@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -35,6 +36,8 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+_EMPTY_OBJECT = text("'{}'")
 
 # JSONB on PostgreSQL (indexable, compact); JSON text elsewhere.
 JsonType = JSON().with_variant(JSONB(), "postgresql")
@@ -105,6 +108,13 @@ class Run(Base):
     # The service that owns the run, and until when: a crashed owner stops renewing and loses it.
     owner_token: Mapped[str | None] = mapped_column(String(100))
     lease_expires_at: Mapped[datetime | None]
+    # Where the run's channel and logs live, and the options a resumed service must reuse.
+    work_dir: Mapped[str | None] = mapped_column(Text)
+    channel_url: Mapped[str | None] = mapped_column(Text)
+    options: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default=_EMPTY_OBJECT)
+    # How far the service has read the channel (an `EventCursor` as a dict).
+    event_cursor: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    kill_requested_at: Mapped[datetime | None]
 
 
 class Task(Base):
@@ -117,6 +127,8 @@ class Task(Base):
     resources: Mapped[dict[str, Any]] = mapped_column(default=dict)
     env: Mapped[dict[str, Any]] = mapped_column(default=dict)
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    # Retry options: resource_scale, fallback_queues.
+    options: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default=_EMPTY_OBJECT)
 
 
 class Array(Base):
@@ -144,6 +156,7 @@ class TaskInstance(Base):
         UniqueConstraint("array_id", "array_step"),
         # The service's main query: the instances of a run in a given state.
         Index("ix_task_instances_run_id_state", "run_id", "state"),
+        Index("ix_task_instances_run_id_task_id", "run_id", "task_id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -167,6 +180,12 @@ class TaskInstance(Base):
     started_at: Mapped[datetime | None]
     ended_at: Mapped[datetime | None]
     heartbeat_at: Mapped[datetime | None]
+    kill_requested_at: Mapped[datetime | None]
+    # How many times triage asked the backend without getting a final answer.
+    triage_count: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    hostname: Mapped[str | None] = mapped_column(String(255))
+    stdout_path: Mapped[str | None] = mapped_column(Text)
+    stderr_path: Mapped[str | None] = mapped_column(Text)
 
 
 class Event(Base):

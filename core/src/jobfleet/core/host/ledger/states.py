@@ -63,7 +63,8 @@ _OUTCOMES: Final = frozenset(
 TRANSITIONS: Final[Mapping[InstanceState, frozenset[InstanceState]]] = MappingProxyType(
     {
         S.QUEUED: frozenset({S.INSTANTIATED, S.KILL_SELF}),
-        S.INSTANTIATED: frozenset({S.LAUNCHED, S.NO_DISTRIBUTOR_ID, S.KILL_SELF}),
+        # F: the queue refused the resources outright (they can never run there).
+        S.INSTANTIATED: frozenset({S.LAUNCHED, S.NO_DISTRIBUTOR_ID, S.KILL_SELF, S.ERROR_FATAL}),
         # A fast task's final report (or a triage answer) may arrive before its running report.
         S.LAUNCHED: frozenset({S.RUNNING, S.NO_HEARTBEAT} | _OUTCOMES),
         S.RUNNING: frozenset({S.TRIAGING} | _OUTCOMES),

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
 
 from jobfleet.core.host.ledger.errors import LedgerError, TransitionError
 from jobfleet.core.host.ledger.models import Event, Task, TaskInstance, utcnow
@@ -174,3 +176,85 @@ def add_instance(
         to_state=InstanceState.QUEUED.value,
     )
     return instance
+
+
+@dataclass(frozen=True)
+class Change:
+    """One state change for `apply_changes`: the service's bulk form of `transition()`.
+
+    `values` are other columns of the instance to set in the same UPDATE (its distributor id,
+    exit record, usage…); `details` go into the event.
+    """
+
+    instance_id: int
+    run_id: int
+    from_state: InstanceState
+    to_state: InstanceState
+    message: str = ""
+    values: Mapping[str, Any] = field(default_factory=dict)
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+def apply_changes(
+    session: Session, changes: Sequence[Change], *, at: datetime | None = None
+) -> None:
+    """Apply many transitions with one UPDATE statement per column set and one bulk INSERT.
+
+    The same rules as `transition()`: every move is checked against the table, each UPDATE only
+    applies where the state is still `from_state`, and a `TransitionError` (rolling back the
+    caller's transaction) says when any row had moved meanwhile.
+    """
+    if not changes:
+        return
+    moment = at or utcnow()
+    for change in changes:
+        why = check_transition(change.from_state, change.to_state)
+        if why is not None:
+            raise TransitionError(
+                change.instance_id, change.from_state.value, change.to_state.value, why
+            )
+    session.flush()
+    # Rows that set the same columns share one executemany UPDATE.
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for change in changes:
+        row = {"state": change.to_state.value, "state_at": moment, **change.values}
+        stamp = _STAMPS.get(change.to_state)
+        if stamp is not None:
+            row[stamp] = moment
+        key = tuple(sorted(row))
+        row["_id"], row["_from"] = change.instance_id, change.from_state.value
+        groups.setdefault(key, []).append(row)
+    table = cast(Table, TaskInstance.__table__)
+    for columns, rows in groups.items():
+        statement = (
+            update(table)
+            .where(table.c.id == bindparam("_id"), table.c.state == bindparam("_from"))
+            .values({name: bindparam(name) for name in columns})
+        )
+        result = session.connection().execute(statement, rows)
+        if result.rowcount != len(rows):
+            first = rows[0]
+            raise TransitionError(
+                first["_id"], first["_from"], first["state"], "another session changed it first"
+            )
+    session.execute(
+        insert(Event),
+        [
+            {
+                "run_id": change.run_id,
+                "task_instance_id": change.instance_id,
+                "kind": "transition",
+                "from_state": change.from_state.value,
+                "to_state": change.to_state.value,
+                "at": moment,
+                "message": change.message,
+                "details": dict(change.details),
+            }
+            for change in changes
+        ],
+    )
+    # Objects of these instances loaded in this session would show the old state: drop them.
+    for change in changes:
+        loaded = session.identity_map.get(identity_key(TaskInstance, change.instance_id))
+        if loaded is not None:
+            session.expire(loaded)
