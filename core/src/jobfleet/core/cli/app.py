@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from jobfleet.core import __version__
+from jobfleet.core.cli.common import console, print_json
 from jobfleet.core.errors import JobfleetError
 from jobfleet.core.plugins import PluginInfo, PluginRegistry, PluginStatus, default_registry
 
 
 def _registry() -> PluginRegistry:
     return default_registry()
-
-
-def _console() -> Console:
-    # Tables must not be cut to 80 columns when the output goes to a file or a pipe.
-    return Console(width=None if sys.stdout.isatty() else 160)
-
-
-def _print_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=False))
 
 
 def version_report() -> dict[str, Any]:
@@ -82,7 +72,7 @@ def version(as_json: bool) -> None:
     """Show the version of the core and of every installed backend."""
     report = version_report()
     if as_json:
-        _print_json(report)
+        print_json(report)
     else:
         _echo_version(report)
 
@@ -102,9 +92,9 @@ def plugins(name: str | None, as_json: bool) -> None:
         return
     infos = registry.list_plugins()
     if as_json:
-        _print_json([info.to_dict() for info in infos])
+        print_json([info.to_dict() for info in infos])
         return
-    _console().print(_plugins_table(infos))
+    console().print(_plugins_table(infos))
 
 
 def _plugins_table(infos: list[PluginInfo]) -> Table:
@@ -151,9 +141,9 @@ def _show_plugin(registry: PluginRegistry, name: str, as_json: bool) -> None:
         ],
     }
     if as_json:
-        _print_json(detail)
+        print_json(detail)
         return
-    console = _console()
+    out = console()
     for key in (
         "name",
         "distribution",
@@ -163,7 +153,7 @@ def _show_plugin(registry: PluginRegistry, name: str, as_json: bool) -> None:
         "distributor_class",
         "worker_node_class",
     ):
-        console.print(f"[bold]{key}[/]: {detail[key]}", highlight=False)
+        out.print(f"[bold]{key}[/]: {detail[key]}", highlight=False)
     table = Table(title="settings", title_justify="left")
     for column in ("option", "environment variable", "default", "help"):
         table.add_column(column)
@@ -171,7 +161,7 @@ def _show_plugin(registry: PluginRegistry, name: str, as_json: bool) -> None:
         table.add_row(o.flag, o.envvar, repr(o.default), o.help)
     if not options:
         table.caption = "This backend has no settings."
-    console.print(table)
+    out.print(table)
 
 
 def _qualname(cls: type) -> str:

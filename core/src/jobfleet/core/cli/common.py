@@ -1,0 +1,51 @@
+"""What every `jobfleet` command shares: the ledger option, JSON output, the console."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+
+from jobfleet.core.host.ledger import ENV_VAR, Ledger
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def console() -> Console:
+    # Tables must not be cut to 80 columns when the output goes to a file or a pipe.
+    return Console(width=None if sys.stdout.isatty() else 160)
+
+
+def error_console() -> Console:
+    return Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
+
+
+def json_option(function: F) -> F:
+    """`--json`: print JSON for scripts instead of tables."""
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(function)
+
+
+def ledger_option(function: F) -> F:
+    """`--ledger URL`: which ledger to use (a SQLite path or a database URL)."""
+    return click.option(
+        "--ledger",
+        "ledger_url",
+        envvar=ENV_VAR,
+        metavar="URL",
+        help="The ledger: a SQLite file path or a database URL such as "
+        "postgresql+psycopg://user@host/db. Default: ./.jobfleet/ledger.db "
+        f"(or ${ENV_VAR}).",
+    )(function)
+
+
+def open_ledger(url: str | None) -> Ledger:
+    """Open the ledger named by `--ledger` (or its defaults); errors name it without password."""
+    return Ledger.open(url)
