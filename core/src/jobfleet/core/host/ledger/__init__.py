@@ -31,6 +31,7 @@ from jobfleet.core.host.ledger.states import (
     TRANSITIONS,
     InstanceState,
     RunStatus,
+    TaskState,
     check_transition,
 )
 from jobfleet.core.host.ledger.transitions import (
@@ -63,6 +64,7 @@ __all__ = [
     "RunStatus",
     "Task",
     "TaskInstance",
+    "TaskState",
     "TransitionError",
     "acquire_lease",
     "add_instance",

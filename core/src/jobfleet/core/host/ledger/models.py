@@ -119,6 +119,7 @@ class Run(Base):
 
 class Task(Base):
     __tablename__ = "tasks"
+    __table_args__ = (Index("ix_tasks_run_id_state", "run_id", "state"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
@@ -129,6 +130,10 @@ class Task(Base):
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
     # Retry options: resource_scale, fallback_queues.
     options: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default=_EMPTY_OBJECT)
+    # TaskState: pending until the service decides the task is over.
+    state: Mapped[str] = mapped_column(
+        String(16), default="pending", server_default=text("'pending'")
+    )
 
 
 class Array(Base):

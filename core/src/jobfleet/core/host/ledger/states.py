@@ -113,3 +113,14 @@ class RunStatus(enum.StrEnum):
     DONE = "done"
     FAILED = "failed"
     KILLED = "killed"
+
+
+class TaskState(enum.StrEnum):
+    """Whether a task is still being worked on, and how it ended."""
+
+    PENDING = "pending"
+    """It has an instance that is queued or active, or the service is about to retry it."""
+    DONE = "done"
+    FAILED = "failed"
+    """Its last attempt failed and no retry can follow (fatal, out of attempts, cannot scale)."""
+    KILLED = "killed"
