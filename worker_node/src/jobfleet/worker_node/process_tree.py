@@ -14,6 +14,7 @@ import os
 import resource
 import signal
 import time
+from collections.abc import Collection
 
 _PR_SET_CHILD_SUBREAPER = 36
 
@@ -90,8 +91,22 @@ def pids_tagged(variable: str, value: str) -> list[int]:
     the wrapper's environment, tag included, whatever session it moved to. Processes of other
     users cannot be read and are not returned.
     """
-    tag = f"{variable}={value}".encode()
-    found: list[int] = []
+    return pids_by_tag(variable, [value]).get(value, [])
+
+
+def pids_by_tag(variable: str, values: Collection[str]) -> dict[str, list[int]]:
+    """The live processes tagged `variable=value`, for each of `values`, in one scan of /proc.
+
+    Only values with a live process appear in the result. A process's tag is the first
+    `variable=` entry of its environment, the one `getenv` reads. Zombies have no environment
+    left, so they never match; processes of other users cannot be read and are skipped, as are
+    processes that exit during the scan. Without /proc (not Linux), nothing is found.
+    """
+    prefix = f"{variable}=".encode()
+    wanted = {prefix + value.encode(): value for value in values}
+    found: dict[str, list[int]] = {}
+    if not wanted:
+        return found
     try:
         entries = os.listdir("/proc")
     except OSError:
@@ -101,11 +116,43 @@ def pids_tagged(variable: str, value: str) -> list[int]:
             continue
         try:
             with open(f"/proc/{entry}/environ", "rb") as environ:
-                if tag in environ.read().split(b"\0"):
-                    found.append(int(entry))
+                content = environ.read()
         except OSError:  # gone, or not ours to read
             continue
+        if prefix not in content:  # most processes: one substring search, no splitting
+            continue
+        for item in content.split(b"\0"):
+            if item.startswith(prefix):
+                value = wanted.get(item)
+                if value is not None:
+                    found.setdefault(value, []).append(int(entry))
+                break
     return found
+
+
+def topmost(pids: Collection[int]) -> list[int]:
+    """Those of `pids` whose parent is not one of `pids`: the roots of the trees they form.
+
+    Reads /proc/<pid>/stat of each; a process that is gone meanwhile is left out.
+    """
+    members = set(pids)
+    roots: list[int] = []
+    for pid in pids:
+        parent = _parent_pid(pid)
+        if parent is not None and parent not in members:
+            roots.append(pid)
+    return roots
+
+
+def _parent_pid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            content = stat.read()
+    except OSError:
+        return None
+    # "pid (comm) state ppid ...": the name may hold spaces and ")", so read after the last ")".
+    fields = content[content.rfind(b")") + 1 :].split()
+    return int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
 
 
 def kill_pids(pids: list[int], sig: int = signal.SIGKILL) -> None:

@@ -7,12 +7,20 @@ nothing else starts until it has (bounded starvation).
 
 Killing is synchronous: `terminate_task_instances` returns once the killed wrappers and every
 process they started are gone, and a killed instance that was still queued never starts.
+
+After a host restart: wrappers run in sessions of their own, so those started by the
+distributor of a host that crashed keep running (re-parented to init) and keep reporting to the
+channel. A new distributor (new id prefix) asked about such ids finds their processes by the
+`JOBFLEET_DISTRIBUTOR_ID` tag they carry (one scan of /proc per call) and answers for them:
+running while a tagged process lives, killable (SIGTERM to the wrapper, SIGKILL after the
+grace period). It "adopts" them in that sense only: their resources are not in its pool.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -39,6 +47,15 @@ from jobfleet.plugins.multiprocess.settings import MultiprocessSettings, gpu_ids
 from jobfleet.worker_node import exit_codes, process_tree
 
 _QUEUED, _RUNNING, _FINISHED, _KILLED = "queued", "running", "finished", "killed"
+
+_TAG = "JOBFLEET_DISTRIBUTOR_ID"
+"""The environment variable that tags a wrapper and everything it starts with its id."""
+
+_ID_SHAPE = re.compile(r"[0-9a-f]{8}-[0-9]+", re.ASCII)
+"""The ids every instance hands out: its own random prefix, a dash, a counter."""
+
+_POLL = 0.02
+"""Seconds between two looks at /proc while waiting for processes that are not our children."""
 
 
 @dataclass(eq=False)
@@ -81,6 +98,9 @@ class MultiprocessDistributor(ClusterDistributor):
         self._lock = threading.RLock()
         self._workdir: Path | None = None
         self._stopped = False
+        # Ids of an earlier distributor (a host that was restarted) whose processes this one
+        # has seen running (_RUNNING) or has killed (_KILLED).
+        self._adopted: dict[str, str] = {}
 
     # -- the protocol -------------------------------------------------------------------------
 
@@ -95,7 +115,8 @@ class MultiprocessDistributor(ClusterDistributor):
             self._stopped = False
 
     def stop(self) -> None:
-        """Drop the queue, stop every running wrapper, remove the work directory."""
+        """Drop the queue, stop every running wrapper (adopted ones too), remove the work
+        directory."""
         with self._lock:
             self._stopped = True
             ids = [
@@ -103,6 +124,11 @@ class MultiprocessDistributor(ClusterDistributor):
                 for job in self._jobs.values()
                 if job.state in (_QUEUED, _RUNNING)
             ]
+            ids.extend(
+                distributor_id
+                for distributor_id, state in self._adopted.items()
+                if state == _RUNNING
+            )
         self.terminate_task_instances(ids)
         with self._lock:
             if self._workdir is not None:
@@ -138,17 +164,33 @@ class MultiprocessDistributor(ClusterDistributor):
             return steps
 
     def get_submitted_or_running(self, distributor_ids: list[str]) -> set[str]:
+        """The ids queued or running here, and those of an earlier distributor (a host that
+        was restarted) that still have a live process; one scan of /proc for all of them."""
         with self._lock:
-            return {
+            found = {
                 distributor_id
                 for distributor_id in distributor_ids
                 if (job := self._jobs.get(distributor_id)) and job.state in (_QUEUED, _RUNNING)
             }
+            foreign = [
+                distributor_id
+                for distributor_id in self._foreign(distributor_ids)
+                if self._adopted.get(distributor_id) != _KILLED  # killed: not running, as here
+            ]
+        if foreign:
+            found.update(self._adopt(foreign))
+        return found
 
     def terminate_task_instances(self, distributor_ids: list[str]) -> None:
-        """Drop queued instances and stop running ones; returns when they are all gone."""
+        """Drop queued instances and stop running ones; returns when they are all gone.
+
+        Ids of an earlier distributor are stopped the same way, through their processes: the
+        wrapper gets SIGTERM (it stops its task and reports K), and whatever still carries the
+        id after the grace period gets SIGKILL.
+        """
         running: list[_Job] = []
         with self._lock:
+            foreign = self._foreign(distributor_ids)
             for distributor_id in distributor_ids:
                 job = self._jobs.get(distributor_id)
                 if job is None or job.state in (_FINISHED, _KILLED):
@@ -159,7 +201,19 @@ class MultiprocessDistributor(ClusterDistributor):
                 else:
                     job.state = _KILLED
                     running.append(job)
+        adopted = self._adopt(foreign) if foreign else {}
+        if adopted:
+            with self._lock:
+                self._adopted.update(dict.fromkeys(adopted, _KILLED))
+            pids = [pid for tagged in adopted.values() for pid in tagged]
+            # SIGTERM to the topmost processes only: the wrappers, where they live, which stop
+            # their tasks' trees themselves and report K; the task's own processes where the
+            # wrapper is gone.
+            process_tree.kill_pids(process_tree.topmost(pids), signal.SIGTERM)
+        deadline = time.monotonic() + self.settings.kill_grace + 1.0
         _stop_wrappers(running, self.settings.kill_grace)
+        if adopted:
+            _wait_for_tagged(list(adopted), deadline)
         with self._lock:
             self._schedule()
 
@@ -170,17 +224,70 @@ class MultiprocessDistributor(ClusterDistributor):
     def get_remote_exit_info(self, distributor_id: str) -> RemoteExitInfo:
         with self._lock:
             job = self._jobs.get(distributor_id)
-            if job is None:
-                return RemoteExitInfo.unknown(f"this distributor never ran {distributor_id!r}")
+            foreign = job is None and bool(self._foreign([distributor_id]))
+        if foreign:
+            return self._exit_info_of_foreign(distributor_id)
+        if job is None:
+            return RemoteExitInfo.unknown(f"this distributor never ran {distributor_id!r}")
+        with self._lock:
             state, returncode = job.state, job.returncode
         if state == _KILLED:
-            record = ExitRecord(
-                ExitReason.CANCELLED, raw_state="killed", message="killed on request"
-            )
-            return RemoteExitInfo(ErrorState.KILL_SELF, record.message, record=record)
+            return _killed()
         if state in (_QUEUED, _RUNNING):
             return RemoteExitInfo.unknown(f"still {state}", finalized=False)
         return self._exit_info_of_finished(job, returncode)
+
+    # -- ids of an earlier distributor (after a host restart) -------------------------------
+
+    def _foreign(self, distributor_ids: list[str]) -> list[str]:
+        """The ids (once each) this instance does not know that another instance could have
+        handed out: the right shape, another prefix. Unknown ids of its own prefix never
+        existed, and other strings are no ids at all: neither is worth a look at /proc."""
+        return [
+            distributor_id
+            for distributor_id in dict.fromkeys(distributor_ids)
+            if isinstance(distributor_id, str)
+            and distributor_id not in self._jobs
+            and _ID_SHAPE.fullmatch(distributor_id)
+            and not distributor_id.startswith(f"{self._prefix}-")
+        ]
+
+    def _adopt(self, distributor_ids: list[str]) -> dict[str, list[int]]:
+        """The live processes of each id, in one scan; those found are remembered as adopted.
+
+        Called without the lock held: a scan of /proc takes milliseconds. Adopted processes
+        use cores, memory and GPUs this instance's pool knows nothing about: their needs are
+        not known here (they were in the crashed host's requests), so the pool is not charged
+        for them, and the machine may be busier than the pool thinks until they end.
+        """
+        live = process_tree.pids_by_tag(_TAG, distributor_ids)
+        if live:
+            with self._lock:
+                for distributor_id in live:
+                    self._adopted.setdefault(distributor_id, _RUNNING)
+        return live
+
+    def _exit_info_of_foreign(self, distributor_id: str) -> RemoteExitInfo:
+        with self._lock:
+            killed = self._adopted.get(distributor_id) == _KILLED
+        if killed:
+            return _killed()
+        if self._adopt([distributor_id]):
+            return RemoteExitInfo.unknown(
+                "started by an earlier distributor (a host that was restarted); still running",
+                finalized=False,
+            )
+        with self._lock:
+            seen = distributor_id in self._adopted
+        how = (
+            "it was started by an earlier distributor and ended after this one found it running"
+            if seen
+            else "if an earlier distributor started it, it ended before this one looked"
+        )
+        return RemoteExitInfo.unknown(
+            f"not started by this distributor, and no process of it is left: {how}; its "
+            "wrapper's final report, if it sent one, is in the channel"
+        )
 
     # -- submission ---------------------------------------------------------------------------
 
@@ -283,7 +390,7 @@ class MultiprocessDistributor(ClusterDistributor):
 
     def _environment(self, job: _Job) -> dict[str, str]:
         env = dict(os.environ)
-        env["JOBFLEET_DISTRIBUTOR_ID"] = job.distributor_id
+        env[_TAG] = job.distributor_id
         env["JOBFLEET_ARRAY_STEP_ID"] = "" if job.step is None else str(job.step)
         if self.pool.total.gpus:
             # Every task sees exactly the devices it was given, and none when it asked for none.
@@ -364,12 +471,35 @@ def _kill_leftovers(job: _Job) -> None:
     A task runs in a session of its own, so a wrapper killed by a signal leaves it behind,
     re-parented to init; the tag in its environment (which the wrapper passes on) finds it.
     """
+    _kill_tagged([job.distributor_id])
+
+
+def _kill_tagged(distributor_ids: list[str]) -> None:
+    """SIGKILL every process tagged with one of the ids, until none is left (or 5 s)."""
     deadline = time.monotonic() + 5.0
-    while pids := process_tree.pids_tagged("JOBFLEET_DISTRIBUTOR_ID", job.distributor_id):
-        process_tree.kill_pids(pids)
+    while found := process_tree.pids_by_tag(_TAG, distributor_ids):
+        process_tree.kill_pids([pid for pids in found.values() for pid in pids])
         if time.monotonic() > deadline:
             return
         time.sleep(0.01)  # killed processes take a moment to leave /proc
+
+
+def _wait_for_tagged(distributor_ids: list[str], deadline: float) -> None:
+    """Wait until no process carries one of the ids; at `deadline`, SIGKILL what is left.
+
+    They are not our children (their parent, a crashed host, is gone), so there is nothing to
+    wait on: /proc is looked at again every few milliseconds.
+    """
+    while process_tree.pids_by_tag(_TAG, distributor_ids):
+        if time.monotonic() >= deadline:
+            _kill_tagged(distributor_ids)
+            return
+        time.sleep(_POLL)
+
+
+def _killed() -> RemoteExitInfo:
+    record = ExitRecord(ExitReason.CANCELLED, raw_state="killed", message="killed on request")
+    return RemoteExitInfo(ErrorState.KILL_SELF, record.message, record=record)
 
 
 def _wrapper_argv() -> list[str]:
