@@ -220,7 +220,7 @@ def apply_changes(
         row = {"state": change.to_state.value, "state_at": moment, **change.values}
         stamp = _STAMPS.get(change.to_state)
         if stamp is not None:
-            row[stamp] = moment
+            row.setdefault(stamp, moment)  # a time the report gives wins over the ledger's
         key = tuple(sorted(row))
         row["_id"], row["_from"] = change.instance_id, change.from_state.value
         groups.setdefault(key, []).append(row)

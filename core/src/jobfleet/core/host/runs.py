@@ -1,0 +1,249 @@
+"""Creating a run: its tasks, their first attempts, its work directory and options.
+
+Everything is checked before anything is written: the backend exists and takes the settings,
+every task's resources fit its queue (or can be coerced to), every fallback queue is known.
+A run is then written in one transaction, so a failure leaves no half run behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import insert, select
+from sqlalchemy.orm import Session
+
+from jobfleet.core.channel import open_channel
+from jobfleet.core.cluster_protocol import ClusterQueue
+from jobfleet.core.errors import JobfleetError
+from jobfleet.core.host.ledger import (
+    Cluster,
+    Event,
+    InstanceState,
+    Ledger,
+    Queue,
+    Run,
+    RunStatus,
+    Task,
+    TaskInstance,
+    utcnow,
+)
+from jobfleet.core.host.taskfile import TaskDefinition
+from jobfleet.core.plugins import ClusterPlugin, PluginRegistry, default_registry
+
+DEFAULT_QUEUE = "default"
+
+
+class RunDefinitionError(JobfleetError):
+    """A run cannot be created as asked (nothing was written)."""
+
+
+@dataclass(frozen=True)
+class ServiceOptions:
+    """How the distributor service drives a run; stored with the run so `--resume` reuses them."""
+
+    array_size: int = 1000
+    """Most instances submitted in one array."""
+    heartbeat_interval: float = 30.0
+    """Seconds between a running task's heartbeats."""
+    heartbeat_grace: float = 10.0
+    """Silence for 3 heartbeat intervals plus this many seconds sends an instance to triage."""
+    poll_interval: float = 0.2
+    """Seconds between rounds while things change (the pause grows to `max_poll_interval`)."""
+    max_poll_interval: float = 2.0
+    triage_interval: float = 2.0
+    """Seconds between two questions to the backend about the same silent instance."""
+    triage_timeout: float = 300.0
+    """Seconds a silent instance may stay unresolved before it is given up as U."""
+    submit_batch: int = 10_000
+    """Most queued instances submitted in one round (the rest wait for the next)."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.array_size <= 1_000_000:
+            raise RunDefinitionError(
+                f"array size must be 1 to 1000000 instances, not {self.array_size}"
+            )
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, float) and not value > 0:
+                raise RunDefinitionError(f"{item.name} must be a positive number, not {value}")
+
+    @property
+    def heartbeat_deadline(self) -> float:
+        return 3 * self.heartbeat_interval + self.heartbeat_grace
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ServiceOptions:
+        known = {item.name for item in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+
+def default_work_root(ledger: Ledger) -> Path:
+    """Where runs keep their channel and logs: beside a SQLite ledger, else ./.jobfleet/runs."""
+    database = ledger.url.database
+    if ledger.url.get_backend_name() == "sqlite" and database:
+        return Path(database).resolve().parent / "runs"
+    return Path(".jobfleet", "runs").resolve()
+
+
+def create_run(
+    ledger: Ledger,
+    tasks: Sequence[TaskDefinition],
+    *,
+    cluster: str = "multiprocess",
+    name: str | None = None,
+    cluster_settings: Mapping[str, Any] | None = None,
+    options: ServiceOptions | None = None,
+    work_root: Path | None = None,
+    registry: PluginRegistry | None = None,
+) -> int:
+    """Check everything, then write the run, its tasks and their first attempts; return its id."""
+    if not tasks:
+        raise RunDefinitionError("A run needs at least one task.")
+    plugin = (registry or default_registry()).get_cluster(cluster)
+    settings_values = dict(cluster_settings or {})
+    plugin.settings(settings_values, os.environ)  # bad settings fail here, before any write
+    options = options or ServiceOptions()
+    root = work_root or default_work_root(ledger)
+    with ledger.session() as session:
+        cluster_row = _cluster_row(session, cluster)
+        queues = _queue_rows(session, cluster_row, _queue_names(tasks))
+        _check_resources(plugin, queues, tasks)
+        run = Run(
+            name=name or _default_name(tasks),
+            cluster_id=cluster_row.id,
+            status=RunStatus.CREATED.value,
+            options={"service": options.to_dict(), "cluster_settings": settings_values},
+        )
+        session.add(run)
+        session.flush()
+        work_dir = root / f"run-{run.id}"
+        run.work_dir = str(work_dir)
+        run.channel_url = f"file://{work_dir / 'channel'}"
+        _insert_tasks(session, run.id, tasks)
+        # The directory is made inside the transaction: if it cannot be, nothing is written.
+        (work_dir / "logs").mkdir(parents=True, exist_ok=True)
+        open_channel(run.channel_url, create=True).close()
+        return run.id
+
+
+def _default_name(tasks: Sequence[TaskDefinition]) -> str:
+    first = tasks[0].name
+    return first if len(tasks) == 1 else f"{first} and {len(tasks) - 1} more"
+
+
+def _queue_names(tasks: Sequence[TaskDefinition]) -> set[str]:
+    names = {DEFAULT_QUEUE}
+    for task in tasks:
+        names.add(str(task.resources.get("queue") or DEFAULT_QUEUE))
+        names.update(task.fallback_queues)
+    return names
+
+
+def _cluster_row(session: Session, name: str) -> Cluster:
+    row = session.scalar(select(Cluster).where(Cluster.name == name))
+    if row is None:
+        row = Cluster(name=name, cluster_type=name)
+        session.add(row)
+        session.flush()
+    return row
+
+
+def _queue_rows(session: Session, cluster: Cluster, names: set[str]) -> dict[str, Queue]:
+    """The cluster's queues by name; a queue not yet in the ledger is added without limits
+    of its own (the backend's queue class supplies what it knows, e.g. the machine's size)."""
+    rows = {
+        row.name: row
+        for row in session.scalars(select(Queue).where(Queue.cluster_id == cluster.id))
+    }
+    for name in sorted(names - rows.keys()):
+        rows[name] = Queue(cluster_id=cluster.id, name=name, parameters={})
+        session.add(rows[name])
+    session.flush()
+    return rows
+
+
+def queue_objects(plugin: ClusterPlugin, rows: Mapping[str, Queue]) -> dict[str, ClusterQueue]:
+    """The backend's queue objects for the ledger's queue rows."""
+    return {
+        name: plugin.queue_class(row.id, row.name, dict(row.parameters))
+        for name, row in rows.items()
+    }
+
+
+def _check_resources(
+    plugin: ClusterPlugin, rows: Mapping[str, Queue], tasks: Sequence[TaskDefinition]
+) -> None:
+    queues = queue_objects(plugin, rows)
+    seen: dict[str, tuple[bool, str]] = {}
+    for task in tasks:
+        queue_name = str(task.resources.get("queue") or DEFAULT_QUEUE)
+        key = queue_name + json.dumps(task.resources, sort_keys=True, default=str)
+        if key not in seen:
+            seen[key] = queues[queue_name].validate_resources(strict=False, **task.resources)
+        ok, message = seen[key]
+        if not ok:
+            where = f" (line {task.line})" if task.line else ""
+            raise RunDefinitionError(
+                f"Task {task.name!r}{where} cannot run on queue {queue_name!r} of "
+                f"{plugin.name}: {message}"
+            )
+
+
+def _insert_tasks(session: Session, run_id: int, tasks: Sequence[TaskDefinition]) -> None:
+    now = utcnow()
+    task_ids = session.scalars(
+        insert(Task).returning(Task.id, sort_by_parameter_order=True),
+        [
+            {
+                "run_id": run_id,
+                "name": task.name,
+                "command": task.command,
+                "resources": dict(task.resources),
+                "env": dict(task.env),
+                "max_attempts": task.max_attempts,
+                "options": {
+                    "resource_scale": task.resource_scale,
+                    "fallback_queues": list(task.fallback_queues),
+                },
+            }
+            for task in tasks
+        ],
+    ).all()
+    instance_ids = session.scalars(
+        insert(TaskInstance).returning(TaskInstance.id, sort_by_parameter_order=True),
+        [
+            {
+                "task_id": task_id,
+                "run_id": run_id,
+                "attempt": 1,
+                "state": InstanceState.QUEUED.value,
+                "requested_resources": dict(task.resources),
+                "created_at": now,
+                "state_at": now,
+            }
+            for task_id, task in zip(task_ids, tasks, strict=True)
+        ],
+    ).all()
+    session.execute(
+        insert(Event),
+        [
+            {
+                "run_id": run_id,
+                "task_instance_id": instance_id,
+                "kind": "transition",
+                "to_state": InstanceState.QUEUED.value,
+                "at": now,
+                "message": "attempt 1 queued",
+                "details": {},
+            }
+            for instance_id in instance_ids
+        ],
+    )
