@@ -171,7 +171,8 @@ def _qualname(cls: type) -> str:
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI; errors jobfleet raises on purpose are printed without a traceback."""
     try:
-        cli.main(args=argv, prog_name="jobfleet", standalone_mode=False)
+        # Without standalone mode, click returns the code a command exits with (ctx.exit).
+        result = cli.main(args=argv, prog_name="jobfleet", standalone_mode=False)
     except JobfleetError as exc:
         click.echo(f"jobfleet: error: {exc}", err=True)
         return 1
@@ -183,4 +184,15 @@ def run(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         return 130
-    return 0
+    return result if isinstance(result, int) else 0
+
+
+from jobfleet.core.cli.inspect_commands import COMMANDS as _INSPECT_COMMANDS  # noqa: E402
+
+for _command in _INSPECT_COMMANDS:
+    cli.add_command(_command)
+
+from jobfleet.core.cli.run_commands import COMMANDS as _RUN_COMMANDS  # noqa: E402
+
+for _command in _RUN_COMMANDS:
+    cli.add_command(_command)

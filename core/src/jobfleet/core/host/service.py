@@ -245,8 +245,13 @@ class DistributorService:
         return self._handle_kills()
 
     def request_stop(self) -> None:
-        """Make `run_until_done` return after the current round (from another thread)."""
+        """Make `run_until_done` return after the current round (from another thread or a
+        signal handler)."""
         self._stop.set()
+
+    def clear_stop(self) -> None:
+        """Let `run_until_done` run rounds again after `request_stop`."""
+        self._stop.clear()
 
     def run_until_done(self, on_progress: Callable[[Progress], None] | None = None) -> Progress:
         """Run rounds until the run is over (or `request_stop`); pauses grow while idle."""

@@ -1,0 +1,729 @@
+"""`jobfleet status`, `logs`, `usage`, `events` and `queues`: looking into the ledger.
+
+Every command but `queues add/remove` only reads the ledger (through read sessions, which on
+SQLite never block the service writing it), and refuses a ledger file that does not exist
+rather than creating an empty one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any, Final
+
+import click
+from rich.table import Table
+from rich.text import Text
+from sqlalchemy import func, select
+
+from jobfleet.core.cli.common import console, json_option, ledger_option, open_ledger, print_json
+from jobfleet.core.errors import JobfleetError, UnknownClusterError
+from jobfleet.core.host import queries
+from jobfleet.core.host.ledger import (
+    Array,
+    Cluster,
+    InstanceState,
+    Ledger,
+    Queue,
+    Run,
+    resolve_url,
+)
+from jobfleet.core.host.queries import FINAL_RUN_STATUSES, NotFoundError
+from jobfleet.core.plugins import default_registry
+from jobfleet.core.resources import (
+    QueueLimits,
+    format_memory,
+    format_runtime,
+    memory_text,
+)
+
+# How often `events --follow` looks for new events.
+FOLLOW_INTERVAL: Final = 0.5
+# Events read per statement: a long log is printed page by page.
+EVENT_PAGE: Final = 1000
+# Bytes copied at a time by `logs`.
+CHUNK: Final = 64 * 1024
+
+_FLAG_STYLES: Final = {
+    queries.OVER_REQUESTED: "yellow",
+    queries.RESOURCE_RETRIED: "magenta",
+    queries.NEAR_LIMIT: "bold red",
+}
+_TASK_STATE_STYLES: Final = {
+    "done": "green",
+    "failed": "red",
+    "killed": "yellow",
+    "pending": "cyan",
+}
+_RUN_STATUS_STYLES: Final = {**_TASK_STATE_STYLES, "running": "cyan", "created": "dim"}
+
+
+class QueueError(JobfleetError):
+    """A queue cannot be added or removed as asked."""
+
+
+# --- shared helpers -------------------------------------------------------------------------
+
+
+@contextmanager
+def _existing_ledger(url: str | None) -> Iterator[Ledger]:
+    """The ledger, for a command that only reads it: a missing SQLite file is an error."""
+    resolved = resolve_url(url)
+    if resolved.get_backend_name() == "sqlite" and resolved.database:
+        path = Path(resolved.database)
+        if not path.exists():
+            raise NotFoundError(
+                f"There is no ledger at {path}: nothing has run with it yet. Name another "
+                "with --ledger URL or $JOBFLEET_LEDGER."
+            )
+    ledger = open_ledger(url)
+    try:
+        yield ledger
+    finally:
+        ledger.close()
+
+
+def _time(moment: datetime | None) -> str:
+    return "-" if moment is None else f"{moment:%Y-%m-%d %H:%M:%S}"
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value < 60:
+        return f"{value:.1f}s"
+    return format_runtime(round(value))
+
+
+def _memory(value: int | None) -> str:
+    return "-" if value is None else format_memory(value)
+
+
+def _text(value: object, style: str = "") -> Text:
+    # User data (task names, messages) goes into tables as Text, never as rich markup.
+    return Text("-" if value is None else str(value), style=style)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
+def _state_name(letter: str) -> str:
+    try:
+        return InstanceState(letter).name
+    except ValueError:
+        return "?"
+
+
+# --- status ---------------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("run_ref", metavar="RUN", required=False)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="How many tasks (with RUN) or runs (without) to show.",
+)
+@click.option("--all", "show_all", is_flag=True, help="Show every task (or run); ignore --limit.")
+@json_option
+@ledger_option
+def status(
+    run_ref: str | None, limit: int, show_all: bool, as_json: bool, ledger_url: str | None
+) -> None:
+    """Show the runs in the ledger, or one run in detail.
+
+    Without RUN: the newest runs with their task counts and whether a service owns them now.
+    With RUN (an id, or a name when only one run has it): the run, how many task instances
+    are in each state (Q queued … D done), how many tasks are done, failed or pending, and the
+    first tasks with their latest attempt. `jobfleet logs INSTANCE` shows an attempt's output.
+    """
+    with _existing_ledger(ledger_url) as ledger, ledger.read_session() as session:
+        if run_ref is None:
+            total = session.scalar(select(func.count()).select_from(Run)) or 0
+            summaries = queries.run_summaries(session, limit=total if show_all else limit)
+            if as_json:
+                print_json({"runs": [summary.to_dict() for summary in summaries]})
+                return
+            _print_runs(summaries, total, ledger.safe_url)
+            return
+        run = queries.find_run(session, run_ref)
+        summary = queries.run_summary(session, run)
+        states = queries.state_counts(session, run.id)
+        tasks = queries.task_counts(session, run.id)
+        rows = queries.task_rows(session, run.id, limit=None if show_all else limit)
+    hidden = summary.tasks_total - len(rows)
+    if as_json:
+        print_json(
+            {
+                "run": summary.to_dict(),
+                "state_counts": states,
+                "task_counts": tasks,
+                "tasks": [row.to_dict() for row in rows],
+                "tasks_not_shown": hidden,
+            }
+        )
+        return
+    _print_run(summary, states, tasks, rows, hidden)
+
+
+def _owner(summary: queries.RunSummary) -> Text:
+    if summary.owner_token is None:
+        return Text("-")
+    if summary.owner_active:
+        return Text(f"{summary.owner_token} (active)", style="green")
+    return Text(f"{summary.owner_token} (expired)", style="dim")
+
+
+def _print_runs(summaries: Sequence[queries.RunSummary], total: int, where: str) -> None:
+    out = console()
+    if not summaries:
+        out.print(f"No runs in the ledger at {where}.", highlight=False)
+        return
+    table = Table(title=f"runs in {where}", title_justify="left")
+    for column in ("id", "name", "cluster", "status", "done", "failed", "killed", "pending"):
+        numeric = column in ("id", "done", "failed", "killed", "pending")
+        table.add_column(column, justify="right" if numeric else "left")
+    table.add_column("total", justify="right")
+    table.add_column("created (UTC)", no_wrap=True)
+    table.add_column("owner")
+    for summary in summaries:
+        table.add_row(
+            str(summary.id),
+            _text(summary.name),
+            _text(summary.cluster),
+            _text(summary.status, _RUN_STATUS_STYLES.get(summary.status, "")),
+            str(summary.tasks_done),
+            str(summary.tasks_failed),
+            str(summary.tasks_killed),
+            str(summary.tasks_pending),
+            str(summary.tasks_total),
+            _time(summary.created_at),
+            _owner(summary),
+        )
+    if total > len(summaries):
+        table.caption = f"… {total - len(summaries)} older runs: use --all"
+    out.print(table)
+
+
+def _print_run(
+    summary: queries.RunSummary,
+    states: dict[str, int],
+    tasks: dict[str, int],
+    rows: Sequence[queries.TaskRow],
+    hidden: int,
+) -> None:
+    out = console()
+    header = Text.assemble(
+        ("Run ", "bold"),
+        (str(summary.id), "bold"),
+        f" {summary.name!r} on {summary.cluster}: ",
+        (summary.status, _RUN_STATUS_STYLES.get(summary.status, "")),
+    )
+    out.print(header)
+    out.print(
+        Text(
+            f"created {_time(summary.created_at)}, finished {_time(summary.finished_at)} (UTC); "
+            "owner "
+        )
+        + _owner(summary)
+    )
+    instances = ", ".join(
+        f"{letter} {_state_name(letter).lower().replace('_', ' ')} {count}"
+        for letter, count in states.items()
+    )
+    out.print(Text(f"instances: {instances or 'none yet'}"))
+    task_line = ", ".join(f"{state} {count}" for state, count in tasks.items())
+    out.print(Text(f"tasks: {task_line or 'none'} (of {summary.tasks_total})"))
+    if not rows:
+        return
+    table = task_table(rows)
+    if hidden > 0:
+        table.caption = f"… {hidden} more tasks: use --all"
+    out.print(table)
+
+
+def task_table(rows: Sequence[queries.TaskRow], title: str | None = None) -> Table:
+    """One line per task with its latest attempt (names shown as text, never as markup)."""
+    table = Table(title=title, title_justify="left")
+    for column in ("task", "state", "instance", "attempts", "exit", "wall", "maxrss", "cpu"):
+        numeric = column in ("attempts", "wall", "maxrss", "cpu")
+        table.add_column(column, justify="right" if numeric else "left")
+    for row in rows:
+        instance = "-" if row.instance_id is None else f"{row.instance_id} {row.instance_state}"
+        table.add_row(
+            _text(row.name),
+            _text(row.task_state, _TASK_STATE_STYLES.get(row.task_state, "")),
+            instance,
+            str(row.attempts),
+            _text(row.exit_reason),
+            _seconds(row.wallclock),
+            _memory(row.maxrss),
+            _seconds(row.cpu),
+        )
+    return table
+
+
+# --- logs -----------------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("instance_id", metavar="INSTANCE", type=int)
+@click.option("--stderr", "use_stderr", is_flag=True, help="Show standard error, not output.")
+@click.option("--tail", type=click.IntRange(min=0), metavar="N", help="Show only the last N lines.")
+@ledger_option
+def logs(instance_id: int, use_stderr: bool, tail: int | None, ledger_url: str | None) -> None:
+    """Print what a task instance (one attempt) wrote to its output or error.
+
+    INSTANCE is the instance id that `jobfleet status RUN` shows. The file is copied as it is,
+    byte for byte (binary output too), from the path the ledger recorded when the attempt
+    started; the file must be readable from this machine.
+    """
+    stream = "stderr" if use_stderr else "stdout"
+    with _existing_ledger(ledger_url) as ledger, ledger.read_session() as session:
+        instance = queries.find_instance(session, instance_id)
+        recorded = instance.stderr_path if use_stderr else instance.stdout_path
+        state = instance.state
+        work_dir = session.scalar(select(Run.work_dir).where(Run.id == instance.run_id))
+    if recorded is None:
+        where = f"state {state} ({_state_name(state)})"
+        if _has_started(state):
+            raise NotFoundError(
+                f"Task instance {instance_id} has no {stream} file recorded; it is in {where}."
+            )
+        raise NotFoundError(
+            f"Task instance {instance_id} has no {stream} file recorded yet: it is in {where} "
+            "and has not started."
+        )
+    path = Path(recorded)
+    if not path.is_absolute() and work_dir:
+        path = Path(work_dir) / path
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        raise NotFoundError(
+            f"The {stream} file of task instance {instance_id}, {path}, does not exist (any more)."
+        ) from None
+    except OSError as exc:
+        raise JobfleetError(
+            f"The {stream} file of task instance {instance_id}, {path}, cannot be read: "
+            f"{exc.strerror or exc}."
+        ) from None
+    with handle:
+        if tail is not None:
+            handle.seek(_tail_start(handle, tail))
+        _copy_to_stdout(handle)
+
+
+def _has_started(letter: str) -> bool:
+    return letter not in (InstanceState.QUEUED, InstanceState.INSTANTIATED, InstanceState.LAUNCHED)
+
+
+def _tail_start(handle: IO[bytes], lines: int) -> int:
+    """The offset where the last `lines` lines of the file begin, read backwards by blocks."""
+    end = handle.seek(0, os.SEEK_END)
+    if lines == 0:
+        return end
+    found = 0
+    position = end
+    while position > 0:
+        start = max(0, position - CHUNK)
+        handle.seek(start)
+        block = handle.read(position - start)
+        index = len(block)
+        while (index := block.rfind(b"\n", 0, index)) >= 0:
+            # A newline as the file's last byte ends the last line; it does not start one.
+            if start + index != end - 1:
+                found += 1
+                if found == lines:
+                    return start + index + 1
+        position = start
+    return 0
+
+
+def _copy_to_stdout(handle: IO[bytes]) -> None:
+    sys.stdout.flush()
+    out = sys.stdout.buffer
+    try:
+        shutil.copyfileobj(handle, out, CHUNK)
+        out.flush()
+    except BrokenPipeError:
+        # `jobfleet logs 7 | head`: the reader left, which is not an error. Point stdout at
+        # /dev/null so that Python's final flush does not complain either.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, out.fileno())
+        os.close(devnull)
+
+
+# --- usage ----------------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("run_ref", metavar="RUN")
+@json_option
+@ledger_option
+def usage(run_ref: str, as_json: bool, ledger_url: str | None) -> None:
+    """Compare what each task of a run used with what it requested.
+
+    One line per task, from its latest attempt that reported usage: requested memory, peak
+    memory (maxrss) and its share of the request, cpu and wall time, and the memory each
+    attempt requested (a retry after running out of memory asks for more). Flags:
+    over-requested (the request is at least twice the peak, and at least 64M),
+    resource-retried (an earlier attempt was killed for memory or time), near limit (the peak
+    reached 90% of the request).
+    """
+    with _existing_ledger(ledger_url) as ledger, ledger.read_session() as session:
+        run = queries.find_run(session, run_ref)
+        run_id, run_name = run.id, run.name
+        rows = queries.usage_rows(session, run.id)
+    total_cpu = sum(row.cpu or 0.0 for row in rows)
+    peak = max(rows, key=lambda row: row.maxrss, default=None)
+    if as_json:
+        print_json(
+            {
+                "run_id": run_id,
+                "tasks": [row.to_dict() for row in rows],
+                "total_cpu": total_cpu,
+                "peak_maxrss": None if peak is None else peak.maxrss,
+            }
+        )
+        return
+    out = console()
+    if peak is None:
+        out.print(Text(f"No task of run {run_id} ({run_name}) has reported usage yet."))
+        return
+    table = Table(title=f"usage of run {run_id} ({run_name})", title_justify="left")
+    columns = ("task", "attempt", "requested", "maxrss", "used", "cpu", "wall", "memory by attempt")
+    for column in columns:
+        numeric = column in ("requested", "maxrss", "used", "cpu", "wall")
+        table.add_column(column, justify="right" if numeric else "left")
+    table.add_column("flag")
+    for row in rows:
+        share = (
+            "-" if not row.requested_memory else f"{100 * row.maxrss / row.requested_memory:.0f}%"
+        )
+        table.add_row(
+            _text(row.name),
+            f"{row.attempt}/{row.attempts}",
+            _memory(row.requested_memory),
+            _memory(row.maxrss),
+            share,
+            _seconds(row.cpu),
+            _seconds(row.wallclock),
+            _text(" → ".join(memory or "-" for memory in row.memory_by_attempt)),
+            _text(row.flag or "", _FLAG_STYLES.get(row.flag or "", "")),
+        )
+    out.print(table)
+    out.print(
+        Text(
+            f"{len(rows)} tasks; total cpu {_seconds(total_cpu)}; "
+            f"peak maxrss {format_memory(peak.maxrss)} ({peak.name})"
+        )
+    )
+
+
+# --- events ---------------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("run_ref", metavar="RUN")
+@click.option(
+    "--instance", "instance_id", type=int, metavar="ID", help="Only this task instance's events."
+)
+@click.option(
+    "--follow",
+    "-f",
+    is_flag=True,
+    help="Keep printing new events until the run is over (done, failed or killed), or Ctrl-C.",
+)
+@json_option
+@ledger_option
+def events(
+    run_ref: str,
+    instance_id: int | None,
+    follow: bool,
+    as_json: bool,
+    ledger_url: str | None,
+) -> None:
+    """Print a run's event log: every state change, resource adjustment and kill request.
+
+    One line per event: time (UTC), the instance (task and attempt), the change (`R → D`) or
+    the kind of event, and its message. With --json, one JSON object per line, so that
+    `--follow --json` can be read as a stream.
+    """
+    with _existing_ledger(ledger_url) as ledger:
+        with ledger.read_session() as session:
+            run_id = queries.find_run(session, run_ref).id
+            if instance_id is not None:
+                instance = queries.find_instance(session, instance_id)
+                if instance.run_id != run_id:
+                    raise NotFoundError(
+                        f"Task instance {instance_id} belongs to run {instance.run_id}, "
+                        f"not to run {run_id}."
+                    )
+        try:
+            _print_events(ledger, run_id, instance_id, follow=follow, as_json=as_json)
+        except KeyboardInterrupt:
+            return
+
+
+def _print_events(
+    ledger: Ledger, run_id: int, instance_id: int | None, *, follow: bool, as_json: bool
+) -> None:
+    last = 0
+    while True:
+        with ledger.read_session() as session:
+            # The status first: every event written before the run became final is then
+            # visible to the query below, so nothing is missed when the loop stops.
+            status = session.scalar(select(Run.status).where(Run.id == run_id))
+            batch = queries.events(
+                session, run_id, after_id=last, instance_id=instance_id, limit=EVENT_PAGE
+            )
+        for row in batch:
+            click.echo(json.dumps(row.to_dict(), default=str) if as_json else _event_line(row))
+            last = row.id
+        if len(batch) == EVENT_PAGE:
+            continue
+        if not follow or status is None or status in FINAL_RUN_STATUSES:
+            return
+        time.sleep(FOLLOW_INTERVAL)
+
+
+def _event_line(row: queries.EventRow) -> str:
+    if row.instance_id is None:
+        who = "run"
+    else:
+        who = f"instance {row.instance_id}"
+        if row.task_name is not None:
+            who += f" ({row.task_name} #{row.attempt})"
+    if row.kind == "transition":
+        what = f"{row.from_state or ''} → {row.to_state}".strip()
+    else:
+        what = row.kind
+    line = f"{_time(row.at)}  {who}  {what}"
+    return f"{line}  {row.message}" if row.message else line
+
+
+# --- queues ---------------------------------------------------------------------------------
+
+_LIMIT_OPTIONS: Final = (
+    ("max_cores", "N", "The most cores a task may ask for."),
+    ("max_memory", "SIZE", "The most memory a task may ask for, with a unit: 64G, 512M."),
+    ("max_runtime", "TIME", "The longest wall time a task may ask for: 3600, 2h, 1-00:00:00."),
+    ("max_gpus", "N", "The most GPUs a task may ask for."),
+    ("min_cores", "N", "The fewest cores a task is given."),
+    ("default_cores", "N", "Cores for a task that asks for none."),
+    ("default_memory", "SIZE", "Memory for a task that asks for none, with a unit."),
+    ("default_runtime", "TIME", "Wall time for a task that asks for none."),
+    ("default_gpus", "N", "GPUs for a task that asks for none."),
+)
+
+
+@click.group()
+def queues() -> None:
+    """List, add and remove the queues of the clusters in the ledger, with their limits.
+
+    A queue's limits (max_memory, max_runtime, …) and defaults are checked against every task
+    sent to it: a request over a maximum is clamped (and the adjustment logged) or refused.
+    """
+
+
+@queues.command("list")
+@click.option("--cluster", "cluster_name", metavar="NAME", help="Only this cluster's queues.")
+@json_option
+@ledger_option
+def list_queues(cluster_name: str | None, as_json: bool, ledger_url: str | None) -> None:
+    """List the queues of every cluster (or of one) with their parameters."""
+    with _existing_ledger(ledger_url) as ledger, ledger.read_session() as session:
+        statement = (
+            select(Cluster.name, Cluster.cluster_type, Queue.name, Queue.parameters)
+            .join(Queue, Queue.cluster_id == Cluster.id)
+            .order_by(Cluster.name, Queue.name)
+        )
+        if cluster_name is not None:
+            _find_cluster(session, cluster_name)
+            statement = statement.where(Cluster.name == cluster_name)
+        found = [
+            {"cluster": cluster, "cluster_type": kind, "queue": queue, "parameters": parameters}
+            for cluster, kind, queue, parameters in session.execute(statement)
+        ]
+        where = ledger.safe_url
+    if as_json:
+        print_json(found)
+        return
+    out = console()
+    if not found:
+        out.print(Text(f"No queues in the ledger at {where}. Add one: jobfleet queues add"))
+        return
+    table = Table(title="queues", title_justify="left")
+    for column in ("cluster", "type", "queue", "parameters"):
+        table.add_column(column)
+    for entry in found:
+        shown = ", ".join(_parameter_text(k, v) for k, v in entry["parameters"].items())
+        table.add_row(
+            _text(entry["cluster"]), _text(entry["cluster_type"]), _text(entry["queue"]), shown
+        )
+    out.print(table)
+
+
+def _parameter_text(key: str, value: Any) -> str:
+    if key.endswith("runtime") and isinstance(value, int):
+        return f"{key}={format_runtime(value)}"
+    return f"{key}={value}"
+
+
+def _find_cluster(session: Any, name: str) -> Cluster:
+    cluster = session.scalar(select(Cluster).where(Cluster.name == name))
+    if cluster is None:
+        known = ", ".join(session.scalars(select(Cluster.name).order_by(Cluster.name))) or "none"
+        raise NotFoundError(f"There is no cluster {name!r} in the ledger (clusters: {known}).")
+    assert isinstance(cluster, Cluster)
+    return cluster
+
+
+def _limit_options(function: Any) -> Any:
+    for key, metavar, text in reversed(_LIMIT_OPTIONS):
+        flag = "--" + key.replace("_", "-")
+        function = click.option(flag, key, metavar=metavar, help=text)(function)
+    return function
+
+
+@queues.command("add")
+@click.argument("cluster_name", metavar="CLUSTER")
+@click.argument("queue_name", metavar="QUEUE")
+@_limit_options
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Another parameter for the backend (repeatable); VALUE is read as JSON when it "
+    "can be (5, true, [1,2]), else as text.",
+)
+@click.option("--replace", is_flag=True, help="Replace the parameters of an existing queue.")
+@ledger_option
+def add_queue(
+    cluster_name: str,
+    queue_name: str,
+    params: tuple[str, ...],
+    replace: bool,
+    ledger_url: str | None,
+    **limits: str | None,
+) -> None:
+    """Add QUEUE to CLUSTER, with its limits and defaults.
+
+    The limits are checked before anything is written. A cluster that is not in the ledger yet
+    is added when CLUSTER names an installed backend (`jobfleet plugins`), which becomes its
+    type. An existing queue is only changed with --replace, which replaces all its parameters.
+    """
+    parameters = _queue_parameters(limits, params)
+    with open_ledger(ledger_url) as ledger, ledger.session() as session:
+        cluster = session.scalar(select(Cluster).where(Cluster.name == cluster_name))
+        created = cluster is None
+        if cluster is None:
+            installed = default_registry().names()
+            if cluster_name not in installed:
+                raise UnknownClusterError(
+                    cluster_name,
+                    installed,
+                    f"There is no cluster {cluster_name!r} in the ledger, and no backend is "
+                    "installed under that name to add it with.",
+                )
+            cluster = Cluster(name=cluster_name, cluster_type=cluster_name)
+            session.add(cluster)
+            session.flush()
+        queue = session.scalar(
+            select(Queue).where(Queue.cluster_id == cluster.id, Queue.name == queue_name)
+        )
+        if queue is not None and not replace:
+            raise QueueError(
+                f"The queue {queue_name!r} of cluster {cluster_name!r} exists already; "
+                "add --replace to replace its parameters."
+            )
+        if queue is None:
+            session.add(Queue(cluster_id=cluster.id, name=queue_name, parameters=parameters))
+        else:
+            queue.parameters = parameters
+        kind = cluster.cluster_type
+    verb = "Replaced" if queue is not None else "Added"
+    shown = ", ".join(_parameter_text(k, v) for k, v in parameters.items()) or "no limits"
+    note = f" (new cluster of type {kind})" if created else ""
+    click.echo(f"{verb} the queue {queue_name!r} of cluster {cluster_name!r}{note}: {shown}.")
+
+
+def _queue_parameters(limits: dict[str, str | None], params: Sequence[str]) -> dict[str, Any]:
+    """The queue's parameters, limits checked and written in canonical units."""
+    parameters: dict[str, Any] = {key: value for key, value in limits.items() if value is not None}
+    for item in params:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE.", param_hint="--param")
+        if key in parameters:
+            raise click.BadParameter(f"{key!r} is given twice.", param_hint="--param")
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            value = raw
+        parameters[key] = value
+    checked = QueueLimits.from_parameters(parameters)
+    for key in list(parameters):
+        if key in {name for name, _, _ in _LIMIT_OPTIONS}:
+            parameters[key] = _canonical(key, getattr(checked, key))
+    return parameters
+
+
+def _canonical(key: str, value: float | int) -> Any:
+    if key.endswith("memory"):
+        return memory_text(int(value))
+    if key.endswith("cores"):
+        return int(value) if float(value).is_integer() else value
+    return int(value)
+
+
+@queues.command("remove")
+@click.argument("cluster_name", metavar="CLUSTER")
+@click.argument("queue_name", metavar="QUEUE")
+@ledger_option
+def remove_queue(cluster_name: str, queue_name: str, ledger_url: str | None) -> None:
+    """Remove QUEUE from CLUSTER; refused while arrays of past runs refer to it."""
+    with _existing_ledger(ledger_url) as ledger, ledger.session() as session:
+        cluster = _find_cluster(session, cluster_name)
+        queue = session.scalar(
+            select(Queue).where(Queue.cluster_id == cluster.id, Queue.name == queue_name)
+        )
+        if queue is None:
+            names = ", ".join(
+                session.scalars(
+                    select(Queue.name).where(Queue.cluster_id == cluster.id).order_by(Queue.name)
+                )
+            )
+            raise NotFoundError(
+                f"The cluster {cluster_name!r} has no queue {queue_name!r} "
+                f"(its queues: {names or 'none'})."
+            )
+        used = session.execute(
+            select(func.count(), func.count(func.distinct(Array.run_id))).where(
+                Array.queue_id == queue.id
+            )
+        ).one()
+        if used[0]:
+            raise QueueError(
+                f"The queue {queue_name!r} of cluster {cluster_name!r} is used by "
+                f"{_count(used[0], 'array')} (of {_count(used[1], 'run')}), which keep "
+                "referring to it: it cannot be removed."
+            )
+        session.delete(queue)
+    click.echo(f"Removed the queue {queue_name!r} of cluster {cluster_name!r}.")
+
+
+COMMANDS: Final[list[click.Command]] = [status, logs, usage, events, queues]

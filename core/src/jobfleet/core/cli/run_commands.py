@@ -1,0 +1,507 @@
+"""`jobfleet run` (the main job) and `jobfleet kill`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from sqlalchemy import select, update
+
+from jobfleet.core.cli.common import (
+    console,
+    error_console,
+    json_option,
+    ledger_option,
+    open_ledger,
+    print_json,
+)
+from jobfleet.core.cli.inspect_commands import task_table
+from jobfleet.core.cli.options import add_setting_options, setting_values
+from jobfleet.core.errors import JobfleetError
+from jobfleet.core.host import queries
+from jobfleet.core.host.ledger import (
+    InstanceState,
+    LeaseError,
+    Ledger,
+    Run,
+    RunStatus,
+    TaskInstance,
+    utcnow,
+)
+from jobfleet.core.host.runs import ServiceOptions, create_run
+from jobfleet.core.host.service import DistributorService
+from jobfleet.core.host.service import Progress as RunProgress
+from jobfleet.core.host.taskfile import (
+    TaskDefaults,
+    TaskDefinition,
+    load_task_file,
+    task_from_command,
+)
+from jobfleet.core.plugins import PluginStatus, default_registry
+from jobfleet.core.settings import SettingOption
+
+_FINAL = {RunStatus.DONE.value, RunStatus.FAILED.value, RunStatus.KILLED.value}
+_STATE_NAMES = {state.value: state.name.lower() for state in InstanceState}
+
+
+class _RunCommand(click.Command):
+    """`run`, with every installed backend's settings as options and `-- COMMAND…` kept whole.
+
+    The backends' options are added when the command is used, not when the CLI is imported,
+    so that other commands never load every plugin.
+    """
+
+    _plugin_options: list[SettingOption] | None = None
+
+    def plugin_options(self) -> list[SettingOption]:
+        if self._plugin_options is None:
+            registry = default_registry()
+            found: list[SettingOption] = []
+            for info in registry.list_plugins():
+                if info.status is PluginStatus.OK:
+                    found.extend(registry.get_cluster(info.name).setting_options())
+            self._plugin_options = found
+            add_setting_options(self, found)
+        return self._plugin_options
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        self.plugin_options()
+        if "--" in args:
+            cut = args.index("--")
+            ctx.meta["jobfleet_command"] = args[cut + 1 :]
+            args = args[:cut]
+        return super().parse_args(ctx, args)
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        self.plugin_options()
+        super().format_options(ctx, formatter)
+
+
+@click.command(cls=_RunCommand)
+@click.argument("task_file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--cluster",
+    default="multiprocess",
+    show_default=True,
+    help="The backend to run on (see `jobfleet plugins`).",
+)
+@click.option("--queue", help="Queue for tasks that name none (default: 'default').")
+@click.option("--cores", help="Cores per task unless the task says, e.g. 2 or 0.5.")
+@click.option("--memory", help="Memory per task unless the task says, e.g. 512M or 4G.")
+@click.option(
+    "--runtime", help="Runtime limit per task unless the task says, e.g. 90, 10m, 1:30:00."
+)
+@click.option("--gpus", help="GPUs per task unless the task says, e.g. 1 or a100:2.")
+@click.option("--max-attempts", type=click.IntRange(1, 100), help="Attempts per task (default 3).")
+@click.option(
+    "--array-size",
+    type=click.IntRange(1, 1_000_000),
+    default=1000,
+    show_default=True,
+    help="Most tasks with the same resources submitted as one array.",
+)
+@click.option("--name", help="A name for the run (default: from the first task).")
+@click.option("--resume", "resume", metavar="RUN", help="Continue a run whose service stopped.")
+@click.option(
+    "--detach", is_flag=True, help="Run the service in the background; print the run id and exit."
+)
+@ledger_option
+@json_option
+@click.pass_context
+def run(ctx: click.Context, /, task_file: Path | None, **flags: Any) -> None:
+    """Run the tasks of TASK_FILE, or one command given after `--`, until all are over.
+
+    TASK_FILE is YAML or JSON (tasks with name, command, resources, env, max_attempts, and
+    `defaults` at the top) or plain text (one command per line). A malformed file is refused,
+    naming the line and field, before anything is written.
+
+    \b
+    Examples:
+      jobfleet run examples/hello.yaml
+      jobfleet run --memory 2G commands.txt
+      jobfleet run --cluster slurm --queue short -- python train.py --epochs 3
+      jobfleet run --resume 12
+
+    Failed attempts are retried: out of memory or time with 1.5× the resource (clamped to the
+    queue, then fallback queues), other errors as they were, up to --max-attempts. Ctrl-C
+    kills the run's tasks; use --detach to leave the run working in the background. The exit
+    status is 0 only when every task is done.
+    """
+    command = ctx.meta.get("jobfleet_command")
+    ledger = open_ledger(flags["ledger_url"])
+    with ledger:
+        if flags["resume"] is not None:
+            if task_file is not None or command:
+                raise click.UsageError("--resume takes no task file or command.")
+            with ledger.read_session() as session:
+                run_id = queries.find_run(session, flags["resume"]).id
+        else:
+            run_id = _create(ledger, task_file, command, ctx, flags)
+        if flags["detach"]:
+            _detach(ledger, run_id, flags["as_json"])
+            return
+        status = _drive(ledger, run_id, flags["as_json"])
+    ctx.exit(0 if status is RunStatus.DONE else 1)
+
+
+def _create(
+    ledger: Ledger,
+    task_file: Path | None,
+    command: Sequence[str] | None,
+    ctx: click.Context,
+    flags: Mapping[str, Any],
+) -> int:
+    definitions = _tasks(task_file, command, flags)
+    command_spec = ctx.command
+    assert isinstance(command_spec, _RunCommand)
+    settings = setting_values(
+        [o for o in command_spec.plugin_options() if o.cluster == flags["cluster"]], ctx.params
+    )
+    run_id = create_run(
+        ledger,
+        definitions,
+        cluster=flags["cluster"],
+        name=flags["name"],
+        cluster_settings=settings,
+        options=ServiceOptions(array_size=flags["array_size"]),
+    )
+    error_console().print(
+        f"run {run_id}: {len(definitions)} task(s) on {flags['cluster']} "
+        f"(ledger {ledger.safe_url})",
+        highlight=False,
+        markup=False,
+    )
+    return run_id
+
+
+def _tasks(
+    task_file: Path | None, command: Sequence[str] | None, flags: Mapping[str, Any]
+) -> list[TaskDefinition]:
+    resources = {
+        key: flags[key]
+        for key in ("queue", "cores", "memory", "runtime", "gpus")
+        if flags[key] is not None
+    }
+    defaults = TaskDefaults(resources=resources, max_attempts=flags["max_attempts"])
+    if task_file is not None and command:
+        raise click.UsageError("Give a task file or a command after `--`, not both.")
+    if task_file is not None:
+        return load_task_file(task_file, defaults)
+    if command:
+        return [task_from_command(command, defaults, name=flags["name"])]
+    raise click.UsageError("Give a task file, or a command after `--` (see --help).")
+
+
+# -- running the service in the foreground ----------------------------------------------------
+
+
+def _drive(ledger: Ledger, run_id: int, as_json: bool) -> RunStatus:
+    service = DistributorService(ledger, run_id)
+    try:
+        service.start()
+    except LeaseError as exc:
+        raise JobfleetError(
+            f"Run {run_id} is being run by another service ({exc}). Follow it with "
+            f"`jobfleet status {run_id}` or `jobfleet events {run_id} --follow`."
+        ) from None
+    try:
+        with _interrupts(service) as received, _progress_bar(as_json) as show:
+            final = service.run_until_done(show)
+            if final.status.value not in _FINAL:  # stopped by a signal: carry out the kill
+                _request_run_kill(ledger, run_id, received[0])
+                service.clear_stop()
+                final = service.run_until_done(show)
+    finally:
+        service.close()
+    _summary(ledger, run_id, final, as_json)
+    return final.status
+
+
+@contextmanager
+def _interrupts(service: DistributorService) -> Iterator[list[int]]:
+    """Ctrl-C or SIGTERM stop the rounds; the caller then asks for the run's kill.
+
+    The handler only records the signal: writing to the ledger from a signal handler could
+    wait on the very transaction it interrupted.
+    """
+    received: list[int] = []
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        received.append(signum)
+        service.request_stop()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _request_run_kill(ledger: Ledger, run_id: int, signum: int) -> None:
+    error_console().print(
+        f"\n{signal.Signals(signum).name}: killing the tasks of run {run_id} …",
+        highlight=False,
+        markup=False,
+    )
+    with ledger.session() as session:
+        session.execute(
+            update(Run)
+            .where(Run.id == run_id, Run.kill_requested_at.is_(None))
+            .values(kill_requested_at=utcnow())
+        )
+
+
+@contextmanager
+def _progress_bar(as_json: bool) -> Iterator[Any]:
+    """A progress bar on stderr (none for --json or when stderr is not a terminal)."""
+    err = error_console()
+    if as_json or not err.is_terminal:
+        yield None
+        return
+    columns = (
+        TextColumn("run {task.fields[run]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[states]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err, transient=False) as bar:
+        task = bar.add_task("tasks", total=None, run="", states="")
+
+        def show(progress: RunProgress) -> None:
+            states = "  ".join(
+                f"{_STATE_NAMES.get(k, k)} {v}" for k, v in sorted(progress.state_counts.items())
+            )
+            bar.update(
+                task,
+                total=progress.tasks_total,
+                completed=progress.tasks_over,
+                run=progress.run_id,
+                states=states,
+            )
+
+        yield show
+
+
+def _summary(ledger: Ledger, run_id: int, final: RunProgress, as_json: bool) -> None:
+    with ledger.read_session() as session:
+        rows = queries.task_rows(session, run_id)
+    if as_json:
+        print_json(
+            {
+                "run": run_id,
+                "status": final.status.value,
+                "task_counts": dict(final.task_counts),
+                "state_counts": dict(final.state_counts),
+                "tasks": [row.to_dict() for row in rows],
+            }
+        )
+        return
+    out = console()
+    out.print(task_table(rows, title=f"run {run_id}: {final.status.value}"))
+    if final.status is not RunStatus.DONE:
+        out.print(
+            f"Not every task is done. See `jobfleet status {run_id}`, "
+            f"`jobfleet events {run_id}` and `jobfleet logs INSTANCE --stderr`.",
+            highlight=False,
+            markup=False,
+        )
+
+
+# -- detached runs -----------------------------------------------------------------------------
+
+
+def _detach(ledger: Ledger, run_id: int, as_json: bool) -> None:
+    """Start `jobfleet run --resume RUN` in its own session, its output in the run's directory."""
+    with ledger.read_session() as session:
+        work_dir = session.scalar(select(Run.work_dir).where(Run.id == run_id))
+    log_path = Path(work_dir or ".", "service.log")
+    argv = [
+        sys.executable,
+        "-m",
+        "jobfleet.core.cli",
+        "run",
+        "--resume",
+        str(run_id),
+        "--ledger",
+        ledger.url.render_as_string(hide_password=False),
+    ]
+    environ = dict(os.environ)
+    # The ledger URL may hold a password: give it through the environment, not argv.
+    environ["JOBFLEET_LEDGER"] = argv.pop()
+    argv.pop()
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env=environ,
+            start_new_session=True,
+        )
+    if as_json:
+        print_json({"run": run_id, "pid": process.pid, "log": str(log_path)})
+        return
+    console().print(
+        f"run {run_id} continues in the background (pid {process.pid}, log {log_path}).\n"
+        f"Follow it: jobfleet status {run_id} · jobfleet events {run_id} --follow",
+        highlight=False,
+        markup=False,
+    )
+
+
+# -- kill ---------------------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("run_ref", metavar="RUN", required=False)
+@click.option(
+    "--instance",
+    "instance_ids",
+    type=int,
+    multiple=True,
+    help="Kill only this task instance (repeatable); RUN may then be left out.",
+)
+@click.option(
+    "--wait/--no-wait",
+    default=True,
+    show_default=True,
+    help="Wait until the kill is carried out.",
+)
+@click.option("--timeout", type=float, default=120.0, show_default=True, help="Seconds to wait.")
+@ledger_option
+@json_option
+def kill(
+    run_ref: str | None,
+    instance_ids: tuple[int, ...],
+    wait: bool,
+    timeout: float,
+    ledger_url: str | None,
+    as_json: bool,
+) -> None:
+    """Kill a run (every task not yet over) or single task instances.
+
+    The kill is written to the ledger; the service that owns the run carries it out. When no
+    service owns the run (it was stopped, or crashed), this command carries it out itself.
+    Killed tasks are not retried.
+    """
+    if run_ref is None and not instance_ids:
+        raise click.UsageError("Name a RUN, or --instance ID.")
+    with open_ledger(ledger_url) as ledger:
+        run_id = _request_kill(ledger, run_ref, instance_ids)
+        owned = _owner_is_alive(ledger, run_id)
+        if not owned:
+            _carry_out_kill(ledger, run_id, whole_run=not instance_ids)
+        elif wait:
+            _wait_killed(ledger, run_id, instance_ids, timeout)
+        with ledger.read_session() as session:
+            states = {
+                row.id: row.state
+                for row in session.execute(
+                    select(TaskInstance.id, TaskInstance.state).where(
+                        TaskInstance.run_id == run_id,
+                        *([TaskInstance.id.in_(instance_ids)] if instance_ids else []),
+                        TaskInstance.kill_requested_at.is_not(None)
+                        if instance_ids
+                        else TaskInstance.id.is_not(None),
+                    )
+                )
+            }
+            status = session.scalar(select(Run.status).where(Run.id == run_id))
+    killed = sorted(i for i, state in states.items() if state == InstanceState.KILL_SELF.value)
+    if as_json:
+        print_json(
+            {"run": run_id, "status": status, "killed": killed, "carried_out_here": not owned}
+        )
+        return
+    what = f"instances {', '.join(map(str, instance_ids))}" if instance_ids else "the run"
+    console().print(
+        f"run {run_id}: kill of {what} "
+        + ("carried out" if not owned or wait else "requested")
+        + f"; {len(killed)} instance(s) killed; run status {status}.",
+        highlight=False,
+        markup=False,
+    )
+
+
+def _request_kill(ledger: Ledger, run_ref: str | None, instance_ids: Sequence[int]) -> int:
+    with ledger.session() as session:
+        if instance_ids:
+            run_ids = set()
+            for instance_id in instance_ids:
+                instance = queries.find_instance(session, instance_id)
+                run_ids.add(instance.run_id)
+                if instance.kill_requested_at is None:
+                    instance.kill_requested_at = utcnow()
+            if len(run_ids) > 1:
+                raise JobfleetError(
+                    "The instances belong to different runs: kill them one run at a time."
+                )
+            run_id = run_ids.pop()
+            if run_ref is not None and queries.find_run(session, run_ref).id != run_id:
+                raise JobfleetError(f"The instances are not of run {run_ref}.")
+            return run_id
+        assert run_ref is not None
+        run = queries.find_run(session, run_ref)
+        if run.status in _FINAL:
+            raise JobfleetError(f"Run {run.id} is already over ({run.status}).")
+        if run.kill_requested_at is None:
+            run.kill_requested_at = utcnow()
+        return run.id
+
+
+def _owner_is_alive(ledger: Ledger, run_id: int) -> bool:
+    with ledger.read_session() as session:
+        run = session.get_one(Run, run_id)
+        return bool(run.owner_token and run.lease_expires_at and run.lease_expires_at > utcnow())
+
+
+def _carry_out_kill(ledger: Ledger, run_id: int, *, whole_run: bool) -> None:
+    with ledger.read_session() as session:
+        if session.scalar(select(Run.status).where(Run.id == run_id)) in _FINAL:
+            return
+    service = DistributorService(ledger, run_id)
+    service.start()
+    try:
+        if whole_run:
+            service.run_until_done()
+        else:
+            service.kill_requested()
+    finally:
+        service.close()
+
+
+def _wait_killed(ledger: Ledger, run_id: int, instance_ids: Sequence[int], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with ledger.read_session() as session:
+            if instance_ids:
+                pending = session.scalar(
+                    select(TaskInstance.id).where(
+                        TaskInstance.id.in_(instance_ids),
+                        TaskInstance.state.not_in([s.value for s in InstanceState if s.is_final]),
+                    )
+                )
+                if pending is None:
+                    return
+            elif session.scalar(select(Run.status).where(Run.id == run_id)) in _FINAL:
+                return
+        time.sleep(0.2)  # polling another process's progress through the ledger
+    raise JobfleetError(
+        f"The service of run {run_id} has not carried out the kill within {timeout:g} s; "
+        f"see `jobfleet events {run_id}`."
+    )
+
+
+COMMANDS = [run, kill]

@@ -1,0 +1,529 @@
+"""Read-only questions about the ledger, for `jobfleet status`, `usage` and `events`.
+
+Every function takes a SQLAlchemy `Session` (a `Ledger.read_session()` is enough), never writes,
+and returns frozen dataclasses whose `to_dict()` is JSON-ready: datetimes as ISO 8601 text,
+sizes in bytes as ints. Each is one or two statements whatever the size of the run, shaped to
+use the ledger's indexes: `task_rows` with a small `limit` reads only the tasks of its page and
+their latest instances, not every instance of the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+from sqlalchemy import ColumnElement, Select, and_, func, select
+from sqlalchemy.orm import Session
+
+from jobfleet.core.errors import JobfleetError, ResourceError
+from jobfleet.core.host.ledger.engine import safe_url
+from jobfleet.core.host.ledger.models import Cluster, Event, Run, Task, TaskInstance, utcnow
+from jobfleet.core.host.ledger.states import InstanceState, RunStatus, TaskState
+from jobfleet.core.resources import MIB, parse_memory
+
+__all__ = [
+    "FINAL_RUN_STATUSES",
+    "NEAR_LIMIT",
+    "OVER_REQUESTED",
+    "RESOURCE_RETRIED",
+    "EventRow",
+    "NotFoundError",
+    "RunSummary",
+    "TaskRow",
+    "UsageRow",
+    "events",
+    "find_instance",
+    "find_run",
+    "run_summaries",
+    "run_summary",
+    "state_counts",
+    "task_counts",
+    "task_rows",
+    "task_rows_statement",
+    "usage_rows",
+]
+
+# The statuses after which a run never changes again.
+FINAL_RUN_STATUSES: Final = frozenset({RunStatus.DONE, RunStatus.FAILED, RunStatus.KILLED})
+
+# Usage flags, in the order they are tried: the first that applies is the row's flag.
+OVER_REQUESTED: Final = "over-requested"
+RESOURCE_RETRIED: Final = "resource-retried"
+NEAR_LIMIT: Final = "near limit"
+# A request at least this many times the peak memory is wasteful…
+OVER_REQUEST_FACTOR: Final = 2
+# …unless it is this small anyway.
+OVER_REQUEST_FLOOR: Final = 64 * MIB
+# A peak at least this share of the request is close to being killed for memory.
+NEAR_LIMIT_SHARE: Final = 0.9
+
+
+class NotFoundError(JobfleetError, LookupError):
+    """A run or task instance asked for is not in the ledger (or its name is ambiguous)."""
+
+
+# --- result rows ----------------------------------------------------------------------------
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(item) for item in value]
+    return value
+
+
+class _Row:
+    """`to_dict()` for the frozen dataclasses below."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict: datetimes in ISO 8601, tuples as lists."""
+        assert dataclasses.is_dataclass(self)
+        return {
+            field.name: _jsonable(getattr(self, field.name)) for field in dataclasses.fields(self)
+        }
+
+
+@dataclass(frozen=True)
+class RunSummary(_Row):
+    """One run with its task counts and owner, as `jobfleet status` lists it."""
+
+    id: int
+    name: str
+    cluster: str
+    status: str
+    created_at: datetime
+    finished_at: datetime | None
+    tasks_total: int
+    tasks_done: int
+    tasks_failed: int
+    tasks_killed: int
+    tasks_pending: int
+    owner_token: str | None
+    lease_expires_at: datetime | None
+    owner_active: bool
+    """Whether a service holds an unexpired lease on the run (is working on it now)."""
+
+
+@dataclass(frozen=True)
+class TaskRow(_Row):
+    """One task and its latest attempt (instance); instance fields are None before any."""
+
+    task_id: int
+    name: str
+    task_state: str
+    instance_id: int | None
+    instance_state: str | None
+    attempts: int
+    """The latest attempt's number: how many attempts the task has had so far."""
+    exit_reason: str | None
+    wallclock: float | None
+    maxrss: int | None
+    cpu: float | None
+    requested_memory: int | None
+    """Bytes, read from the latest instance's requested resources."""
+    hostname: str | None
+
+
+@dataclass(frozen=True)
+class UsageRow(_Row):
+    """A task's latest instance that reported usage, against what it requested."""
+
+    task_id: int
+    name: str
+    instance_id: int
+    attempt: int
+    """The attempt whose usage this is."""
+    attempts: int
+    """How many attempts the task has had (a later one may not have reported usage yet)."""
+    state: str
+    requested_memory: int | None
+    maxrss: int
+    cpu: float | None
+    wallclock: float | None
+    memory_by_attempt: tuple[str | None, ...]
+    """The memory each attempt requested, as written in the ledger ("100M", "150M")."""
+    flag: str | None
+    """`OVER_REQUESTED`, `RESOURCE_RETRIED`, `NEAR_LIMIT` or None."""
+
+
+@dataclass(frozen=True)
+class EventRow(_Row):
+    """One entry of a run's event log, with the task and attempt it is about (if any)."""
+
+    id: int
+    run_id: int
+    at: datetime
+    kind: str
+    instance_id: int | None
+    task_id: int | None
+    task_name: str | None
+    attempt: int | None
+    from_state: str | None
+    to_state: str | None
+    message: str
+    details: Mapping[str, Any]
+
+
+# --- lookups --------------------------------------------------------------------------------
+
+
+def _where(session: Session) -> str:
+    return f"in the ledger at {safe_url(session.get_bind().engine.url)}"
+
+
+def find_run(session: Session, ref: str | int) -> Run:
+    """The run with id `ref`, or else the one run named exactly `ref`.
+
+    A text of digits is tried as an id first, then as a name. Raises `NotFoundError` when there
+    is no such run, or when several runs have the name (listing their ids).
+    """
+    digits = isinstance(ref, str) and ref.strip().isascii() and ref.strip().isdigit()
+    run_id = ref if isinstance(ref, int) else int(ref) if digits else None
+    if run_id is not None:
+        run = session.get(Run, run_id)
+        if run is not None:
+            return run
+        if isinstance(ref, int):
+            raise NotFoundError(f"There is no run {ref} {_where(session)}.")
+    name = str(ref)
+    matches = session.scalars(select(Run).where(Run.name == name).order_by(Run.id)).all()
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        what = f"run {name}" if run_id is not None else f"run named {name!r}"
+        raise NotFoundError(f"There is no {what} {_where(session)}.")
+    ids = ", ".join(str(run.id) for run in matches)
+    raise NotFoundError(f"{len(matches)} runs are named {name!r}: use an id: {ids}.")
+
+
+def find_instance(session: Session, instance_id: int) -> TaskInstance:
+    """The task instance with this id; `NotFoundError` when there is none."""
+    instance = session.get(TaskInstance, instance_id)
+    if instance is None:
+        raise NotFoundError(f"There is no task instance {instance_id} {_where(session)}.")
+    return instance
+
+
+# --- runs -----------------------------------------------------------------------------------
+
+
+def run_summaries(session: Session, *, limit: int = 50) -> list[RunSummary]:
+    """The newest `limit` runs, newest first, with their task counts (one GROUP BY for all)."""
+    statement = (
+        select(Run, Cluster.name)
+        .join(Cluster, Cluster.id == Run.cluster_id)
+        .order_by(Run.created_at.desc(), Run.id.desc())
+        .limit(limit)
+    )
+    return _summaries(session, [(run, cluster) for run, cluster in session.execute(statement)])
+
+
+def run_summary(session: Session, run: Run) -> RunSummary:
+    """The summary of one run (found with `find_run`)."""
+    cluster = session.scalar(select(Cluster.name).where(Cluster.id == run.cluster_id)) or "?"
+    return _summaries(session, [(run, cluster)])[0]
+
+
+def _summaries(session: Session, runs: Sequence[tuple[Run, str]]) -> list[RunSummary]:
+    if not runs:
+        return []
+    counts: dict[int, dict[str, int]] = {}
+    rows = session.execute(
+        select(Task.run_id, Task.state, func.count())
+        .where(Task.run_id.in_([run.id for run, _ in runs]))
+        .group_by(Task.run_id, Task.state)
+    )
+    for run_id, state, count in rows:
+        counts.setdefault(run_id, {})[state] = count
+    now = utcnow()
+    summaries = []
+    for run, cluster in runs:
+        tasks = counts.get(run.id, {})
+        summaries.append(
+            RunSummary(
+                id=run.id,
+                name=run.name,
+                cluster=cluster,
+                status=run.status,
+                created_at=run.created_at,
+                finished_at=run.finished_at,
+                tasks_total=sum(tasks.values()),
+                tasks_done=tasks.get(TaskState.DONE, 0),
+                tasks_failed=tasks.get(TaskState.FAILED, 0),
+                tasks_killed=tasks.get(TaskState.KILLED, 0),
+                tasks_pending=tasks.get(TaskState.PENDING, 0),
+                owner_token=run.owner_token,
+                lease_expires_at=run.lease_expires_at,
+                owner_active=run.owner_token is not None
+                and run.lease_expires_at is not None
+                and run.lease_expires_at > now,
+            )
+        )
+    return summaries
+
+
+def state_counts(session: Session, run_id: int) -> dict[str, int]:
+    """How many of the run's instances are in each state letter, in the table's order.
+
+    Letters with no instance are left out.
+    """
+    rows = session.execute(
+        select(TaskInstance.state, func.count())
+        .where(TaskInstance.run_id == run_id)
+        .group_by(TaskInstance.state)
+    )
+    return _ordered(dict(rows.all()), [state.value for state in InstanceState])
+
+
+def task_counts(session: Session, run_id: int) -> dict[str, int]:
+    """How many of the run's tasks are in each `TaskState`; states with none are left out."""
+    rows = session.execute(
+        select(Task.state, func.count()).where(Task.run_id == run_id).group_by(Task.state)
+    )
+    return _ordered(dict(rows.all()), [state.value for state in TaskState])
+
+
+def _ordered(counts: Mapping[str, int], order: Iterable[str]) -> dict[str, int]:
+    known = list(order)
+    # Values the enums do not know (written by a newer jobfleet) come last, not lost.
+    keys = [key for key in known if key in counts] + sorted(set(counts) - set(known))
+    return {key: int(counts[key]) for key in keys if counts[key]}
+
+
+# --- tasks ----------------------------------------------------------------------------------
+
+
+def _json_text(column: Any, key: str) -> ColumnElement[str]:
+    """A text value inside a JSON column (None when absent), on SQLite and PostgreSQL."""
+    value: ColumnElement[str] = column[key].as_string()
+    return value
+
+
+def task_rows_statement(
+    run_id: int, *, limit: int | None = None, offset: int = 0
+) -> Select[tuple[Any, ...]]:
+    """The statement behind `task_rows` (exposed so that tests can `EXPLAIN` it)."""
+    page_query = (
+        select(Task.id, Task.name, Task.state).where(Task.run_id == run_id).order_by(Task.id)
+    )
+    if limit is not None:
+        page_query = page_query.limit(limit)
+    if offset:
+        page_query = page_query.offset(offset)
+    page = page_query.cte("page")
+    # The latest attempt of each task of the page: max(attempt) per task_id, read from the
+    # unique (task_id, attempt) index for the page's tasks only.
+    latest = (
+        select(TaskInstance.task_id, func.max(TaskInstance.attempt).label("attempt"))
+        .where(TaskInstance.task_id.in_(select(page.c.id)))
+        .group_by(TaskInstance.task_id)
+        .subquery("latest")
+    )
+    return (
+        select(
+            page.c.id,
+            page.c.name,
+            page.c.state,
+            TaskInstance.id,
+            TaskInstance.state,
+            TaskInstance.attempt,
+            _json_text(TaskInstance.exit_record, "reason"),
+            TaskInstance.wallclock,
+            TaskInstance.maxrss,
+            TaskInstance.cpu,
+            _json_text(TaskInstance.requested_resources, "memory"),
+            TaskInstance.hostname,
+        )
+        .select_from(page)
+        .outerjoin(latest, latest.c.task_id == page.c.id)
+        .outerjoin(
+            TaskInstance,
+            and_(
+                TaskInstance.task_id == latest.c.task_id, TaskInstance.attempt == latest.c.attempt
+            ),
+        )
+        .order_by(page.c.id)
+    )
+
+
+def task_rows(
+    session: Session, run_id: int, *, limit: int | None = None, offset: int = 0
+) -> list[TaskRow]:
+    """The run's tasks in id order, each with its latest instance, in one statement.
+
+    The page of tasks is chosen first (through the `tasks.run_id` index); only those tasks'
+    instances are then read, through the unique (task_id, attempt) index: a page of 20 tasks
+    costs the same in a run of a million instances as in a run of a hundred.
+    """
+    statement = task_rows_statement(run_id, limit=limit, offset=offset)
+    return [
+        TaskRow(
+            task_id=task_id,
+            name=name,
+            task_state=task_state,
+            instance_id=instance_id,
+            instance_state=state,
+            attempts=attempt or 0,
+            exit_reason=reason,
+            wallclock=wallclock,
+            maxrss=maxrss,
+            cpu=cpu,
+            requested_memory=_memory_bytes(memory),
+            hostname=hostname,
+        )
+        for (
+            task_id,
+            name,
+            task_state,
+            instance_id,
+            state,
+            attempt,
+            reason,
+            wallclock,
+            maxrss,
+            cpu,
+            memory,
+            hostname,
+        ) in session.execute(statement)
+    ]
+
+
+def _memory_bytes(value: object) -> int | None:
+    """Bytes of a memory value written in requested resources ("1536M"); None if unreadable."""
+    if value is None:
+        return None
+    try:
+        return parse_memory(value)
+    except ResourceError:
+        return None
+
+
+# --- usage ----------------------------------------------------------------------------------
+
+
+def usage_rows(session: Session, run_id: int) -> list[UsageRow]:
+    """Per task (in id order), its latest instance with usage (maxrss recorded), flagged.
+
+    The flag is the first that applies of: `OVER_REQUESTED` (the request is at least twice
+    the peak memory and at least 64 MiB), `RESOURCE_RETRIED` (an earlier attempt ended in Z),
+    `NEAR_LIMIT` (the peak is at least 90% of the request). Tasks without usage are left out.
+    One statement, read in order of (task, attempt).
+    """
+    statement = (
+        select(
+            Task.id,
+            Task.name,
+            TaskInstance.id,
+            TaskInstance.attempt,
+            TaskInstance.state,
+            _json_text(TaskInstance.requested_resources, "memory"),
+            TaskInstance.maxrss,
+            TaskInstance.cpu,
+            TaskInstance.wallclock,
+        )
+        .join(Task, Task.id == TaskInstance.task_id)
+        .where(TaskInstance.run_id == run_id)
+        .order_by(TaskInstance.task_id, TaskInstance.attempt)
+        .execution_options(yield_per=5000)
+    )
+    rows: list[UsageRow] = []
+    current: list[Any] = []
+    for row in session.execute(statement):
+        if current and current[0][0] != row[0]:
+            _add_usage(rows, current)
+            current = []
+        current.append(row)
+    if current:
+        _add_usage(rows, current)
+    return rows
+
+
+def _add_usage(rows: list[UsageRow], attempts: list[Any]) -> None:
+    with_usage = [row for row in attempts if row[6] is not None]
+    if not with_usage:
+        return
+    task_id, name, instance_id, attempt, state, memory, maxrss, cpu, wallclock = with_usage[-1]
+    requested = _memory_bytes(memory)
+    retried = any(row[4] == InstanceState.RESOURCE_ERROR and row[3] < attempt for row in attempts)
+    rows.append(
+        UsageRow(
+            task_id=task_id,
+            name=name,
+            instance_id=instance_id,
+            attempt=attempt,
+            attempts=attempts[-1][3],
+            state=state,
+            requested_memory=requested,
+            maxrss=maxrss,
+            cpu=cpu,
+            wallclock=wallclock,
+            memory_by_attempt=tuple(row[5] for row in attempts),
+            flag=_usage_flag(requested, maxrss, retried),
+        )
+    )
+
+
+def _usage_flag(requested: int | None, maxrss: int, retried: bool) -> str | None:
+    if (
+        requested is not None
+        and requested >= OVER_REQUEST_FLOOR
+        and requested >= OVER_REQUEST_FACTOR * maxrss
+    ):
+        return OVER_REQUESTED
+    if retried:
+        return RESOURCE_RETRIED
+    if requested is not None and maxrss >= NEAR_LIMIT_SHARE * requested:
+        return NEAR_LIMIT
+    return None
+
+
+# --- events ---------------------------------------------------------------------------------
+
+
+def events(
+    session: Session,
+    run_id: int,
+    *,
+    after_id: int = 0,
+    instance_id: int | None = None,
+    limit: int | None = None,
+) -> list[EventRow]:
+    """The run's events with an id above `after_id`, in id order (the `(run_id, id)` index).
+
+    `instance_id` keeps only the events of that instance; `limit` caps how many are returned,
+    so that a caller can page through a long log by passing the last id it got.
+    """
+    statement = (
+        select(Event, TaskInstance.task_id, TaskInstance.attempt, Task.name)
+        .outerjoin(TaskInstance, TaskInstance.id == Event.task_instance_id)
+        .outerjoin(Task, Task.id == TaskInstance.task_id)
+        .where(Event.run_id == run_id, Event.id > after_id)
+        .order_by(Event.id)
+    )
+    if instance_id is not None:
+        statement = statement.where(Event.task_instance_id == instance_id)
+    if limit is not None:
+        statement = statement.limit(limit)
+    return [
+        EventRow(
+            id=event.id,
+            run_id=event.run_id,
+            at=event.at,
+            kind=event.kind,
+            instance_id=event.task_instance_id,
+            task_id=task_id,
+            task_name=task_name,
+            attempt=attempt,
+            from_state=event.from_state,
+            to_state=event.to_state,
+            message=event.message,
+            details=dict(event.details or {}),
+        )
+        for event, task_id, attempt, task_name in session.execute(statement)
+    ]

@@ -1,0 +1,156 @@
+"""`jobfleet run` and `jobfleet kill` as a user runs them: real processes, a real ledger."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from jobfleet.core.testing.host import is_locked, wait_for
+
+from .test_cli import JOBFLEET
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def jobfleet(cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    assert JOBFLEET
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("JOBFLEET_")}
+    environ["TMPDIR"] = str(cwd)  # the hello example keeps its "failed once" marker there
+    return subprocess.run(
+        [JOBFLEET, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=environ,
+        check=False,
+        timeout=timeout,
+    )
+
+
+def as_json(result: subprocess.CompletedProcess[str]) -> Any:
+    assert result.returncode in (0, 1), result.stderr
+    return json.loads(result.stdout)
+
+
+def test_hello_example_ends_done_with_a_scaled_memory_retry(tmp_path: Path) -> None:
+    shutil.copytree(EXAMPLES, tmp_path / "examples")
+    result = jobfleet(tmp_path, "run", "examples/hello.yaml", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["status"] == "done"
+    tasks = {task["name"]: task for task in summary["tasks"]}
+    assert {t["task_state"] for t in tasks.values()} == {"done"}
+    assert tasks["flaky"]["attempts"] == 2
+    assert tasks["memory-hungry"]["attempts"] == 2
+    assert (tmp_path / ".jobfleet" / "ledger.db").exists()  # the default ledger
+
+    report = as_json(jobfleet(tmp_path, "usage", "1", "--json"))
+    usage = {row["name"]: row for row in report["tasks"]}
+    assert usage["memory-hungry"]["memory_by_attempt"] == ["100M", "150M"]
+    assert usage["memory-hungry"]["maxrss"] > 100 * 2**20
+    events = jobfleet(tmp_path, "events", "1")
+    assert "memory 100M → 150M" in events.stdout
+    assert "R → Z" in events.stdout or "O → Z" in events.stdout
+
+
+def test_a_command_after_double_dash_keeps_its_own_arguments(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = jobfleet(
+        tmp_path,
+        "run",
+        "--json",
+        "--",
+        "sh",
+        "-c",
+        'printf "%s|" "$@" > "$0"',
+        str(out),
+        "a b",
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    assert out.read_text() == "a b|--json|"
+
+
+def test_exit_status_is_1_when_a_task_fails(tmp_path: Path) -> None:
+    result = jobfleet(tmp_path, "run", "--max-attempts", "2", "--json", "--", "sh", "-c", "exit 3")
+    assert result.returncode == 1
+    summary = json.loads(result.stdout)
+    assert summary["status"] == "failed"
+    assert summary["state_counts"] == {"E": 2}
+
+
+def test_a_malformed_task_file_writes_nothing(tmp_path: Path) -> None:
+    tasks = tmp_path / "tasks.yaml"
+    tasks.write_text("tasks:\n  - name: a\n    command: echo\n    resources: {memory: 12}\n")
+    result = jobfleet(tmp_path, "run", str(tasks))
+    assert result.returncode == 1
+    assert "tasks.yaml:4" in result.stderr
+    assert "memory" in result.stderr
+    assert as_json(jobfleet(tmp_path, "status", "--json"))["runs"] == []
+
+
+def test_detach_then_kill(tmp_path: Path) -> None:
+    lock = tmp_path / "held"
+    started = as_json(
+        jobfleet(tmp_path, "run", "--detach", "--json", "--", "flock", str(lock), "sleep", "300")
+    )
+    run_id = str(started["run"])
+
+    def running() -> bool:
+        status = as_json(jobfleet(tmp_path, "status", run_id, "--json"))
+        return status["state_counts"].get("R", 0) == 1
+
+    wait_for(running, "the detached run's task to start")
+    second = jobfleet(tmp_path, "run", "--resume", run_id)
+    assert second.returncode == 1
+    assert "being run by another service" in second.stderr
+
+    killed = as_json(jobfleet(tmp_path, "kill", run_id, "--json"))
+    assert killed["status"] == "killed"
+    assert len(killed["killed"]) == 1
+    assert not is_locked(lock)
+    status = as_json(jobfleet(tmp_path, "status", run_id, "--json"))
+    assert status["task_counts"] == {"killed": 1}
+
+
+def test_resume_of_a_finished_run_says_so(tmp_path: Path) -> None:
+    assert jobfleet(tmp_path, "run", "--", "true").returncode == 0
+    again = jobfleet(tmp_path, "run", "--resume", "1")
+    assert again.returncode == 1
+    assert "already over (done)" in again.stderr
+
+
+def test_run_help_lists_backend_settings(tmp_path: Path) -> None:
+    result = jobfleet(tmp_path, "run", "--help")
+    assert result.returncode == 0
+    assert "--multiprocess-cores" in result.stdout
+    assert "--resume" in result.stdout
+
+
+def test_ctrl_c_kills_the_runs_tasks(tmp_path: Path) -> None:
+    assert JOBFLEET
+    lock = tmp_path / "held"
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("JOBFLEET_")}
+    process = subprocess.Popen(
+        [JOBFLEET, "run", "--json", "--", "flock", str(lock), "sleep", "300"],
+        cwd=tmp_path,
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: is_locked(lock), "the task to start")
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 1, err
+    assert "SIGINT: killing the tasks of run 1" in err
+    assert json.loads(out)["status"] == "killed"
+    assert not is_locked(lock)
