@@ -22,7 +22,7 @@ from jobfleet.core.testing.host import wait_for
 
 from .test_cli import JOBFLEET
 
-TASKS = 16
+TASKS = 12
 KILLS = 5
 
 
@@ -31,10 +31,11 @@ def task_file(tmp_path: Path) -> Path:
     done.mkdir()
     lines = ["tasks:"]
     for n in range(TASKS):
-        # Short tasks of different lengths, so kills land before, during and after them.
+        # Tasks of different lengths, so kills land before, during and after them; most
+        # outlive the restart of the service, so their wrappers must be found running.
         lines += [
             f"  - name: task-{n}",
-            f"    command: sleep 0.{n % 4 + 1}; echo ran >> {done}/task-{n}",
+            f"    command: sleep {0.5 * (n % 4 + 1)}; echo ran >> {done}/task-{n}",
         ]
     marker = tmp_path / "failed-once"
     lines += [
