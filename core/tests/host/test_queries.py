@@ -223,7 +223,10 @@ def test_state_and_task_counts(ledger: Ledger) -> None:
     with ledger.read_session() as session:
         states = queries.state_counts(session, run_id)
         tasks = queries.task_counts(session, run_id)
+        summary_counts = queries.run_summary(session, queries.find_run(session, run_id))
         assert queries.state_counts(session, run_id + 100) == {}
+    # `status` takes the task counts from the summary, which counted them already.
+    assert summary_counts.task_counts() == tasks
     assert states == {"Q": 1, "R": 1, "D": 2, "E": 2, "Z": 1}
     assert list(states) == ["Q", "R", "D", "E", "Z"]  # the table's order, zeros left out
     assert tasks == {"pending": 4, "done": 2, "failed": 1}

@@ -451,3 +451,22 @@ def test_fifty_concurrent_workers_while_status_is_polled(ledger: Ledger, tmp_pat
     finished = instances(ledger, run_id)
     assert len(finished) == 50  # no retries: no report was lost
     assert all(i.state == "D" and i.maxrss and i.exit_record for i in finished)
+
+
+def test_a_run_on_each_kind_of_ledger(ledger_url: str) -> None:
+    # SQLite and a real PostgreSQL (see conftest.py): retries, events and counts alike.
+    with Ledger.open(ledger_url) as shared:
+        run_id = create_run(
+            shared,
+            tasks(*["true"] * 30, max_attempts=2),
+            cluster="dummy",
+            cluster_settings={"fail_every": 10},
+            options=FAST,
+        )
+        progress = run_to_end(shared, run_id)
+        assert progress.task_counts == {"done": 30}
+        # fail_every=10: instances 10, 20 and 30 of the backend failed and were retried.
+        assert progress.state_counts == {"D": 30, "E": 3}
+        assert len(events(shared, run_id, "transition")) == 33 * 5  # Q I O X, then D or E
+        queued = [e for e in events(shared, run_id, "transition") if e.to_state == "Q"]
+        assert {e.message for e in queued} == {"attempt 1 queued", "attempt 2 of 2, as before"}

@@ -107,6 +107,17 @@ class RunSummary(_Row):
     owner_token: str | None
     lease_expires_at: datetime | None
     owner_active: bool
+
+    def task_counts(self) -> dict[str, int]:
+        """Tasks per state, as `task_counts` gives them (states with none left out)."""
+        counts = {
+            TaskState.PENDING.value: self.tasks_pending,
+            TaskState.DONE.value: self.tasks_done,
+            TaskState.FAILED.value: self.tasks_failed,
+            TaskState.KILLED.value: self.tasks_killed,
+        }
+        return _ordered(counts, [state.value for state in TaskState])
+
     """Whether a service holds an unexpired lease on the run (is working on it now)."""
 
 

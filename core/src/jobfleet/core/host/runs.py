@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert, literal, select
 from sqlalchemy.orm import Session
 
 from jobfleet.core.channel import open_channel
@@ -32,6 +32,7 @@ from jobfleet.core.host.ledger import (
     TaskInstance,
     utcnow,
 )
+from jobfleet.core.host.ledger.models import JsonType, UTCDateTime
 from jobfleet.core.host.taskfile import TaskDefinition
 from jobfleet.core.plugins import ClusterPlugin, PluginRegistry, default_registry
 
@@ -198,9 +199,11 @@ def _check_resources(
 
 
 def _insert_tasks(session: Session, run_id: int, tasks: Sequence[TaskDefinition]) -> None:
+    """The tasks in one executemany; their first attempts and events each in one INSERT …
+    SELECT (no ids travel back and forth: RETURNING in order costs a statement per row)."""
     now = utcnow()
-    task_ids = session.scalars(
-        insert(Task).returning(Task.id, sort_by_parameter_order=True),
+    session.execute(
+        insert(Task),
         [
             {
                 "run_id": run_id,
@@ -216,34 +219,43 @@ def _insert_tasks(session: Session, run_id: int, tasks: Sequence[TaskDefinition]
             }
             for task in tasks
         ],
-    ).all()
-    instance_ids = session.scalars(
-        insert(TaskInstance).returning(TaskInstance.id, sort_by_parameter_order=True),
-        [
-            {
-                "task_id": task_id,
-                "run_id": run_id,
-                "attempt": 1,
-                "state": InstanceState.QUEUED.value,
-                "requested_resources": dict(task.resources),
-                "created_at": now,
-                "state_at": now,
-            }
-            for task_id, task in zip(task_ids, tasks, strict=True)
-        ],
-    ).all()
+    )
+    stamp = literal(now, UTCDateTime())
     session.execute(
-        insert(Event),
-        [
-            {
-                "run_id": run_id,
-                "task_instance_id": instance_id,
-                "kind": "transition",
-                "to_state": InstanceState.QUEUED.value,
-                "at": now,
-                "message": "attempt 1 queued",
-                "details": {},
-            }
-            for instance_id in instance_ids
-        ],
+        insert(TaskInstance).from_select(
+            [
+                "task_id",
+                "run_id",
+                "attempt",
+                "state",
+                "requested_resources",
+                "created_at",
+                "state_at",
+                "triage_count",
+            ],
+            select(
+                Task.id,
+                Task.run_id,
+                literal(1),
+                literal(InstanceState.QUEUED.value),
+                Task.resources,
+                stamp,
+                stamp,
+                literal(0),
+            ).where(Task.run_id == run_id),
+        )
+    )
+    session.execute(
+        insert(Event).from_select(
+            ["run_id", "task_instance_id", "kind", "to_state", "at", "message", "details"],
+            select(
+                TaskInstance.run_id,
+                TaskInstance.id,
+                literal("transition"),
+                literal(InstanceState.QUEUED.value),
+                stamp,
+                literal("attempt 1 queued"),
+                literal({}, JsonType),
+            ).where(TaskInstance.run_id == run_id),
+        )
     )
