@@ -69,6 +69,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
+# A sibling benchmark: `python bench/host.py` has bench/ on sys.path.
+from dispatch import file_system_of
 from sqlalchemy import Table, event, insert
 
 import jobfleet
@@ -780,22 +782,6 @@ def status_at_scale(
 
 
 # --- output ------------------------------------------------------------------------------------
-
-
-def file_system_of(path: str) -> str:
-    """The type of the file system holding `path`, from /proc/mounts ("?" elsewhere)."""
-    best, kind = "", "?"
-    try:
-        with open("/proc/mounts") as mounts:
-            for line in mounts:
-                fields = line.split()
-                point = fields[1]
-                inside = path == point or path.startswith(point.rstrip("/") + "/")
-                if inside and len(point) > len(best):
-                    best, kind = point, fields[2]
-    except OSError:
-        pass
-    return kind
 
 
 def steps_text(times: dict[str, float]) -> str:

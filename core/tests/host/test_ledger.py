@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import func, inspect, select, update
+from sqlalchemy import delete, func, inspect, select, update
 from sqlalchemy.orm import Session
 
 from jobfleet.core.exit_info import ExitReason, ExitRecord
@@ -29,6 +29,7 @@ from jobfleet.core.host.ledger import (
     LedgerError,
     Queue,
     Run,
+    RunCount,
     Task,
     TaskInstance,
     TransitionError,
@@ -105,7 +106,7 @@ def test_open_applies_the_migrations(ledger: Ledger) -> None:
     tables = set(inspect(ledger.engine).get_table_names())
     assert tables == {*Base.metadata.tables, "alembic_version"}
     with ledger.engine.connect() as connection:
-        assert current_revision(connection) == head_revision() == "0002"
+        assert current_revision(connection) == head_revision() == "0003"
 
 
 def test_migrated_schema_is_the_models_schema(ledger: Ledger) -> None:
@@ -495,3 +496,47 @@ def test_bulk_changes_detect_a_stale_state_and_roll_back(ledger: Ledger) -> None
         assert session.get_one(TaskInstance, stale).state == "D"
         count = select(func.count()).where(Event.to_state == "E")
         assert session.scalar(count) == 0
+
+
+# --- counts kept by triggers ----------------------------------------------------------------
+
+
+def counted(session: Session, kind: str) -> dict[tuple[int, str], int]:
+    rows = session.execute(
+        select(RunCount.run_id, RunCount.state, RunCount.n).where(
+            RunCount.kind == kind, RunCount.n != 0
+        )
+    )
+    return {(row.run_id, row.state): row.n for row in rows}
+
+
+def recount(session: Session, table: type[Task] | type[TaskInstance]) -> dict[tuple[int, str], int]:
+    rows = session.execute(
+        select(table.run_id, table.state, func.count()).group_by(table.run_id, table.state)
+    )
+    return {(run_id, state): n for run_id, state, n in rows}
+
+
+def test_run_counts_follow_every_kind_of_write(ledger: Ledger) -> None:
+    ids = [instance_in(ledger, state) for state in (S.QUEUED, S.RUNNING, S.DONE, S.DONE)]
+    with ledger.session() as session:
+        first = session.get_one(TaskInstance, ids[1])
+        apply_changes(session, [Change(first.id, first.run_id, S.RUNNING, S.ERROR_FATAL)])
+        task = session.get_one(Task, first.task_id)
+        task.state = "failed"
+        retry = add_instance(
+            session, session.get_one(Task, session.get_one(TaskInstance, ids[0]).task_id)
+        )
+        session.execute(update(TaskInstance).where(TaskInstance.id == retry.id).values(state="K"))
+        # Rows written in bulk and removed count too.
+        session.execute(delete(TaskInstance).where(TaskInstance.id == ids[3]))
+    with ledger.read_session() as session:
+        assert counted(session, "instance") == recount(session, TaskInstance)
+        assert counted(session, "task") == recount(session, Task)
+    with ledger.session() as session:
+        # Deleting a run takes its counts with it.
+        run_id = session.get_one(TaskInstance, ids[2]).run_id
+        session.execute(delete(Run).where(Run.id == run_id))
+    with ledger.read_session() as session:
+        assert run_id not in {key[0] for key in counted(session, "instance")}
+        assert counted(session, "instance") == recount(session, TaskInstance)

@@ -20,7 +20,15 @@ from sqlalchemy.orm import Session
 
 from jobfleet.core.errors import JobfleetError, ResourceError
 from jobfleet.core.host.ledger.engine import safe_url
-from jobfleet.core.host.ledger.models import Cluster, Event, Run, Task, TaskInstance, utcnow
+from jobfleet.core.host.ledger.models import (
+    Cluster,
+    Event,
+    Run,
+    RunCount,
+    Task,
+    TaskInstance,
+    utcnow,
+)
 from jobfleet.core.host.ledger.states import InstanceState, RunStatus, TaskState
 from jobfleet.core.resources import MIB, parse_memory
 
@@ -245,10 +253,11 @@ def _summaries(session: Session, runs: Sequence[tuple[Run, str]]) -> list[RunSum
     if not runs:
         return []
     counts: dict[int, dict[str, int]] = {}
+    # Counts kept by the database (run_counts), not a count over every task of each run.
     rows = session.execute(
-        select(Task.run_id, Task.state, func.count())
-        .where(Task.run_id.in_([run.id for run, _ in runs]))
-        .group_by(Task.run_id, Task.state)
+        select(RunCount.run_id, RunCount.state, RunCount.n).where(
+            RunCount.run_id.in_([run.id for run, _ in runs]), RunCount.kind == "task"
+        )
     )
     for run_id, state, count in rows:
         counts.setdefault(run_id, {})[state] = count
@@ -284,20 +293,20 @@ def state_counts(session: Session, run_id: int) -> dict[str, int]:
 
     Letters with no instance are left out.
     """
-    rows = session.execute(
-        select(TaskInstance.state, func.count())
-        .where(TaskInstance.run_id == run_id)
-        .group_by(TaskInstance.state)
-    )
-    return _ordered(dict(rows.all()), [state.value for state in InstanceState])
+    return _ordered(_counts(session, run_id, "instance"), [state.value for state in InstanceState])
 
 
 def task_counts(session: Session, run_id: int) -> dict[str, int]:
     """How many of the run's tasks are in each `TaskState`; states with none are left out."""
+    return _ordered(_counts(session, run_id, "task"), [state.value for state in TaskState])
+
+
+def _counts(session: Session, run_id: int, kind: str) -> dict[str, int]:
+    """One run's counts per state, as the database keeps them (one small index range)."""
     rows = session.execute(
-        select(Task.state, func.count()).where(Task.run_id == run_id).group_by(Task.state)
+        select(RunCount.state, RunCount.n).where(RunCount.run_id == run_id, RunCount.kind == kind)
     )
-    return _ordered(dict(rows.all()), [state.value for state in TaskState])
+    return {state: int(n) for state, n in rows}
 
 
 def _ordered(counts: Mapping[str, int], order: Iterable[str]) -> dict[str, int]:

@@ -33,13 +33,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from jobfleet.core.channel import Channel, Event, EventCursor, EventKind, TaskSpec, open_channel
 from jobfleet.core.cluster_protocol import ClusterDistributor, ClusterQueue
 from jobfleet.core.errors import JobfleetError
 from jobfleet.core.exit_info import RemoteExitInfo
+from jobfleet.core.host import queries
 from jobfleet.core.host.ledger import (
     ACTIVE_STATES,
     DEFAULT_LEASE,
@@ -980,20 +981,8 @@ class DistributorService:
 
     def _progress(self, changed: bool) -> Progress:
         with self.ledger.read_session() as session:
-            task_counts = dict(
-                session.execute(
-                    select(Task.state, func.count())
-                    .where(Task.run_id == self.run_id)
-                    .group_by(Task.state)
-                ).all()
-            )
-            state_counts = dict(
-                session.execute(
-                    select(TaskInstance.state, func.count())
-                    .where(TaskInstance.run_id == self.run_id)
-                    .group_by(TaskInstance.state)
-                ).all()
-            )
+            task_counts = queries.task_counts(session, self.run_id)
+            state_counts = queries.state_counts(session, self.run_id)
         status = RunStatus.RUNNING
         if not task_counts.get(TaskState.PENDING.value):
             status = self._finish(task_counts)

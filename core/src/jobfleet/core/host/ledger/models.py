@@ -210,3 +210,20 @@ class Event(Base):
     at: Mapped[datetime] = mapped_column(default=utcnow)
     message: Mapped[str] = mapped_column(Text, default="")
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class RunCount(Base):
+    """How many tasks or task instances of a run are in a state.
+
+    Kept by database triggers (migration 0003) in the same transaction as every change of the
+    counted rows, so reading a run's counts costs one small index range, whatever its size.
+    Counts that fell to zero stay as rows with n = 0.
+    """
+
+    __tablename__ = "run_counts"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8), primary_key=True)
+    """"task" (states of TaskState) or "instance" (the letters of InstanceState)."""
+    state: Mapped[str] = mapped_column(String(16), primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger)
