@@ -15,6 +15,7 @@ module's import cheap and silent and import heavy client libraries inside the ho
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import pluggy
 
@@ -63,4 +64,15 @@ def get_cluster_version_info() -> Mapping[str, str]:  # type: ignore[empty-body]
 
     Optional; shown by `jobfleet --version`. It may import the client library, but it must not
     contact a server: it runs on every `--version`.
+    """
+
+
+@hookspec(firstresult=True)
+def get_cluster_queues(settings: Any) -> Mapping[str, Mapping[str, Any]] | None:
+    """Return the cluster's own queues: `{name: queue parameters}` (limits and defaults).
+
+    Optional; `jobfleet queues sync --cluster NAME` writes them to the ledger. `settings` is the
+    plugin's resolved settings instance (None without settings). It may contact the cluster
+    (e.g. Slurm's `scontrol show partition`); raise an exception with a clear message if it
+    cannot be reached.
     """

@@ -330,12 +330,12 @@ class PluginRegistry:
             module=module,
         )
 
-    def _call(self, name: str, module: ModuleType, hook: str) -> Any:
+    def _call(self, name: str, module: ModuleType, hook: str, **arguments: Any) -> Any:
         """Call one hook of one plugin only: the others are left out of the call."""
         others = [p for p in self.plugin_manager.get_plugins() if p is not module]
         caller = self.plugin_manager.subset_hook_caller(hook, remove_plugins=others)
         try:
-            return caller()
+            return caller(**arguments)
         except Exception as exc:
             raise PluginLoadError(
                 name, f"its hook {hook}() raised {type(exc).__name__}: {exc}"
@@ -349,6 +349,17 @@ class PluginRegistry:
         except PluginLoadError as exc:
             return {"error": exc.reason}
         return dict(info or {})
+
+    def cluster_queues(self, name: str, settings: Any) -> dict[str, dict[str, Any]] | None:
+        """The queues the plugin's optional `get_cluster_queues` hook reads from its cluster,
+        or None when the plugin has no such hook."""
+        plugin = self.get_cluster(name)
+        if not hasattr(plugin.module, "get_cluster_queues"):
+            return None
+        found = self._call(name, plugin.module, "get_cluster_queues", settings=settings)
+        if found is None:
+            return None
+        return {str(queue): dict(parameters) for queue, parameters in found.items()}
 
     # -- listing ------------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -24,7 +24,7 @@ from rich.text import Text
 from sqlalchemy import func, select
 
 from jobfleet.core.cli.common import console, json_option, ledger_option, open_ledger, print_json
-from jobfleet.core.errors import JobfleetError, UnknownClusterError
+from jobfleet.core.errors import JobfleetError, ResourceError, UnknownClusterError
 from jobfleet.core.host import queries
 from jobfleet.core.host.ledger import (
     Array,
@@ -727,5 +727,62 @@ def remove_queue(cluster_name: str, queue_name: str, ledger_url: str | None) -> 
         session.delete(queue)
     click.echo(f"Removed the queue {queue_name!r} of cluster {cluster_name!r}.")
 
+
+@queues.command("sync")
+@click.option("--cluster", "cluster_name", required=True, metavar="NAME", help="The backend.")
+@json_option
+@ledger_option
+def sync_queues(cluster_name: str, as_json: bool, ledger_url: str | None) -> None:
+    """Read the cluster's own queues (e.g. Slurm's partitions) into the ledger.
+
+    Each queue the backend reports is added, or has its parameters replaced; queues it does not
+    report are left as they are. The backend's settings come from its environment variables
+    (`jobfleet plugins NAME` lists them).
+    """
+    registry = default_registry()
+    plugin = registry.get_cluster(cluster_name)
+    found = registry.cluster_queues(cluster_name, plugin.settings(None, os.environ))
+    if found is None:
+        raise QueueError(
+            f"The {cluster_name} backend cannot read its queues from the cluster; add them "
+            "with `jobfleet queues add`."
+        )
+    # The backend's values are checked like the command line's, before anything is written.
+    checked = {name: _synced_parameters(name, parameters) for name, parameters in found.items()}
+    with open_ledger(ledger_url) as ledger, ledger.session() as session:
+        cluster = session.scalar(select(Cluster).where(Cluster.name == cluster_name))
+        if cluster is None:
+            cluster = Cluster(name=cluster_name, cluster_type=cluster_name)
+            session.add(cluster)
+            session.flush()
+        existing = {
+            queue.name: queue
+            for queue in session.scalars(select(Queue).where(Queue.cluster_id == cluster.id))
+        }
+        for name, parameters in checked.items():
+            if name in existing:
+                existing[name].parameters = parameters
+            else:
+                session.add(Queue(cluster_id=cluster.id, name=name, parameters=parameters))
+    if as_json:
+        print_json({"cluster": cluster_name, "queues": checked})
+        return
+    for name, parameters in checked.items():
+        shown = ", ".join(_parameter_text(k, v) for k, v in parameters.items()) or "no limits"
+        verb = "updated" if name in existing else "added"
+        click.echo(f"{cluster_name}/{name}: {verb}: {shown}")
+
+
+def _synced_parameters(queue: str, parameters: Mapping[str, Any]) -> dict[str, Any]:
+    try:
+        limits = {k: str(v) for k, v in parameters.items() if k in _LIMIT_KEYS and v is not None}
+        others = [f"{k}={json.dumps(v)}" for k, v in parameters.items() if k not in _LIMIT_KEYS]
+        return _queue_parameters(dict(limits), others)
+    except (ResourceError, click.BadParameter) as exc:
+        problem = f"The backend reported a queue {queue!r} jobfleet cannot read: {exc}"
+        raise QueueError(problem) from None
+
+
+_LIMIT_KEYS = frozenset(name for name, _, _ in _LIMIT_OPTIONS)
 
 COMMANDS: Final[list[click.Command]] = [status, logs, usage, events, queues]
