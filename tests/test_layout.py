@@ -37,6 +37,7 @@ def test_plugins_pin_the_core_with_both_bounds():
         "jobfleet-worker-node",
         "jobfleet-multiprocess",
         "jobfleet-sequential",
+        "jobfleet-slurm",
     ):
         (core,) = [Requirement(r) for r in requires(name) or [] if r.startswith("jobfleet-core")]
         operators = {spec.operator for spec in core.specifier}

@@ -1,0 +1,43 @@
+"""The Slurm backend: sbatch with script files, arrays, one squeue (and sacct) per round."""
+
+from __future__ import annotations
+
+from jobfleet.core.hookspecs import hookimpl
+
+
+@hookimpl
+def get_cluster_queue_class() -> type:
+    from jobfleet.plugins.slurm.queue import SlurmQueue
+
+    return SlurmQueue
+
+
+@hookimpl
+def get_cluster_distributor_class() -> type:
+    from jobfleet.plugins.slurm.distributor import SlurmDistributor
+
+    return SlurmDistributor
+
+
+@hookimpl
+def get_cluster_worker_node_class() -> type:
+    from jobfleet.plugins.slurm.worker_node import SlurmWorkerNode
+
+    return SlurmWorkerNode
+
+
+@hookimpl
+def get_cluster_settings_class() -> type:
+    from jobfleet.plugins.slurm.settings import SlurmSettings
+
+    return SlurmSettings
+
+
+@hookimpl
+def get_cluster_queues(settings: object) -> dict[str, dict[str, object]]:
+    """The cluster's partitions, read with scontrol and sinfo."""
+    from jobfleet.plugins.slurm.commands import SlurmCommands
+    from jobfleet.plugins.slurm.partitions import read_queues
+
+    timeout = getattr(settings, "command_timeout", 30.0)
+    return dict(read_queues(SlurmCommands(timeout)))

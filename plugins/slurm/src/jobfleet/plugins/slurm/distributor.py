@@ -1,0 +1,459 @@
+"""The Slurm distributor: sbatch with a script file, one squeue per round, sacct for the rest.
+
+What it never does (the failure modes of other Slurm integrations):
+- poll each job: one `squeue` answers for all of this run's jobs (filtered by the run's tag
+  and the user), on an adaptive interval with a hard rate limit;
+- double-submit: every submission carries a fresh token in its comment, and after an sbatch
+  timeout or error the token is looked up in squeue before anything is submitted again;
+- take "gone from squeue" for success: a job that left squeue is "not running", and only
+  sacct's final record says how it ended (one sacct call per round for all such jobs);
+- paste text into a shell: the batch script holds one `exec` of the worker node, quoted, and
+  every option goes to sbatch as its own argument.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import pwd
+import re
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from jobfleet.core.cluster_protocol import ClusterDistributor
+from jobfleet.core.errors import BackendError
+from jobfleet.core.exit_info import RemoteExitInfo
+from jobfleet.core.resources import ResourceRequest
+from jobfleet.plugins.slurm import accounting
+from jobfleet.plugins.slurm.commands import SlurmCommandError, SlurmCommands
+from jobfleet.plugins.slurm.settings import SlurmSettings, extra_sbatch_options
+from jobfleet.plugins.slurm.worker_node import OFFSET_VARIABLE
+
+MIB = 1024 * 1024
+DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's own default
+DEFAULT_QUEUE = "default"  # the host's name for "the cluster's default partition"
+_SCANCEL_CHUNK = 500  # ids per scancel call, to keep the argv bounded
+_SACCT_WINDOW = 7 * 86400
+_KILL_WAIT = 60.0  # seconds terminate_task_instances waits for Slurm to end cancelled jobs
+_KILL_POLL = 0.2  # how far back sacct looks for jobs whose submission time is unknown
+
+
+class SlurmDistributor(ClusterDistributor):
+    """Submits worker-node wrappers as Slurm batch jobs and answers for them."""
+
+    cluster_type = "slurm"
+
+    def __init__(
+        self,
+        cluster_name: str,
+        *args: Any,
+        settings: SlurmSettings | None = None,
+        host_url: str | None = None,
+        commands: SlurmCommands | None = None,
+        **connection_parameters: Any,
+    ) -> None:
+        self.cluster_name = cluster_name
+        self.settings = settings or SlurmSettings()
+        self.host_url = host_url or os.environ.get("JOBFLEET_HOST")
+        self.commands = commands or SlurmCommands(self.settings.command_timeout)
+        # Stable for a run (its channel): a resumed host finds the jobs of the one it replaces.
+        source = self.host_url or cluster_name
+        self.tag = "jobfleet-" + hashlib.sha256(source.encode()).hexdigest()[:10]
+        self.user = pwd.getpwuid(os.getuid()).pw_name
+        self._extra = extra_sbatch_options(self.settings.extra_sbatch)
+        self._scripts: Path | None = None
+        self._submitted: dict[str, float] = {}  # id → when this distributor submitted it
+        self._killed: set[str] = set()
+        self._snapshot: dict[str, str] = {}  # id → state, from the last squeue
+        self._snapshot_at = 0.0
+        self._interval = self.settings.poll_min
+        self._queries: deque[float] = deque()
+        self._left: set[str] = set()  # ids that left squeue, waiting for a final sacct record
+        self._records: dict[str, accounting.AccountingRecord] = {}
+        self._sacct_at = -math.inf
+        self._max_array_size: int | None = None
+
+    # -- the protocol ---------------------------------------------------------------------------
+
+    @property
+    def worker_node_entry_point(self) -> str:
+        return shlex.join(_wrapper_argv())
+
+    def start(self) -> None:
+        if self._scripts is None:
+            self._scripts = Path(tempfile.mkdtemp(prefix="jobfleet-slurm-"))
+
+    def stop(self) -> None:
+        """Cancel what this distributor submitted that still runs; remove its script files."""
+        live = [job for job in self._submitted if job not in self._killed]
+        if live:
+            try:
+                running = self._squeue()
+            except SlurmCommandError:
+                running = {}
+            doomed = [job for job in live if job in running]
+            if doomed:
+                self.terminate_task_instances(doomed)
+        if self._scripts is not None:
+            shutil.rmtree(self._scripts, ignore_errors=True)
+            self._scripts = None
+
+    def submit_to_batch_distributor(
+        self, command: str, name: str, requested_resources: dict[str, Any]
+    ) -> str:
+        options = self._resource_options(requested_resources)
+        job_id = self._sbatch(command, options, array=False)
+        self._submitted[job_id] = time.time()
+        self._interval = self.settings.poll_min
+        return job_id
+
+    def submit_array_to_batch_distributor(
+        self,
+        command: str,
+        name: str,
+        requested_resources: dict[str, Any],
+        array_length: int,
+    ) -> dict[int, str]:
+        if array_length < 1:
+            raise ValueError(f"array_length must be at least 1, not {array_length}")
+        options = self._resource_options(requested_resources)
+        chunk = self.max_array_size()
+        steps: dict[int, str] = {}
+        for offset in range(0, array_length, chunk):
+            size = min(chunk, array_length - offset)
+            throttle = f"%{self.settings.array_throttle}" if self.settings.array_throttle else ""
+            array_options = [
+                *options,
+                f"--array=0-{size - 1}{throttle}",
+                f"--export=ALL,{OFFSET_VARIABLE}={offset}",
+            ]
+            job_id = self._sbatch(command, array_options, array=True)
+            now = time.time()
+            for index in range(size):
+                steps[offset + index] = f"{job_id}_{index}"
+                self._submitted[f"{job_id}_{index}"] = now
+        self._interval = self.settings.poll_min
+        return steps
+
+    def get_submitted_or_running(self, distributor_ids: list[str]) -> set[str]:
+        """From one squeue for all of the run's jobs (reused while the interval runs)."""
+        now = time.monotonic()
+        if now - self._snapshot_at >= self._interval and self._may_query():
+            self._refresh_snapshot(now)
+        wall = time.time() - (time.monotonic() - self._snapshot_at)
+        present = set()
+        for job in distributor_ids:
+            if job in self._killed:
+                continue  # cancelled: never reported running again
+            # Submitted after the snapshot was taken: too new to be missing from it.
+            if job in self._snapshot or self._submitted.get(job, 0.0) > wall:
+                present.add(job)
+            elif job not in self._records or not self._records[job].finished:
+                self._left.add(job)
+        self._settle_left()
+        return present
+
+    def terminate_task_instances(self, distributor_ids: list[str]) -> None:
+        """One scancel for all of them (in chunks of 500 ids)."""
+        ids = sorted({str(job) for job in distributor_ids if _is_job_id(str(job))})
+        if not ids:
+            return
+        self._killed.update(ids)
+        for start in range(0, len(ids), _SCANCEL_CHUNK):
+            self.commands.run(["scancel", *ids[start : start + _SCANCEL_CHUNK]], check=False)
+        self._interval = self.settings.poll_min
+        self._wait_gone(ids)
+
+    def _wait_gone(self, ids: list[str]) -> None:
+        """Return once Slurm lists none of the jobs as active (their processes are gone).
+
+        Slurm kills asynchronously (CANCELLED, then COMPLETING while the node cleans up); the
+        protocol promises that nothing of a killed instance runs once this call returns.
+        """
+        deadline = time.monotonic() + _KILL_WAIT
+        wanted = set(ids)
+        while time.monotonic() < deadline:
+            try:
+                output = self.commands.run(
+                    [
+                        "squeue",
+                        "-h",
+                        "-r",
+                        "-u",
+                        self.user,
+                        "-n",
+                        self.tag,
+                        "-o",
+                        accounting.SQUEUE_FORMAT,
+                    ]
+                )
+            except SlurmCommandError:
+                return
+            active = {
+                entry.job_id
+                for entry in accounting.parse_squeue(output)
+                if entry.state in accounting.ACTIVE_STATES
+            }
+            # An array task is listed as "123_4", a whole array's pending part as "123_[5-9]".
+            if not any(_listed(job, active) for job in wanted):
+                for job in wanted:
+                    self._snapshot.pop(job, None)
+                return
+            time.sleep(_KILL_POLL)  # Slurm offers no way to wait for a cancel to finish
+
+    def get_queueing_errors(self, distributor_ids: list[str]) -> dict[str, str]:
+        return {}
+
+    def get_remote_exit_info(self, distributor_id: str) -> RemoteExitInfo:
+        """sacct's final record of the job; never raises (`finalized=False` while it lags)."""
+        try:
+            return self._exit_info(distributor_id)
+        except Exception as exc:  # the protocol: never raise, say it is unknown
+            return RemoteExitInfo.unknown(f"asking Slurm failed: {exc}", finalized=False)
+
+    # -- submission -------------------------------------------------------------------------------
+
+    def _resource_options(self, requested: Mapping[str, Any]) -> list[str]:
+        request = ResourceRequest.parse(requested)
+        options: list[str] = []
+        if request.cores is not None:
+            options.append(f"--cpus-per-task={max(1, math.ceil(request.cores))}")
+        if request.memory is not None:
+            options.append(f"--mem={max(1, math.ceil(request.memory / MIB))}M")
+        if request.runtime is not None:
+            options.append(f"--time={_slurm_time(request.runtime)}")
+        if request.gpus:
+            kind = f":{request.gpu_type}" if request.gpu_type else ""
+            options.append(f"--gres=gpu{kind}:{request.gpus}")
+        partition = request.queue if request.queue not in (None, DEFAULT_QUEUE) else None
+        partition = partition or self.settings.partition
+        if partition:
+            options.append(f"--partition={_plain('partition', partition)}")
+        extra = request.extra
+        for key, flag, fallback in (
+            ("account", "--account", self.settings.account),
+            ("qos", "--qos", self.settings.qos),
+            ("constraint", "--constraint", None),
+        ):
+            value = extra.get(key, fallback)
+            if value:
+                options.append(f"{flag}={_plain(key, str(value))}")
+        return [*options, *self._extra]
+
+    def _sbatch(self, command: str, options: Sequence[str], *, array: bool) -> str:
+        token = uuid.uuid4().hex
+        script = self._write_script(command, token)
+        logs = self._log_dir()
+        pattern = "slurm-%A_%a.out" if array else "slurm-%j.out"
+        argv = [
+            "sbatch",
+            "--parsable",
+            f"--job-name={self.tag}",
+            f"--comment={token}",
+            f"--output={logs / pattern}",
+            *options,
+            str(script),
+        ]
+        try:
+            output = self.commands.run(argv)
+        except SlurmCommandError as error:
+            # The job may exist although sbatch did not say so: never submit it twice.
+            found = self._find_by_token(token)
+            if found is None:
+                raise BackendError(f"sbatch refused the job: {error}") from None
+            return found
+        job_id = output.strip().split(";", 1)[0]
+        if not job_id.isdigit():
+            raise BackendError(f"sbatch answered {output.strip()!r}, not a job id")
+        return job_id
+
+    def _write_script(self, command: str, token: str) -> Path:
+        if self._scripts is None:
+            raise BackendError("The Slurm distributor is not started.")
+        if not self.host_url:
+            raise BackendError("The Slurm distributor has no host channel: pass host_url=.")
+        argv = [
+            *_wrapper_argv(),
+            *shlex.split(command),
+            "--cluster",
+            self.cluster_type,
+            "--host",
+            self.host_url,
+        ]
+        path = self._scripts / f"{token}.sh"
+        # One line that replaces the shell with the wrapper; every word quoted.
+        path.write_text(f"#!/bin/sh\nexec {shlex.join(argv)}\n")
+        return path
+
+    def _log_dir(self) -> Path:
+        if self.settings.log_dir:
+            path = Path(self.settings.log_dir)
+        elif self.host_url and self.host_url.startswith("file://"):
+            path = Path(self.host_url.removeprefix("file://")).parent / "slurm"
+        else:
+            path = Path(tempfile.gettempdir()) / self.tag
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _find_by_token(self, token: str) -> str | None:
+        try:
+            output = self.commands.run(
+                ["squeue", "-h", "-u", self.user, "-n", self.tag, "-o", accounting.SQUEUE_FORMAT]
+            )
+        except SlurmCommandError:
+            return None
+        for entry in accounting.parse_squeue(output):
+            if entry.comment == token:
+                return entry.job_id.split("_", 1)[0]
+        return None
+
+    def max_array_size(self) -> int:
+        """How many tasks one array may have: Slurm's MaxArraySize (indices stay below it)."""
+        if self._max_array_size is None:
+            try:
+                output = self.commands.run(["scontrol", "show", "config"])
+                found = re.search(r"^MaxArraySize\s*=\s*(\d+)", output, re.MULTILINE)
+                size = int(found.group(1)) if found else DEFAULT_MAX_ARRAY_SIZE
+            except SlurmCommandError:
+                size = DEFAULT_MAX_ARRAY_SIZE
+            self._max_array_size = max(1, size)
+        return self._max_array_size
+
+    # -- status -----------------------------------------------------------------------------------
+
+    def _may_query(self) -> bool:
+        """The hard limit: at most max_queries_per_minute squeue and sacct calls a minute."""
+        now = time.monotonic()
+        while self._queries and now - self._queries[0] > 60:
+            self._queries.popleft()
+        return len(self._queries) < self.settings.max_queries_per_minute
+
+    def _squeue(self) -> dict[str, str]:
+        self._queries.append(time.monotonic())
+        output = self.commands.run(
+            ["squeue", "-h", "-r", "-u", self.user, "-n", self.tag, "-o", accounting.SQUEUE_FORMAT]
+        )
+        return {
+            entry.job_id: entry.state
+            for entry in accounting.parse_squeue(output)
+            if entry.state in accounting.ACTIVE_STATES
+        }
+
+    def _refresh_snapshot(self, now: float) -> None:
+        try:
+            snapshot = self._squeue()
+        except SlurmCommandError:
+            return  # keep the last answer; the next round asks again
+        changed = snapshot != self._snapshot
+        self._snapshot, self._snapshot_at = snapshot, now
+        # Back off while nothing changes; start short again after any change.
+        self._interval = (
+            self.settings.poll_min if changed else min(self._interval * 2, self.settings.poll_max)
+        )
+
+    def _settle_left(self) -> None:
+        """One sacct call for every job that left squeue and has no final record yet."""
+        waiting = {job for job in self._left if not self._final(job)}
+        self._left = waiting
+        if not waiting or not self.settings.use_sacct:
+            return
+        # At most one sacct per interval: triage asks about each job, but one call answers all.
+        if time.monotonic() - self._sacct_at < self.settings.poll_min or not self._may_query():
+            return
+        self._sacct_at = time.monotonic()
+        self._records.update(self._sacct(waiting))
+
+    def _final(self, job: str) -> bool:
+        record = self._records.get(job)
+        return record is not None and record.finished
+
+    def _sacct(self, jobs: Iterable[str]) -> dict[str, accounting.AccountingRecord]:
+        jobs = sorted(jobs)
+        known = [self._submitted[job] for job in jobs if job in self._submitted]
+        since = (min(known) if len(known) == len(jobs) else time.time() - _SACCT_WINDOW) - 60
+        self._queries.append(time.monotonic())
+        output = self.commands.run(
+            [
+                "sacct",
+                "--parsable2",
+                "--noheader",
+                f"--starttime={time.strftime('%Y-%m-%dT%H:%M:%S', time.localtime(since))}",
+                f"--jobs={accounting.job_ids_argument(jobs)}",
+                f"--format={accounting.SACCT_FORMAT}",
+            ],
+            check=False,
+        )
+        records = accounting.parse_sacct(output)
+        # A recycled id (another job of another run) is not ours: only our tag counts.
+        return {job: record for job, record in records.items() if record.name == self.tag}
+
+    def _exit_info(self, job: str) -> RemoteExitInfo:
+        if job in self._snapshot:
+            return RemoteExitInfo.unknown(
+                f"Slurm still lists it as {self._snapshot[job]}", finalized=False
+            )
+        if not self.settings.use_sacct:
+            return RemoteExitInfo.unknown(
+                "it left squeue and accounting (sacct) is switched off: its outcome is unknown"
+            )
+        if not self._final(job):
+            self._left.add(job)
+            self._settle_left()
+        record = self._records.get(job)
+        if record is None:
+            return RemoteExitInfo.unknown(
+                "it left squeue and sacct has no record of it yet (accounting lags)",
+                finalized=False,
+            )
+        base = job.split("_", 1)[0]
+        killed = job in self._killed or base in self._killed
+        return accounting.exit_info(record, killed_by_us=killed)
+
+
+def _listed(job: str, active: set[str]) -> bool:
+    if job in active:
+        return True
+    base, _, task = job.partition("_")
+    return (
+        base in active or any(entry.startswith(f"{base}_[") for entry in active)
+        if task
+        else any(entry.startswith(f"{base}_") for entry in active)
+    )
+
+
+def _is_job_id(text: str) -> bool:
+    return re.fullmatch(r"\d+(_\d+)?", text) is not None
+
+
+def _plain(field: str, value: str) -> str:
+    """A value passed to sbatch as one option: refuse control characters (log injection)."""
+    if not value or any(ord(c) < 32 or c == "\x7f" for c in value):
+        raise BackendError(f"The Slurm {field} {value!r} is empty or holds control characters.")
+    return value
+
+
+def _slurm_time(seconds: int) -> str:
+    """Slurm's D-HH:MM:SS, rounded up to whole minutes (Slurm's own granularity)."""
+    minutes = max(1, math.ceil(seconds / 60))
+    days, minutes = divmod(minutes, 24 * 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{days}-{hours:02d}:{minutes:02d}:00"
+
+
+def _wrapper_argv() -> list[str]:
+    """The worker-node wrapper of this installation (compute nodes share it, as on most
+    clusters, or have it on PATH)."""
+    beside = Path(sys.executable).with_name("jobfleet-worker-node")
+    if beside.exists():
+        return [str(beside)]
+    found = shutil.which("jobfleet-worker-node")
+    return [found] if found else [sys.executable, "-m", "jobfleet.worker_node.cli"]
