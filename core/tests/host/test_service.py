@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -470,3 +472,23 @@ def test_a_run_on_each_kind_of_ledger(ledger_url: str) -> None:
         assert len(events(shared, run_id, "transition")) == 33 * 5  # Q I O X, then D or E
         queued = [e for e in events(shared, run_id, "transition") if e.to_state == "Q"]
         assert {e.message for e in queued} == {"attempt 1 queued", "attempt 2 of 2, as before"}
+
+
+def test_a_kill_from_outside_jobfleet_is_fatal_not_a_requested_kill(ledger: Ledger) -> None:
+    run_id = create_run(
+        ledger, tasks("sleep 600", max_attempts=3), cluster="multiprocess", options=FAST
+    )
+    service = start(ledger, run_id)
+    try:
+        wait_for(lambda: service.round() and instances(ledger, run_id)[0].state == "R", "running")
+        assert service.channel is not None
+        events_read, _ = service.channel.read_events(None)
+        (running,) = [e for e in events_read if e.kind.value == "running"]
+        os.kill(running.data["wrapper_pid"], signal.SIGTERM)  # as an admin would
+        progress = service.run_until_done()
+    finally:
+        service.close()
+    assert progress.status.value == "failed"
+    (instance,) = instances(ledger, run_id)  # not retried
+    assert instance.state == "F"
+    assert "killed outside jobfleet" in events(ledger, run_id, "transition")[-1].message

@@ -452,7 +452,18 @@ class DistributorService:
         letter = str(data.get("error_state", ""))
         target = S(letter) if letter in _ENDING_LETTERS else S.UNKNOWN_ERROR
         message = str(data.get("message") or "")
+        if target is S.KILL_SELF and not self._kill_was_requested(row):
+            # Stopped by someone else (an admin's scancel, a kill of the wrapper): K would say
+            # the host asked for it. Deliberate, so not retried either.
+            target, message = S.ERROR_FATAL, f"killed outside jobfleet: {message}"
         self._end(work, row, target, message, values, state=state)
+
+    def _kill_was_requested(self, row: Any) -> bool:
+        if row.kill_requested_at is not None:
+            return True
+        with self.ledger.read_session() as session:
+            requested = session.scalar(select(Run.kill_requested_at).where(Run.id == self.run_id))
+        return requested is not None
 
     # -- triage ---------------------------------------------------------------------------------
 
