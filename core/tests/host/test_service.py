@@ -492,3 +492,18 @@ def test_a_kill_from_outside_jobfleet_is_fatal_not_a_requested_kill(ledger: Ledg
     (instance,) = instances(ledger, run_id)  # not retried
     assert instance.state == "F"
     assert "killed outside jobfleet" in events(ledger, run_id, "transition")[-1].message
+
+
+def test_usage_from_the_backends_accounting_when_no_report_came(ledger: Ledger) -> None:
+    run_id = create_run(ledger, tasks("true"), cluster="dummy", options=FAST)
+    service = start(ledger, run_id)
+    measured = RemoteExitInfo(
+        ErrorState.DONE, "done", usage={"maxrss": 5 * 2**20, "cpu": 1.5, "wallclock": 3.0}
+    )
+    service.distributor.get_remote_exit_info = lambda _id: measured  # type: ignore[union-attr,method-assign]
+    try:
+        assert service.run_until_done().status.value == "done"
+    finally:
+        service.close()
+    (instance,) = instances(ledger, run_id)
+    assert (instance.maxrss, instance.cpu, instance.wallclock) == (5 * 2**20, 1.5, 3.0)

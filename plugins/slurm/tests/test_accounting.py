@@ -103,3 +103,12 @@ def test_durations(text: str, seconds: float | None) -> None:
 )
 def test_sizes(text: str, size: int | None) -> None:
     assert accounting.parse_size(text) == size
+
+
+def test_final_answers_carry_sacct_usage() -> None:
+    info = accounting.exit_info(record("OUT_OF_MEMORY", "0:125"), killed_by_us=False)
+    assert info.usage is not None
+    assert info.usage["maxrss"] == 2048 * 1024
+    assert info.usage["cpu"] == pytest.approx(2.0)
+    assert info.usage["wallclock"] == 3
+    assert '"maxrss_source": "sacct"' in info.usage["usage_str"]

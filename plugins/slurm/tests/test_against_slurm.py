@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 
 from jobfleet.core.exit_info import ErrorState, RemoteExitInfo
+from jobfleet.core.resources import memory_text
 from jobfleet.core.testing.host import KitHost, wait_for
-from jobfleet.plugins.slurm.commands import SlurmCommands
+from jobfleet.plugins.slurm.commands import SlurmCommandError, SlurmCommands
 from jobfleet.plugins.slurm.distributor import SlurmDistributor
 from jobfleet.plugins.slurm.settings import SlurmSettings
 
@@ -217,3 +218,84 @@ def test_over_its_time_a_job_ends_timeout_as_z(
     assert info.error_state is ErrorState.RESOURCE_ERROR, info.error_message
     assert info.record is not None
     assert info.record.raw_state == "TIMEOUT"
+
+
+# --- submission: chunks and idempotency -----------------------------------------------------
+
+
+def test_an_array_larger_than_max_array_size_goes_in_chunks(
+    distributor: SlurmDistributor, kit_host: KitHost, commands: SlurmCommands
+) -> None:
+    distributor._max_array_size = 4  # as a cluster with MaxArraySize=4 would say
+    commands.calls.clear()
+    marks = kit_host.root / "marks"
+    marks.mkdir()
+    submitted = kit_host.submit_array(
+        distributor, [f"touch {marks}/{n}" for n in range(10)], {"cores": 0.01}
+    )
+    assert commands.calls["sbatch"] == 3  # 4 + 4 + 2
+    jobs = {job.distributor_id.split("_")[0] for job in submitted}
+    assert len(jobs) == 3
+    assert [job.distributor_id.split("_")[1] for job in submitted] == [
+        "0", "1", "2", "3", "0", "1", "2", "3", "0", "1",
+    ]  # fmt: skip
+    for job in submitted:
+        assert kit_host.wait_final(job.task_instance_id)["error_state"] == "D"
+    # Every step ran its own command: the offset told each chunk where it starts.
+    assert sorted(int(path.name) for path in marks.iterdir()) == list(range(10))
+
+
+class SbatchTimesOut(SlurmCommands):
+    """sbatch that submits the job, then fails to answer in time (a busy controller)."""
+
+    def run(self, argv: Any, *, check: bool = True) -> str:
+        output = super().run(argv, check=check)
+        if argv[0] == "sbatch":
+            raise SlurmCommandError(argv, "no answer within 30 s", timed_out=True)
+        return output
+
+
+def test_after_an_sbatch_timeout_the_job_is_found_not_submitted_again(
+    kit_host: KitHost, slurm_cluster: Any
+) -> None:
+    distributor = new_distributor(kit_host, SbatchTimesOut())
+    try:
+        job = kit_host.submit(distributor, "true", resources={"cores": 1})
+        assert job.distributor_id.isdigit()
+        assert kit_host.wait_final(job.task_instance_id)["error_state"] == "D"
+        assert len(kit_host.finals()[job.task_instance_id]) == 1  # ran once
+        named = subprocess.run(
+            ["sacct", "-n", "-X", "--parsable2", f"--name={distributor.tag}", "-o", "JobID"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert named.stdout.split() in ([job.distributor_id], [])  # never a second job
+    finally:
+        distributor.stop()
+
+
+def test_the_query_rate_limit_holds_whatever_the_host_asks(
+    kit_host: KitHost, commands: SlurmCommands
+) -> None:
+    limited = SlurmSettings(poll_min=0.01, poll_max=0.01, max_queries_per_minute=3)
+    distributor = new_distributor(kit_host, commands, limited)
+    try:
+        job = kit_host.submit(distributor, LONG, resources={"cores": 1})
+        for _ in range(20):
+            distributor.get_submitted_or_running([job.distributor_id])
+            time.sleep(0.02)  # rounds faster than the poll interval
+        assert commands.calls["squeue"] <= 3
+    finally:
+        distributor.terminate_task_instances([job.distributor_id])
+        distributor.stop()
+
+
+def test_queues_sync_reads_the_partitions(slurm_cluster: Any, tmp_path: Path) -> None:
+    result = jobfleet(tmp_path, "queues", "sync", "--cluster", "slurm", "--json")
+    assert result.returncode == 0, result.stderr
+    queues = json.loads(result.stdout)["queues"]
+    assert queues["debug"]["max_cores"] == slurm_cluster.cpus
+    node_memory = memory_text(slurm_cluster.node_memory_mb * 2**20)
+    assert queues["debug"]["max_memory"] == node_memory  # the node's, as Slurm reports it
+    assert queues["default"]["partition"] == "debug"

@@ -132,6 +132,9 @@ class RemoteExitInfo:
     error_message: str
     finalized: bool = True
     record: ExitRecord | None = None
+    usage: Mapping[str, Any] | None = None
+    """What the backend's accounting measured (`maxrss` bytes, `cpu` and `wallclock` seconds,
+    `usage_str`), for hosts whose worker report never arrived; None when it measured nothing."""
 
     def __post_init__(self) -> None:
         # Accept a bare letter from plugins written against Jobmon, and fail early on anything else.

@@ -532,6 +532,8 @@ class DistributorService:
                     if info.record
                     else {"reason": None, "message": info.error_message}
                 }
+                # The worker's report never came: the backend's accounting is all there is.
+                values.update(_final_values({"usage": dict(info.usage or {})}))
                 self._end(
                     work,
                     row,

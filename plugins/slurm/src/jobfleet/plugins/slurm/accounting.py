@@ -5,9 +5,11 @@ Pure functions over text, so each mapping is tested without a cluster.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from jobfleet.core.exit_info import ErrorState, ExitReason, ExitRecord, RemoteExitInfo
 
@@ -210,7 +212,22 @@ def _cancelled(record: AccountingRecord, killed_by_us: bool) -> RemoteExitInfo:
 def _info(reason: ExitReason, record: AccountingRecord, what: str) -> RemoteExitInfo:
     message = f"Slurm job {record.job_id} {what} ({record.state}, exit {record.exit_code})"
     exit_record = _exit_record(reason, record, message)
-    return RemoteExitInfo(reason.default_error_state, message, record=exit_record)
+    return RemoteExitInfo(
+        reason.default_error_state, message, record=exit_record, usage=usage_of(record)
+    )
+
+
+def usage_of(record: AccountingRecord) -> dict[str, Any] | None:
+    """sacct's measurement of the job (its wrapper included), in the protocol's keys."""
+    if record.max_rss is None and record.total_cpu is None and record.elapsed is None:
+        return None
+    details = {"maxrss_source": "sacct", "raw_state": record.state}
+    return {
+        "maxrss": record.max_rss,
+        "cpu": record.total_cpu,
+        "wallclock": record.elapsed,
+        "usage_str": json.dumps(details),
+    }
 
 
 def _exit_record(reason: ExitReason, record: AccountingRecord, message: str) -> ExitRecord:
