@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import glob
 import os
 import pwd
@@ -17,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from jobfleet.core.testing.host import abandoned_directories, hold_session_lock
 
 pytest.importorskip("sqlalchemy", reason="the ledger needs the host extra (jobfleet-core[host])")
 
@@ -78,41 +79,26 @@ class PostgresServer:
         return self.url(name)
 
 
-def _hold_lock(root: Path) -> object:
-    handle = open(root / "lock", "a")  # noqa: SIM115 - held open for the whole session
-    fcntl.flock(handle, fcntl.LOCK_EX)
-    return handle
-
-
 def _sweep_stale_servers(bindir: Path) -> None:
     """Stop and remove servers of earlier runs that were killed (Ctrl-C, a timeout).
 
     Only directories whose lock nobody holds: a test session running beside this one keeps its
     server.
     """
-    for root in Path(tempfile.gettempdir()).glob("jobfleet-pg-*"):
-        try:
-            handle = open(root / "lock", "a")  # noqa: SIM115 - closed below
-        except OSError:
-            continue
-        with handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # alive
-            as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-            with contextlib.suppress(OSError, subprocess.SubprocessError):
-                subprocess.run(
-                    [*as_user, str(bindir / "pg_ctl"), "-D", str(root / "data"), "-m",
-                     "immediate", "stop"], capture_output=True, timeout=60,
-                )  # fmt: skip
-            shutil.rmtree(root, ignore_errors=True)
+    for root in abandoned_directories("jobfleet-pg-*"):
+        as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(
+                [*as_user, str(bindir / "pg_ctl"), "-D", str(root / "data"), "-m",
+                 "immediate", "stop"], capture_output=True, timeout=60,
+            )  # fmt: skip
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _start_postgres(bindir: Path) -> PostgresServer:
     _sweep_stale_servers(bindir)
     root = Path(tempfile.mkdtemp(prefix="jobfleet-pg-"))
-    lock = _hold_lock(root)
+    lock = hold_session_lock(root)
     as_user: list[str] = []
     if os.geteuid() == 0:
         # initdb refuses to run as root: hand the directory to the postgres user.

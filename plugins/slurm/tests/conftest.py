@@ -12,7 +12,6 @@ are imported after it): `from slurm_cluster import SlurmCluster`.
 
 from __future__ import annotations
 
-import fcntl
 import importlib.util
 import os
 import sys
@@ -23,6 +22,8 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 import pytest
+
+from jobfleet.core.testing.host import abandoned_directories, hold_session_lock
 
 if TYPE_CHECKING:
     from slurm_cluster import SlurmCluster
@@ -51,29 +52,14 @@ NO_SLURM = "no Slurm binaries (apt-get install slurm-wlm munge slurmdbd mariadb-
 NOT_ROOT = "Slurm tests need root to run slurmd and slurmctld here"
 
 
-def _hold_lock(root: Path) -> object:
-    handle = open(root / "lock", "a")  # noqa: SIM115 - held open for the whole session
-    fcntl.flock(handle, fcntl.LOCK_EX)
-    return handle
-
-
 def _sweep_stale_clusters() -> None:
     """Stop and remove clusters of earlier sessions that were killed before they could.
 
     Only directories whose lock nobody holds: a session running beside this one keeps its
     cluster.
     """
-    for root in Path(tempfile.gettempdir()).glob(f"{PREFIX}*"):
-        try:
-            handle = open(root / "lock", "a")  # noqa: SIM115 - closed below
-        except OSError:
-            continue
-        with handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # alive
-            helper.SlurmCluster.attach(root).stop()
+    for root in abandoned_directories(f"{PREFIX}*"):
+        helper.SlurmCluster.attach(root).stop()
 
 
 @pytest.fixture(scope="session")
@@ -86,7 +72,7 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
         pytest.skip(NOT_ROOT)
     _sweep_stale_clusters()
     root = Path(tempfile.mkdtemp(prefix=PREFIX))
-    lock = _hold_lock(root)
+    lock = hold_session_lock(root)
     # Backfill would hold a waiting big job's place against later small ones; the kit checks
     # that small jobs are not blocked behind a big one, as a fair local scheduler does.
     cluster: SlurmCluster = helper.SlurmCluster(

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import fcntl
 import itertools
+import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -202,3 +203,34 @@ class KitHost:
 
     def close(self) -> None:
         self.channel.close()
+
+
+def hold_session_lock(root: Path) -> object:
+    """Lock `root/lock` for as long as the returned handle lives (a test session's server).
+
+    `abandoned_directories` passes over directories locked so: their session still runs.
+    """
+    handle = open(root / "lock", "a")  # noqa: SIM115 - held open for the whole session
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    return handle
+
+
+def abandoned_directories(pattern: str) -> Iterator[Path]:
+    """Directories of the temp dir matching `pattern` whose session lock nobody holds.
+
+    Servers that test sessions start (PostgreSQL, Slurm) live in such directories; a session
+    killed before it could stop its server leaves one behind, for the next session to stop
+    and remove. Each directory is yielded while its lock is held, so two sweepers never
+    handle the same one.
+    """
+    for root in Path(tempfile.gettempdir()).glob(pattern):
+        try:
+            handle = open(root / "lock", "a")  # noqa: SIM115 - closed below
+        except OSError:
+            continue
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # its session is alive
+            yield root
