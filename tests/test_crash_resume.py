@@ -62,6 +62,9 @@ def start(argv: list[str], tmp_path: Path) -> subprocess.Popen[bytes]:
     assert JOBFLEET
     environ = {k: v for k, v in os.environ.items() if not k.startswith("JOBFLEET_")}
     environ["JOBFLEET_LEDGER"] = str(tmp_path / "ledger.db")
+    # A service killed with SIGKILL cannot remove its distributor's work directory: keep
+    # those in the test's own directory rather than in /tmp.
+    environ["TMPDIR"] = str(tmp_path)
     log = open(tmp_path / "service.log", "ab")  # noqa: SIM115 - closed with the process
     return subprocess.Popen([JOBFLEET, *argv], cwd=tmp_path, env=environ, stdout=log, stderr=log)
 
