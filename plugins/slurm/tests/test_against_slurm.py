@@ -264,13 +264,17 @@ def test_after_an_sbatch_timeout_the_job_is_found_not_submitted_again(
         assert job.distributor_id.isdigit()
         assert kit_host.wait_final(job.task_instance_id)["error_state"] == "D"
         assert len(kit_host.finals()[job.task_instance_id]) == 1  # ran once
-        named = subprocess.run(
-            ["sacct", "-n", "-X", "--parsable2", f"--name={distributor.tag}", "-o", "JobID"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        assert named.stdout.split() in ([job.distributor_id], [])  # never a second job
+
+        def jobs_named() -> list[str] | None:
+            found = subprocess.run(
+                ["sacct", "-n", "-X", "--parsable2", f"--name={distributor.tag}", "-o", "JobID"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.split()
+            return found or None  # accounting lags: wait until it has the job
+
+        assert wait_for(jobs_named, "sacct to know the job") == [job.distributor_id]
     finally:
         distributor.stop()
 

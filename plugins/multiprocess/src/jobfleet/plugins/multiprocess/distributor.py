@@ -25,7 +25,6 @@ import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -45,6 +44,7 @@ from jobfleet.core.resources import ResourceRequest, parse_cores, parse_memory
 from jobfleet.plugins.multiprocess.pool import Need, ResourcePool
 from jobfleet.plugins.multiprocess.settings import MultiprocessSettings, gpu_ids
 from jobfleet.worker_node import exit_codes, process_tree
+from jobfleet.worker_node.locate import wrapper_argv
 
 _QUEUED, _RUNNING, _FINISHED, _KILLED = "queued", "running", "finished", "killed"
 
@@ -106,7 +106,7 @@ class MultiprocessDistributor(ClusterDistributor):
 
     @property
     def worker_node_entry_point(self) -> str:
-        return shlex.join(_wrapper_argv())
+        return shlex.join(wrapper_argv())
 
     def start(self) -> None:
         with self._lock:
@@ -310,7 +310,7 @@ class MultiprocessDistributor(ClusterDistributor):
         # `command` holds the worker-node arguments only (Jobmon's convention); they were
         # built from integers by build_worker_node_command, and go on as argv, never a shell.
         return [
-            *_wrapper_argv(),
+            *wrapper_argv(),
             *shlex.split(command),
             "--cluster",
             self.cluster_type,
@@ -500,15 +500,6 @@ def _wait_for_tagged(distributor_ids: list[str], deadline: float) -> None:
 def _killed() -> RemoteExitInfo:
     record = ExitRecord(ExitReason.CANCELLED, raw_state="killed", message="killed on request")
     return RemoteExitInfo(ErrorState.KILL_SELF, record.message, record=record)
-
-
-def _wrapper_argv() -> list[str]:
-    """The worker-node wrapper of this very installation, found without relying on PATH."""
-    beside = Path(sys.executable).with_name("jobfleet-worker-node")
-    if beside.exists():
-        return [str(beside)]
-    found = shutil.which("jobfleet-worker-node")
-    return [found] if found else [sys.executable, "-m", "jobfleet.worker_node.cli"]
 
 
 def _pool_from(settings: MultiprocessSettings) -> ResourcePool:

@@ -12,13 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from jobfleet.core.exit_info import ErrorState, ExitReason, ExitRecord, RemoteExitInfo
+from jobfleet.worker_node.exit_codes import VERSION_MISMATCH, WRAPPER_FAILED
 
 SEPARATOR = "|"
 
-# The worker-node wrapper's own exit codes (jobfleet.worker_node.exit_codes; not imported, so
-# that the host side does not load the worker node).
-WRAPPER_FAILED = 240
-VERSION_MISMATCH = 241
 
 # States in which a job still holds (or waits for) a place on the cluster.
 ACTIVE_STATES = frozenset(

@@ -20,7 +20,6 @@ import pwd
 import re
 import shlex
 import shutil
-import sys
 import tempfile
 import time
 import uuid
@@ -37,6 +36,7 @@ from jobfleet.plugins.slurm import accounting
 from jobfleet.plugins.slurm.commands import SlurmCommandError, SlurmCommands
 from jobfleet.plugins.slurm.settings import SlurmSettings, extra_sbatch_options
 from jobfleet.plugins.slurm.worker_node import OFFSET_VARIABLE
+from jobfleet.worker_node.locate import wrapper_argv
 
 MIB = 1024 * 1024
 DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's own default
@@ -86,7 +86,7 @@ class SlurmDistributor(ClusterDistributor):
 
     @property
     def worker_node_entry_point(self) -> str:
-        return shlex.join(_wrapper_argv())
+        return shlex.join(wrapper_argv())
 
     def start(self) -> None:
         if self._scripts is None:
@@ -179,26 +179,9 @@ class SlurmDistributor(ClusterDistributor):
         wanted = set(ids)
         while time.monotonic() < deadline:
             try:
-                output = self.commands.run(
-                    [
-                        "squeue",
-                        "-h",
-                        "-r",
-                        "-u",
-                        self.user,
-                        "-n",
-                        self.tag,
-                        "-o",
-                        accounting.SQUEUE_FORMAT,
-                    ]
-                )
+                active = set(self._list_jobs())
             except SlurmCommandError:
                 return
-            active = {
-                entry.job_id
-                for entry in accounting.parse_squeue(output)
-                if entry.state in accounting.ACTIVE_STATES
-            }
             # An array task is listed as "123_4", a whole array's pending part as "123_[5-9]".
             if not any(_listed(job, active) for job in wanted):
                 for job in wanted:
@@ -278,7 +261,7 @@ class SlurmDistributor(ClusterDistributor):
         if not self.host_url:
             raise BackendError("The Slurm distributor has no host channel: pass host_url=.")
         argv = [
-            *_wrapper_argv(),
+            *wrapper_argv(),
             *shlex.split(command),
             "--cluster",
             self.cluster_type,
@@ -309,14 +292,12 @@ class SlurmDistributor(ClusterDistributor):
 
     def _find_by_token(self, token: str) -> str | None:
         try:
-            output = self.commands.run(
-                ["squeue", "-h", "-u", self.user, "-n", self.tag, "-o", accounting.SQUEUE_FORMAT]
-            )
+            entries = self._list_jobs(active_only=False)
         except SlurmCommandError:
             return None
-        for entry in accounting.parse_squeue(output):
-            if entry.comment == token:
-                return entry.job_id.split("_", 1)[0]
+        for job_id, (_state, comment) in entries.items():
+            if comment == token:
+                return job_id.split("_", 1)[0]
         return None
 
     def max_array_size(self) -> int:
@@ -341,14 +322,19 @@ class SlurmDistributor(ClusterDistributor):
         return len(self._queries) < self.settings.max_queries_per_minute
 
     def _squeue(self) -> dict[str, str]:
+        """The status round's squeue (counted against the rate limit): active job → state."""
         self._queries.append(time.monotonic())
+        return {job: state for job, (state, _comment) in self._list_jobs().items()}
+
+    def _list_jobs(self, *, active_only: bool = True) -> dict[str, tuple[str, str]]:
+        """One squeue of this run's jobs (array tasks one per line): id → (state, comment)."""
         output = self.commands.run(
             ["squeue", "-h", "-r", "-u", self.user, "-n", self.tag, "-o", accounting.SQUEUE_FORMAT]
         )
         return {
-            entry.job_id: entry.state
+            entry.job_id: (entry.state, entry.comment)
             for entry in accounting.parse_squeue(output)
-            if entry.state in accounting.ACTIVE_STATES
+            if entry.state in accounting.ACTIVE_STATES or not active_only
         }
 
     def _refresh_snapshot(self, now: float) -> None:
@@ -450,13 +436,3 @@ def _slurm_time(seconds: int) -> str:
     days, minutes = divmod(minutes, 24 * 60)
     hours, minutes = divmod(minutes, 60)
     return f"{days}-{hours:02d}:{minutes:02d}:00"
-
-
-def _wrapper_argv() -> list[str]:
-    """The worker-node wrapper of this installation (compute nodes share it, as on most
-    clusters, or have it on PATH)."""
-    beside = Path(sys.executable).with_name("jobfleet-worker-node")
-    if beside.exists():
-        return [str(beside)]
-    found = shutil.which("jobfleet-worker-node")
-    return [found] if found else [sys.executable, "-m", "jobfleet.worker_node.cli"]
