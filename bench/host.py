@@ -478,7 +478,7 @@ def generate(path: Path, instances: int, events_per_instance: int) -> Generated:
                 status=RunStatus.RUNNING.value,
                 created_at=BASE_TIME,
                 work_dir=work_dir,
-                channel_url=f"file://{work_dir}/channel",
+                host_url=f"file://{work_dir}/channel",
                 options={"service": OPTIONS.to_dict(), "cluster_settings": {}},
             )
             session.add(run)

@@ -73,7 +73,7 @@ def run_wrapped(tasks: int, root: Path, extra: list[str]) -> tuple[float, float,
             str(n),
             "--cluster",
             "dummy",
-            "--host",
+            "--host-url",
             channel.url,
             *extra,
         ]
@@ -102,7 +102,7 @@ def measure_maxrss(root: Path, size: int, tree: bool, extra: list[str]) -> tuple
         "1",
         "--cluster",
         "dummy",
-        "--host",
+        "--host-url",
         channel.url,
         *extra,
     ]

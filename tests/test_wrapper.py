@@ -86,7 +86,7 @@ class Host:
             *args,
             "--cluster",
             cluster,
-            "--host",
+            "--host-url",
             self.channel.url,
             "--kill-grace",
             "1",
@@ -423,7 +423,7 @@ def test_unreachable_channel_fails_with_a_message(tmp_path: Path) -> None:
         "1",
         "--cluster",
         "dummy",
-        "--host",
+        "--host-url",
         f"file://{tmp_path}/none",
     ]
     result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
@@ -491,7 +491,7 @@ def test_maxrss_of_300_megabytes_under_a_fat_parent(
     spec = host.spec(f"{sys.executable} {script}")
     options = ["--cgroup", "always" if cgroup else "never"]
     wrapper_args = ["job", "--task-instance-id", str(spec.task_instance_id)]
-    wrapper_args += ["--cluster", "dummy", "--host", host.channel.url, *options]
+    wrapper_args += ["--cluster", "dummy", "--host-url", host.channel.url, *options]
     # The wrapper runs inside a process that already holds 400 MB, as when a fat host forks
     # it: ru_maxrss of a forked child starts from that, and must not leak into the number.
     fat = (
@@ -533,7 +533,7 @@ def test_version_help_and_usage_errors() -> None:
         env=env,
     )
     assert missing.returncode == exit_codes.USAGE_ERROR
-    assert "--host is required" in missing.stderr
+    assert "--host-url is required" in missing.stderr
     negative = subprocess.run(
         [WRAPPER, "job", "--task-instance-id", "-3"], capture_output=True, text=True, check=False
     )

@@ -56,7 +56,7 @@ def test_gpu_ids_accept_uuids():
 
 
 def test_submission_without_a_host_channel_is_refused(monkeypatch):
-    monkeypatch.delenv("JOBFLEET_HOST", raising=False)
+    monkeypatch.delenv("JOBFLEET_HOST_URL", raising=False)
     distributor = MultiprocessDistributor("x")
     distributor.start()
     try:

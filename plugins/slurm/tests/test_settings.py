@@ -83,7 +83,7 @@ def test_the_script_runs_only_the_quoted_worker_node(tmp_path: Path) -> None:
         assert argv[-4:] == [
             "--cluster",
             "slurm",
-            "--host",
+            "--host-url",
             f"file://{tmp_path}/a channel; rm -rf /",
         ]
         assert argv[2:5] == ["job", "--task-instance-id", "7"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from jobfleet.core.cluster_protocol import ClusterQueue
 from jobfleet.core.errors import ResourceError
@@ -22,7 +22,11 @@ from jobfleet.core.resources import (
     validate,
 )
 
-__all__ = ["BaseClusterQueue", "CoercedResources"]
+__all__ = ["DEFAULT_QUEUE", "BaseClusterQueue", "CoercedResources"]
+
+DEFAULT_QUEUE: Final = "default"
+"""The queue a request without one goes to; a backend maps it to its own default (Slurm: the
+cluster's default partition)."""
 
 
 class CoercedResources(dict[str, Any]):

@@ -1,7 +1,7 @@
 """`jobfleet-worker-node`: run one task instance (or one array step) and report back.
 
-    jobfleet-worker-node job   --task-instance-id N             --cluster NAME --host URL
-    jobfleet-worker-node array --array-id A --batch-number B     --cluster NAME --host URL
+    jobfleet-worker-node job   --task-instance-id N             --cluster NAME --host-url URL
+    jobfleet-worker-node array --array-id A --batch-number B     --cluster NAME --host-url URL
 
 Exit codes: the command's own when it ran (128 + N when signal N ended it); 240 when the
 wrapper failed; 241 when the host speaks another channel protocol version; 2 for a bad command
@@ -59,9 +59,10 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
         help="Cluster type whose worker node to use (default: $JOBFLEET_CLUSTER).",
     )
     parser.add_argument(
-        "--host",
-        default=os.environ.get("JOBFLEET_HOST"),
-        help="The host channel, e.g. file:///shared/jobfleet/channel (default: $JOBFLEET_HOST).",
+        "--host-url",
+        default=os.environ.get("JOBFLEET_HOST_URL"),
+        help="The host channel, e.g. file:///shared/jobfleet/channel "
+        "(default: $JOBFLEET_HOST_URL).",
     )
     parser.add_argument(
         "--kill-grace",
@@ -107,14 +108,15 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    for name in ("cluster", "host"):
+    for name in ("cluster", "host_url"):
         if not getattr(args, name):
-            _say(f"--{name} is required (or set JOBFLEET_{name.upper()}).")
+            option, variable = name.replace("_", "-"), f"JOBFLEET_{name.upper()}"
+            _say(f"--{option} is required (or set {variable}).")
             return exit_codes.USAGE_ERROR
     try:
-        channel = open_channel(args.host)
+        channel = open_channel(args.host_url)
     except JobfleetError as exc:
-        _say(f"cannot open the host channel {args.host}: {exc}")
+        _say(f"cannot open the host channel {args.host_url}: {exc}")
         return exit_codes.WRAPPER_FAILED
     try:
         return _run(args, channel)

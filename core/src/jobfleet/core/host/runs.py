@@ -35,8 +35,7 @@ from jobfleet.core.host.ledger import (
 from jobfleet.core.host.ledger.models import JsonType, UTCDateTime
 from jobfleet.core.host.taskfile import TaskDefinition
 from jobfleet.core.plugins import ClusterPlugin, PluginRegistry, default_registry
-
-DEFAULT_QUEUE = "default"
+from jobfleet.core.queue import DEFAULT_QUEUE
 
 
 class RunDefinitionError(JobfleetError):
@@ -127,11 +126,11 @@ def create_run(
         session.flush()
         work_dir = root / f"run-{run.id}"
         run.work_dir = str(work_dir)
-        run.channel_url = f"file://{work_dir / 'channel'}"
+        run.host_url = f"file://{work_dir / 'channel'}"
         _insert_tasks(session, run.id, tasks)
         # The directory is made inside the transaction: if it cannot be, nothing is written.
         (work_dir / "logs").mkdir(parents=True, exist_ok=True)
-        open_channel(run.channel_url, create=True).close()
+        open_channel(run.host_url, create=True).close()
         return run.id
 
 

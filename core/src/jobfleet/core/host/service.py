@@ -64,9 +64,10 @@ from jobfleet.core.host.ledger import (
 )
 from jobfleet.core.host.ledger.models import Event as LedgerEvent
 from jobfleet.core.host.retry import DEFAULT_SCALE, decide_retry
-from jobfleet.core.host.runs import DEFAULT_QUEUE, ServiceOptions, queue_objects
+from jobfleet.core.host.runs import ServiceOptions, queue_objects
 from jobfleet.core.naming import safe_name
 from jobfleet.core.plugins import PluginRegistry, default_registry
+from jobfleet.core.queue import DEFAULT_QUEUE
 from jobfleet.core.resources import QueueLimits, ResourceRequest
 
 log = logging.getLogger(__name__)
@@ -187,7 +188,7 @@ class DistributorService:
             run.status = RunStatus.RUNNING.value
             cluster = session.get_one(Cluster, run.cluster_id)
             options = dict(run.options)
-            channel_url = run.channel_url
+            host_url = run.host_url
             self._work_dir = run.work_dir
             self._cursor = EventCursor.from_dict(run.event_cursor) if run.event_cursor else None
             rows = {
@@ -195,15 +196,15 @@ class DistributorService:
                 for row in session.scalars(select(Queue).where(Queue.cluster_id == cluster.id))
             }
         self._lease_renewed = time.monotonic()
-        if not channel_url:
+        if not host_url:
             raise ServiceError(f"Run {self.run_id} has no channel; it was not made by create_run.")
         self.options = ServiceOptions.from_dict(options.get("service", {}))
         plugin = self.registry.get_cluster(cluster.cluster_type)
         settings = plugin.settings(options.get("cluster_settings", {}), self.environ)
         self.queues = queue_objects(plugin, rows)
         self._queue_rows = {name: row.id for name, row in rows.items()}
-        self.channel = open_channel(channel_url, create=True)
-        kwargs: dict[str, Any] = {"host_url": channel_url}
+        self.channel = open_channel(host_url, create=True)
+        kwargs: dict[str, Any] = {"host_url": host_url}
         if settings is not None:
             kwargs["settings"] = settings
         self.distributor = plugin.distributor_class(cluster.name, **kwargs)

@@ -125,7 +125,7 @@ class WorkerNodeTests:
         self, channel: Channel, args: list[str], env: dict[str, str]
     ) -> dict[int, dict[str, Any]]:
         environ = {k: v for k, v in os.environ.items() if not k.startswith("JOBFLEET_")}
-        argv = [self._wrapper(), *args, "--cluster", self.cluster_name, "--host", channel.url]
+        argv = [self._wrapper(), *args, "--cluster", self.cluster_name, "--host-url", channel.url]
         subprocess.run(argv, env={**environ, **env}, check=False, timeout=300, capture_output=True)
         events, _ = channel.read_events()
         return {e.task_instance_id: dict(e.data) for e in events if e.kind is EventKind.FINAL}

@@ -110,7 +110,7 @@ class Run(Base):
     lease_expires_at: Mapped[datetime | None]
     # Where the run's channel and logs live, and the options a resumed service must reuse.
     work_dir: Mapped[str | None] = mapped_column(Text)
-    channel_url: Mapped[str | None] = mapped_column(Text)
+    host_url: Mapped[str | None] = mapped_column(Text)
     options: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default=_EMPTY_OBJECT)
     # How far the service has read the channel (an `EventCursor` as a dict).
     event_cursor: Mapped[dict[str, Any] | None] = mapped_column(JsonType)

@@ -88,7 +88,7 @@ class MultiprocessDistributor(ClusterDistributor):
     ) -> None:
         self.cluster_name = cluster_name
         self.settings = settings or MultiprocessSettings()
-        self.host_url = host_url or os.environ.get("JOBFLEET_HOST")
+        self.host_url = host_url or os.environ.get("JOBFLEET_HOST_URL")
         self.pool = _pool_from(self.settings)
         self._prefix = uuid.uuid4().hex[:8]
         self._counter = itertools.count(1)
@@ -305,7 +305,7 @@ class MultiprocessDistributor(ClusterDistributor):
         if not self.host_url:
             raise BackendError(
                 f"The {self.cluster_type} distributor has no host channel to give its worker "
-                "nodes: pass host_url= (or set JOBFLEET_HOST)."
+                "nodes: pass host_url= (or set JOBFLEET_HOST_URL)."
             )
         # `command` holds the worker-node arguments only (Jobmon's convention); they were
         # built from integers by build_worker_node_command, and go on as argv, never a shell.
@@ -314,7 +314,7 @@ class MultiprocessDistributor(ClusterDistributor):
             *shlex.split(command),
             "--cluster",
             self.cluster_type,
-            "--host",
+            "--host-url",
             self.host_url,
             "--kill-grace",
             str(self.settings.kill_grace),

@@ -31,6 +31,7 @@ from typing import Any
 from jobfleet.core.cluster_protocol import ClusterDistributor
 from jobfleet.core.errors import BackendError
 from jobfleet.core.exit_info import RemoteExitInfo
+from jobfleet.core.queue import DEFAULT_QUEUE
 from jobfleet.core.resources import ResourceRequest
 from jobfleet.plugins.slurm import accounting
 from jobfleet.plugins.slurm.commands import SlurmCommandError, SlurmCommands
@@ -40,7 +41,7 @@ from jobfleet.worker_node.locate import wrapper_argv
 
 MIB = 1024 * 1024
 DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's own default
-DEFAULT_QUEUE = "default"  # the host's name for "the cluster's default partition"
+
 _SCANCEL_CHUNK = 500  # ids per scancel call, to keep the argv bounded
 _SACCT_WINDOW = 7 * 86400
 _KILL_WAIT = 60.0  # seconds terminate_task_instances waits for Slurm to end cancelled jobs
@@ -63,7 +64,7 @@ class SlurmDistributor(ClusterDistributor):
     ) -> None:
         self.cluster_name = cluster_name
         self.settings = settings or SlurmSettings()
-        self.host_url = host_url or os.environ.get("JOBFLEET_HOST")
+        self.host_url = host_url or os.environ.get("JOBFLEET_HOST_URL")
         self.commands = commands or SlurmCommands(self.settings.command_timeout)
         # Stable for a run (its channel): a resumed host finds the jobs of the one it replaces.
         source = self.host_url or cluster_name
@@ -265,7 +266,7 @@ class SlurmDistributor(ClusterDistributor):
             *shlex.split(command),
             "--cluster",
             self.cluster_type,
-            "--host",
+            "--host-url",
             self.host_url,
         ]
         path = self._scripts / f"{token}.sh"

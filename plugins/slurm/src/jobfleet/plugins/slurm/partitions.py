@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from jobfleet.core.queue import DEFAULT_QUEUE
 from jobfleet.plugins.slurm.accounting import parse_duration
 from jobfleet.plugins.slurm.commands import SlurmCommands
 
-DEFAULT_QUEUE = "default"
 _UNLIMITED = {"UNLIMITED", "INFINITE", "NONE", ""}
 
 
