@@ -193,3 +193,19 @@ def resolve_settings(
         return settings_class(**values)
     except (TypeError, ValueError) as exc:  # the plugin's own checks in __post_init__
         raise SettingsError(f"Invalid {cluster} settings: {exc}.") from exc
+
+
+def settings_table(options: list[SettingOption]) -> str:
+    """The options as a Markdown table (option, variable, default, help), for a plugin's README.
+
+    `scripts/settings_tables.py` writes it into each plugin's README and a test checks it is
+    current, so the README never drifts from the settings dataclass.
+    """
+    if not options:
+        return "This backend has no settings.\n"
+    rows = ["| option | environment variable | default | help |", "|---|---|---|---|"]
+    for option in options:
+        default = "none" if option.default is None else f"`{option.default}`"
+        help_text = option.help.replace("|", "\\|")
+        rows.append(f"| `{option.flag}` | `{option.envvar}` | {default} | {help_text} |")
+    return "\n".join(rows) + "\n"

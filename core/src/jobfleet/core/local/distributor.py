@@ -1,0 +1,509 @@
+"""The local distributor: each task instance is a `jobfleet-worker-node` process on this machine.
+
+The shared base of the multiprocess backend (a pool of cores, memory and GPUs) and the
+sequential one (a single slot).
+
+Scheduling: instances wait in submission order and start as soon as their cores, memory and
+GPUs are free; an instance that does not fit never blocks later ones that do (no head-of-line
+blocking), but once the oldest waiting instance has been overtaken `overtake_limit` times,
+nothing else starts until it has (bounded starvation).
+
+Killing is synchronous: `terminate_task_instances` returns once the killed wrappers and every
+process they started are gone, and a killed instance that was still queued never starts.
+
+After a host restart: wrappers run in sessions of their own, so those started by the
+distributor of a host that crashed keep running (re-parented to init) and keep reporting to the
+channel. A new distributor (new id prefix) asked about such ids finds their processes by the
+`JOBFLEET_DISTRIBUTOR_ID` tag they carry (one scan of /proc per call) and answers for them:
+running while a tagged process lives, killable (SIGTERM to the wrapper, SIGKILL after the
+grace period). It "adopts" them in that sense only: their resources are not in its pool.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from jobfleet.core import process_tree
+from jobfleet.core.base_distributor import BaseClusterDistributor
+from jobfleet.core.errors import BackendError
+from jobfleet.core.exit_info import ErrorState, ExitReason, ExitRecord, RemoteExitInfo
+from jobfleet.core.local.pool import Need, ResourcePool, machine_cores, machine_memory
+from jobfleet.core.local.settings import LocalSettings, gpu_ids
+from jobfleet.core.resources import ResourceRequest, parse_cores, parse_memory
+from jobfleet.core.wrapper import WRAPPER_FAILED, exit_info_from_wrapper
+
+_QUEUED, _RUNNING, _FINISHED, _KILLED = "queued", "running", "finished", "killed"
+
+_TAG = "JOBFLEET_DISTRIBUTOR_ID"
+"""The environment variable that tags a wrapper and everything it starts with its id."""
+
+_ID_SHAPE = re.compile(r"[0-9a-f]{8}-[0-9]+", re.ASCII)
+"""The ids every instance hands out: its own random prefix, a dash, a counter."""
+
+_POLL = 0.02
+"""Seconds between two looks at /proc while waiting for processes that are not our children."""
+
+
+@dataclass(eq=False)
+class _Job:
+    distributor_id: str
+    argv: list[str]
+    need: Need
+    step: int | None
+    state: str = _QUEUED
+    process: subprocess.Popen[bytes] | None = None
+    gpus: tuple[str, ...] = ()
+    returncode: int | None = None
+    oom_kills_at_start: int | None = None
+    overtaken: int = 0
+    ended: threading.Event = field(default_factory=threading.Event)
+
+
+class LocalDistributor(BaseClusterDistributor):
+    """Runs wrappers as local processes, as many at once as the resource pool allows.
+
+    A backend subclass sets `cluster_type`, its `settings_class`, and either uses
+    `LocalSettings` as its settings or maps its own onto them in `local_settings()`;
+    `max_parallel` caps how many wrappers run at once whatever the pool says.
+    """
+
+    settings_class: ClassVar[type[Any] | None] = LocalSettings
+    max_parallel: ClassVar[int | None] = None
+
+    def __init__(self, cluster_name: str, *args: Any, **connection_parameters: Any) -> None:
+        super().__init__(cluster_name, *args, **connection_parameters)
+        self.local = self.local_settings()
+        self.pool = _pool_from(self.local)
+        self._prefix = uuid.uuid4().hex[:8]
+        self._counter = itertools.count(1)
+        self._jobs: dict[str, _Job] = {}
+        self._waiting: deque[_Job] = deque()
+        self._running = 0
+        self._lock = threading.RLock()
+        self._workdir: Path | None = None
+        self._stopped = False
+        # Ids of an earlier distributor (a host that was restarted) whose processes this one
+        # has seen running (_RUNNING) or has killed (_KILLED).
+        self._adopted: dict[str, str] = {}
+
+    def local_settings(self) -> LocalSettings:
+        """The settings this distributor runs on; a backend with settings of its own maps them."""
+        if not isinstance(self.settings, LocalSettings):
+            raise TypeError(
+                f"{type(self).__name__} got settings of type {type(self.settings).__name__}; "
+                "override local_settings() to map them onto LocalSettings"
+            )
+        return self.settings
+
+    def wrapper_options(self) -> list[str]:
+        return ["--kill-grace", str(self.local.kill_grace), "--cgroup", self.local.cgroup]
+
+    # -- the protocol -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        with self._lock:
+            if self._workdir is None:
+                self._workdir = Path(tempfile.mkdtemp(prefix="jobfleet-local-"))
+            self._stopped = False
+
+    def stop(self) -> None:
+        """Drop the queue, stop every running wrapper (adopted ones too), remove the work
+        directory."""
+        with self._lock:
+            self._stopped = True
+            ids = [
+                job.distributor_id
+                for job in self._jobs.values()
+                if job.state in (_QUEUED, _RUNNING)
+            ]
+            ids.extend(
+                distributor_id
+                for distributor_id, state in self._adopted.items()
+                if state == _RUNNING
+            )
+        self.terminate_task_instances(ids)
+        with self._lock:
+            if self._workdir is not None:
+                shutil.rmtree(self._workdir, ignore_errors=True)
+                self._workdir = None
+
+    def submit_to_batch_distributor(
+        self, command: str, name: str, requested_resources: dict[str, Any]
+    ) -> str:
+        need = self._need(requested_resources)
+        argv = self.wrapper_argv(command)
+        with self._lock:
+            job = self._enqueue(argv, need, step=None)
+            self._schedule()
+            return job.distributor_id
+
+    def submit_array_to_batch_distributor(
+        self,
+        command: str,
+        name: str,
+        requested_resources: dict[str, Any],
+        array_length: int,
+    ) -> dict[int, str]:
+        self.check_array_length(array_length)
+        need = self._need(requested_resources)
+        argv = self.wrapper_argv(command)
+        with self._lock:
+            steps = {
+                step: self._enqueue(argv, need, step).distributor_id for step in range(array_length)
+            }
+            self._schedule()
+            return steps
+
+    def get_submitted_or_running(self, distributor_ids: list[str]) -> set[str]:
+        """The ids queued or running here, and those of an earlier distributor (a host that
+        was restarted) that still have a live process; one scan of /proc for all of them."""
+        with self._lock:
+            found = {
+                distributor_id
+                for distributor_id in distributor_ids
+                if (job := self._jobs.get(distributor_id)) and job.state in (_QUEUED, _RUNNING)
+            }
+            foreign = [
+                distributor_id
+                for distributor_id in self._foreign(distributor_ids)
+                if self._adopted.get(distributor_id) != _KILLED  # killed: not running, as here
+            ]
+        if foreign:
+            found.update(self._adopt(foreign))
+        return found
+
+    def terminate_task_instances(self, distributor_ids: list[str]) -> None:
+        """Drop queued instances and stop running ones; returns when they are all gone.
+
+        Ids of an earlier distributor are stopped the same way, through their processes: the
+        wrapper gets SIGTERM (it stops its task and reports K), and whatever still carries the
+        id after the grace period gets SIGKILL.
+        """
+        running: list[_Job] = []
+        with self._lock:
+            foreign = self._foreign(distributor_ids)
+            for distributor_id in distributor_ids:
+                job = self._jobs.get(distributor_id)
+                if job is None or job.state in (_FINISHED, _KILLED):
+                    continue
+                if job.state == _QUEUED:
+                    job.state = _KILLED  # dropped from the queue by the next _schedule
+                    job.ended.set()
+                else:
+                    job.state = _KILLED
+                    running.append(job)
+        adopted = self._adopt(foreign) if foreign else {}
+        if adopted:
+            with self._lock:
+                self._adopted.update(dict.fromkeys(adopted, _KILLED))
+            pids = [pid for tagged in adopted.values() for pid in tagged]
+            # SIGTERM to the topmost processes only: the wrappers, where they live, which stop
+            # their tasks' trees themselves and report K; the task's own processes where the
+            # wrapper is gone.
+            process_tree.kill_pids(process_tree.topmost(pids), signal.SIGTERM)
+        deadline = time.monotonic() + self.local.kill_grace + 1.0
+        _stop_wrappers(running, self.local.kill_grace)
+        if adopted:
+            _wait_for_tagged(list(adopted), deadline)
+        with self._lock:
+            self._schedule()
+
+    def get_queueing_errors(self, distributor_ids: list[str]) -> dict[str, str]:
+        # A request that can never fit is refused at submission, so nothing is stuck.
+        return {}
+
+    def get_remote_exit_info(self, distributor_id: str) -> RemoteExitInfo:
+        with self._lock:
+            job = self._jobs.get(distributor_id)
+            foreign = job is None and bool(self._foreign([distributor_id]))
+        if foreign:
+            return self._exit_info_of_foreign(distributor_id)
+        if job is None:
+            return RemoteExitInfo.unknown(f"this distributor never ran {distributor_id!r}")
+        with self._lock:
+            state, returncode = job.state, job.returncode
+        if state == _KILLED:
+            return _killed()
+        if state in (_QUEUED, _RUNNING):
+            return RemoteExitInfo.unknown(f"still {state}", finalized=False)
+        return self._exit_info_of_finished(job, returncode)
+
+    # -- ids of an earlier distributor (after a host restart) -------------------------------
+
+    def _foreign(self, distributor_ids: list[str]) -> list[str]:
+        """The ids (once each) this instance does not know that another instance could have
+        handed out: the right shape, another prefix. Unknown ids of its own prefix never
+        existed, and other strings are no ids at all: neither is worth a look at /proc."""
+        return [
+            distributor_id
+            for distributor_id in dict.fromkeys(distributor_ids)
+            if isinstance(distributor_id, str)
+            and distributor_id not in self._jobs
+            and _ID_SHAPE.fullmatch(distributor_id)
+            and not distributor_id.startswith(f"{self._prefix}-")
+        ]
+
+    def _adopt(self, distributor_ids: list[str]) -> dict[str, list[int]]:
+        """The live processes of each id, in one scan; those found are remembered as adopted.
+
+        Called without the lock held: a scan of /proc takes milliseconds. Adopted processes
+        use cores, memory and GPUs this instance's pool knows nothing about: their needs are
+        not known here (they were in the crashed host's requests), so the pool is not charged
+        for them, and the machine may be busier than the pool thinks until they end.
+        """
+        live = process_tree.pids_by_tag(_TAG, distributor_ids)
+        if live:
+            with self._lock:
+                for distributor_id in live:
+                    self._adopted.setdefault(distributor_id, _RUNNING)
+        return live
+
+    def _exit_info_of_foreign(self, distributor_id: str) -> RemoteExitInfo:
+        with self._lock:
+            killed = self._adopted.get(distributor_id) == _KILLED
+        if killed:
+            return _killed()
+        if self._adopt([distributor_id]):
+            return RemoteExitInfo.unknown(
+                "started by an earlier distributor (a host that was restarted); still running",
+                finalized=False,
+            )
+        with self._lock:
+            seen = distributor_id in self._adopted
+        how = (
+            "it was started by an earlier distributor and ended after this one found it running"
+            if seen
+            else "if an earlier distributor started it, it ended before this one looked"
+        )
+        return RemoteExitInfo.unknown(
+            f"not started by this distributor, and no process of it is left: {how}; its "
+            "wrapper's final report, if it sent one, is in the channel"
+        )
+
+    # -- submission ---------------------------------------------------------------------------
+
+    def _need(self, requested: dict[str, Any]) -> Need:
+        request = ResourceRequest.parse(requested)
+        need = Need(
+            cores=request.cores if request.cores is not None else 1.0,
+            memory=request.memory or 0,
+            gpus=request.gpus or 0,
+        )
+        self.pool.check_fits_at_all(need)
+        return need
+
+    def _enqueue(self, argv: list[str], need: Need, step: int | None) -> _Job:
+        if self._stopped or self._workdir is None:
+            raise BackendError(f"The {self.cluster_type} distributor is not started.")
+        job = _Job(f"{self._prefix}-{next(self._counter)}", argv, need, step)
+        self._jobs[job.distributor_id] = job
+        self._waiting.append(job)
+        return job
+
+    # -- scheduling (always under the lock) ---------------------------------------------------
+
+    def _schedule(self) -> None:
+        """Start every waiting instance that fits, oldest first, never starving the oldest.
+
+        One pass over the queue; killed instances are dropped from it here (lazily), so a
+        kill of many queued instances costs no more than one pass.
+        """
+        if self._stopped:
+            return
+        remaining: deque[_Job] = deque()
+        blocked: _Job | None = None
+        for job in self._waiting:
+            if job.state != _QUEUED:
+                continue
+            if self._cannot_start_more(blocked):
+                remaining.append(job)
+            elif self.pool.fits(job.need):
+                self._launch(job)
+                if blocked is not None:
+                    blocked.overtaken += 1
+            else:
+                blocked = blocked or job
+                remaining.append(job)
+        self._waiting = remaining
+
+    def _cannot_start_more(self, blocked: _Job | None) -> bool:
+        if self.max_parallel is not None and self._running >= self.max_parallel:
+            return True
+        if not self.pool.has_free_cores():
+            return True
+        # The oldest waiting instance gets the next free resources once overtaken enough.
+        return blocked is not None and blocked.overtaken >= self.local.overtake_limit
+
+    def _launch(self, job: _Job) -> None:
+        job.gpus = self.pool.take(job.need)
+        job.oom_kills_at_start = kernel_oom_kills()
+        job.state = _RUNNING
+        self._running += 1
+        assert self._workdir is not None
+        log = self._workdir / f"{job.distributor_id}.wrapper.log"
+        try:
+            with open(log, "wb") as stderr:
+                job.process = subprocess.Popen(
+                    job.argv,
+                    env=self._environment(job),
+                    stdin=subprocess.DEVNULL,
+                    stdout=stderr,
+                    stderr=stderr,
+                    start_new_session=True,
+                )
+        except OSError as exc:
+            log.write_text(f"the worker-node wrapper could not be started: {exc}\n")
+            self._finished(job, returncode=WRAPPER_FAILED)
+            return
+        threading.Thread(
+            target=self._watch, args=(job,), name=f"jobfleet-{job.distributor_id}", daemon=True
+        ).start()
+
+    def _environment(self, job: _Job) -> dict[str, str]:
+        env = dict(os.environ)
+        env[_TAG] = job.distributor_id
+        env["JOBFLEET_ARRAY_STEP_ID"] = "" if job.step is None else str(job.step)
+        if self.pool.total.gpus:
+            # Every task sees exactly the devices it was given, and none when it asked for none.
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(job.gpus)
+        return env
+
+    def _watch(self, job: _Job) -> None:
+        assert job.process is not None
+        returncode = job.process.wait()
+        if returncode < 0:
+            # The wrapper was killed before it could end its task: end what it left behind.
+            _kill_leftovers(job)
+        with self._lock:
+            self._finished(job, returncode)
+            self._schedule()
+
+    def _finished(self, job: _Job, returncode: int) -> None:
+        job.returncode = returncode
+        self._running -= 1
+        if job.state != _KILLED:
+            job.state = _FINISHED
+        self.pool.give_back(job.need, job.gpus)
+        job.ended.set()
+
+    # -- triage -------------------------------------------------------------------------------
+
+    def _exit_info_of_finished(self, job: _Job, returncode: int | None) -> RemoteExitInfo:
+        """What the wrapper's exit says, for when its final report never reached the host."""
+        return exit_info_from_wrapper(
+            returncode,
+            oom_evidence=_oom_evidence(job),
+            raw_state=None if returncode is None else f"returncode {returncode}",
+            detail=self._wrapper_log_tail(job),
+        )
+
+    def _wrapper_log_tail(self, job: _Job) -> str:
+        if self._workdir is None:
+            return "its log is gone"
+        try:
+            text = (self._workdir / f"{job.distributor_id}.wrapper.log").read_text(errors="replace")
+        except OSError:
+            return "it left no log"
+        return f"its last words: {text[-2000:].strip()!r}" if text.strip() else "it printed nothing"
+
+
+def _stop_wrappers(jobs: list[_Job], grace: float) -> None:
+    """SIGTERM each wrapper (it stops its task and reports), then SIGKILL what is left."""
+    for job in jobs:
+        if job.process is not None:
+            process_tree.kill_pids([job.process.pid], signal.SIGTERM)
+    deadline = time.monotonic() + grace + 1.0
+    for job in jobs:
+        if job.process is None:
+            continue
+        if not job.ended.wait(max(0.0, deadline - time.monotonic())):
+            # The wrapper did not finish in time: kill it and everything below it.
+            process_tree.kill_pids(
+                [*process_tree.descendant_pids(job.process.pid), job.process.pid]
+            )
+            job.ended.wait(5.0)
+
+
+def _kill_leftovers(job: _Job) -> None:
+    """Kill every process still tagged with the job's distributor id, until none is left.
+
+    A task runs in a session of its own, so a wrapper killed by a signal leaves it behind,
+    re-parented to init; the tag in its environment (which the wrapper passes on) finds it.
+    """
+    _kill_tagged([job.distributor_id])
+
+
+def _kill_tagged(distributor_ids: list[str]) -> None:
+    """SIGKILL every process tagged with one of the ids, until none is left (or 5 s)."""
+    deadline = time.monotonic() + 5.0
+    while found := process_tree.pids_by_tag(_TAG, distributor_ids):
+        process_tree.kill_pids([pid for pids in found.values() for pid in pids])
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.01)  # killed processes take a moment to leave /proc
+
+
+def _wait_for_tagged(distributor_ids: list[str], deadline: float) -> None:
+    """Wait until no process carries one of the ids; at `deadline`, SIGKILL what is left.
+
+    They are not our children (their parent, a crashed host, is gone), so there is nothing to
+    wait on: /proc is looked at again every few milliseconds.
+    """
+    while process_tree.pids_by_tag(_TAG, distributor_ids):
+        if time.monotonic() >= deadline:
+            _kill_tagged(distributor_ids)
+            return
+        time.sleep(_POLL)
+
+
+def _killed() -> RemoteExitInfo:
+    record = ExitRecord(ExitReason.CANCELLED, raw_state="killed", message="killed on request")
+    return RemoteExitInfo(ErrorState.KILL_SELF, record.message, record=record)
+
+
+def _oom_evidence(job: _Job) -> str | None:
+    """The kernel's OOM kills while the job ran, where the kernel counts them (Linux 4.13+).
+
+    Every OOM kill counts, a memory cgroup's included; on a machine shared with other work the
+    count may include kills of other processes, but it is only consulted for a wrapper whose
+    report is missing and whose task, or itself, died of SIGKILL.
+    """
+    now = kernel_oom_kills()
+    if job.oom_kills_at_start is None or now is None or now <= job.oom_kills_at_start:
+        return None
+    return f"the kernel counted {now - job.oom_kills_at_start} OOM kill(s) while it ran"
+
+
+def kernel_oom_kills() -> int | None:
+    """The `oom_kill` count of /proc/vmstat; None where the kernel does not give it."""
+    try:
+        with open("/proc/vmstat", "rb") as vmstat:
+            for line in vmstat:
+                if line.startswith(b"oom_kill "):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _pool_from(settings: LocalSettings) -> ResourcePool:
+    cores = parse_cores(settings.cores) if settings.cores is not None else machine_cores()
+    memory = parse_memory(settings.memory) if settings.memory is not None else machine_memory()
+    if settings.gpus is not None:
+        devices = gpu_ids(settings.gpus)
+    else:
+        devices = gpu_ids(os.environ.get("CUDA_VISIBLE_DEVICES", ""))
+    return ResourcePool(cores, memory, devices)
