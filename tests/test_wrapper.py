@@ -19,7 +19,7 @@ import pytest
 
 from jobfleet.core.channel import Channel, Event, EventKind, TaskSpec, open_channel
 from jobfleet.core.testing.host import is_locked, wait_for
-from jobfleet.worker_node import exit_codes
+from jobfleet.core.wrapper import USAGE_ERROR, VERSION_MISMATCH, WRAPPER_FAILED
 
 WRAPPER = shutil.which("jobfleet-worker-node")
 MIB = 1024 * 1024
@@ -351,7 +351,7 @@ def test_unwritable_log_directory_still_gives_a_final_report(host: Host, tmp_pat
     blocker.write_text("not a directory")
     marker = tmp_path / "ran"
     outcome = host.run(f"touch {marker}", stdout_dir=str(blocker / "logs"))
-    assert outcome.returncode == exit_codes.WRAPPER_FAILED
+    assert outcome.returncode == WRAPPER_FAILED
     final = outcome.final
     assert final["error_state"] == "F"
     assert str(blocker / "logs") in final["message"]
@@ -386,7 +386,7 @@ def test_heartbeats_arrive_while_a_silent_task_runs(host: Host) -> None:
 
 def test_missing_spec_is_reported(host: Host) -> None:
     outcome = host.finish(host.start(999))
-    assert outcome.returncode == exit_codes.WRAPPER_FAILED
+    assert outcome.returncode == WRAPPER_FAILED
     assert outcome.final["error_state"] == "F"
     assert "999" in outcome.final["message"]
 
@@ -400,7 +400,7 @@ def test_protocol_version_mismatch_is_reported(host: Host) -> None:
     data["protocol_version"] = 99
     path.write_text(json.dumps(data))
     outcome = host.finish(host.start(spec.task_instance_id))
-    assert outcome.returncode == exit_codes.VERSION_MISMATCH
+    assert outcome.returncode == VERSION_MISMATCH
     assert outcome.final["error_state"] == "F"
     assert "99" in outcome.final["message"]
 
@@ -409,7 +409,7 @@ def test_unknown_cluster_is_reported(host: Host) -> None:
     spec = host.spec("exit 0")
     argv = host.argv("job", "--task-instance-id", str(spec.task_instance_id), cluster="nosuch")
     outcome = host.finish(subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=host.env()))
-    assert outcome.returncode == exit_codes.WRAPPER_FAILED
+    assert outcome.returncode == WRAPPER_FAILED
     assert outcome.final["error_state"] == "F"
     assert "pip install jobfleet-nosuch" in outcome.final["message"]
 
@@ -427,7 +427,7 @@ def test_unreachable_channel_fails_with_a_message(tmp_path: Path) -> None:
         f"file://{tmp_path}/none",
     ]
     result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
-    assert result.returncode == exit_codes.WRAPPER_FAILED
+    assert result.returncode == WRAPPER_FAILED
     assert "cannot open the host channel" in result.stderr
 
 
@@ -459,7 +459,7 @@ def test_internal_failure_is_reported_with_its_traceback(
         argv, stderr=subprocess.PIPE, text=True, env=host.env({"PYTHONPATH": str(site)})
     )
     outcome = host.finish(process)
-    assert outcome.returncode == exit_codes.WRAPPER_FAILED
+    assert outcome.returncode == WRAPPER_FAILED
     final = outcome.final
     assert final["error_state"] == "U"
     assert "Traceback" in final["message"]
@@ -532,12 +532,12 @@ def test_version_help_and_usage_errors() -> None:
         check=False,
         env=env,
     )
-    assert missing.returncode == exit_codes.USAGE_ERROR
+    assert missing.returncode == USAGE_ERROR
     assert "--host-url is required" in missing.stderr
     negative = subprocess.run(
         [WRAPPER, "job", "--task-instance-id", "-3"], capture_output=True, text=True, check=False
     )
-    assert negative.returncode == exit_codes.USAGE_ERROR
+    assert negative.returncode == USAGE_ERROR
 
 
 def test_only_the_named_plugin_is_imported(host: Host, install_plugin) -> None:

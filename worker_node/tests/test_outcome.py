@@ -34,7 +34,8 @@ def killed(sig: int, core: bool = False) -> int:
         ),
         (Observation(exited(0), timed_out=True), ExitReason.TIMEOUT, 0, None),
         (Observation(killed(signal.SIGKILL), oom_kills=1), ExitReason.OOM, None, signal.SIGKILL),
-        (Observation(exited(137), oom_kills=1), ExitReason.OOM, 137, None),
+        # One record shape for an OOM kill, whether a shell passed the SIGKILL on as 137 or not.
+        (Observation(exited(137), oom_kills=1), ExitReason.OOM, None, signal.SIGKILL),
         (Observation(exited(0), oom_kills=1), ExitReason.COMPLETED, 0, None),
         (
             Observation(killed(signal.SIGKILL), memory_enforced=True),

@@ -22,13 +22,13 @@ from pathlib import Path
 
 import pytest
 
+from jobfleet.core import process_tree
 from jobfleet.core.exit_info import ErrorState
+from jobfleet.core.local import distributor as distributor_module
 from jobfleet.core.testing import KitHost, Submitted
 from jobfleet.core.testing.host import is_locked, wait_for
-from jobfleet.plugins.multiprocess import distributor as distributor_module
 from jobfleet.plugins.multiprocess.distributor import MultiprocessDistributor
 from jobfleet.plugins.multiprocess.settings import MultiprocessSettings
-from jobfleet.worker_node import process_tree
 
 TAG = "JOBFLEET_DISTRIBUTOR_ID"
 KILL_GRACE = 1.0

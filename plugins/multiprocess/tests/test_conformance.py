@@ -4,9 +4,9 @@ from collections.abc import Callable
 
 import pytest
 
+from jobfleet.core.local.queue import LocalQueue
 from jobfleet.core.testing import DistributorTests, QueueTests, RegistrationTests, WorkerNodeTests
 from jobfleet.plugins.multiprocess.distributor import MultiprocessDistributor
-from jobfleet.plugins.multiprocess.queue import MultiprocessQueue
 from jobfleet.plugins.multiprocess.settings import MultiprocessSettings
 
 CORES = 4
@@ -18,10 +18,8 @@ class TestMultiprocessRegistration(RegistrationTests):
 
 class TestMultiprocessQueue(QueueTests):
     @pytest.fixture
-    def queue(self) -> MultiprocessQueue:
-        return MultiprocessQueue(
-            1, "local", {"max_cores": 2, "max_memory": "4G", "max_runtime": "1d"}
-        )
+    def queue(self) -> LocalQueue:
+        return LocalQueue(1, "local", {"max_cores": 2, "max_memory": "4G", "max_runtime": "1d"})
 
 
 class TestMultiprocessDistributor(DistributorTests):

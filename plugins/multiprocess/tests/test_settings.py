@@ -3,9 +3,10 @@
 import pytest
 
 from jobfleet.core.errors import BackendError, SettingsError
+from jobfleet.core.local.settings import gpu_ids
 from jobfleet.core.plugins import PluginRegistry
 from jobfleet.plugins.multiprocess.distributor import MultiprocessDistributor
-from jobfleet.plugins.multiprocess.settings import MultiprocessSettings, gpu_ids
+from jobfleet.plugins.multiprocess.settings import MultiprocessSettings
 
 GIB = 1024**3
 

@@ -4,8 +4,8 @@ from collections.abc import Callable
 
 import pytest
 
+from jobfleet.core.local.queue import LocalQueue
 from jobfleet.core.testing import DistributorTests, QueueTests, RegistrationTests, WorkerNodeTests
-from jobfleet.plugins.multiprocess.queue import MultiprocessQueue
 from jobfleet.plugins.sequential.distributor import SequentialDistributor
 from jobfleet.plugins.sequential.settings import SequentialSettings
 
@@ -16,10 +16,8 @@ class TestSequentialRegistration(RegistrationTests):
 
 class TestSequentialQueue(QueueTests):
     @pytest.fixture
-    def queue(self) -> MultiprocessQueue:
-        return MultiprocessQueue(
-            1, "local", {"max_cores": 2, "max_memory": "4G", "max_runtime": "1d"}
-        )
+    def queue(self) -> LocalQueue:
+        return LocalQueue(1, "local", {"max_cores": 2, "max_memory": "4G", "max_runtime": "1d"})
 
 
 class TestSequentialDistributor(DistributorTests):

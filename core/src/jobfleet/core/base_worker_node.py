@@ -22,11 +22,12 @@ from typing import Any, ClassVar
 
 from jobfleet.core.cluster_protocol import ClusterWorkerNode
 from jobfleet.core.exit_info import ErrorState, ExitReason, ExitRecord
+from jobfleet.core.wrapper import NOT_EXECUTABLE, NOT_FOUND
 
 UsageSource = Callable[[], dict[str, Any]]
 
 # The shell's codes for "found but not executable" and "not found".
-LAUNCHER_EXIT_CODES = frozenset({126, 127})
+LAUNCHER_EXIT_CODES = frozenset({NOT_EXECUTABLE, NOT_FOUND})
 
 
 class BaseClusterWorkerNode(ClusterWorkerNode):

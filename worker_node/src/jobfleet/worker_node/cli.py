@@ -18,6 +18,7 @@ import os
 import sys
 from typing import Any
 
+from jobfleet.core import wrapper
 from jobfleet.core.channel import (
     PROTOCOL_VERSION,
     Channel,
@@ -28,7 +29,6 @@ from jobfleet.core.channel import (
 )
 from jobfleet.core.errors import ChannelError, JobfleetError, ProtocolVersionError
 from jobfleet.core.exit_info import ErrorState, ExitReason, ExitRecord
-from jobfleet.worker_node import exit_codes
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,21 +60,21 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--host-url",
-        default=os.environ.get("JOBFLEET_HOST_URL"),
+        default=os.environ.get(wrapper.HOST_URL_VARIABLE),
         help="The host channel, e.g. file:///shared/jobfleet/channel "
         "(default: $JOBFLEET_HOST_URL).",
     )
     parser.add_argument(
         "--kill-grace",
         type=float,
-        default=10.0,
+        default=wrapper.DEFAULT_KILL_GRACE,
         metavar="SECONDS",
         help="Seconds between SIGTERM and SIGKILL when the task is stopped (default: 10).",
     )
     parser.add_argument(
         "--cgroup",
-        choices=("auto", "always", "never"),
-        default="auto",
+        choices=wrapper.CGROUP_MODES,
+        default=wrapper.DEFAULT_CGROUP,
         help="Put the task in a memory cgroup of its own: when the spec limits its memory "
         "(auto, the default), always (exact peaks, at ~20 ms per task), or never.",
     )
@@ -112,12 +112,12 @@ def main(argv: list[str] | None = None) -> int:
         if not getattr(args, name):
             option, variable = name.replace("_", "-"), f"JOBFLEET_{name.upper()}"
             _say(f"--{option} is required (or set {variable}).")
-            return exit_codes.USAGE_ERROR
+            return wrapper.USAGE_ERROR
     try:
         channel = open_channel(args.host_url)
     except JobfleetError as exc:
         _say(f"cannot open the host channel {args.host_url}: {exc}")
-        return exit_codes.WRAPPER_FAILED
+        return wrapper.WRAPPER_FAILED
     try:
         return _run(args, channel)
     finally:
@@ -143,11 +143,11 @@ def _run(args: argparse.Namespace, channel: Channel) -> int:
         return TaskRunner(spec, node, writer, options).run()
     except ProtocolVersionError as exc:
         _fail(writer, ErrorState.ERROR_FATAL, str(exc))
-        return exit_codes.VERSION_MISMATCH
+        return wrapper.VERSION_MISMATCH
     except JobfleetError as exc:
         # Known failures: no spec, no plugin, a log directory that cannot be written.
         _fail(writer, ErrorState.ERROR_FATAL, f"{type(exc).__name__}: {exc}")
-        return exit_codes.WRAPPER_FAILED
+        return wrapper.WRAPPER_FAILED
     except BaseException as exc:  # whatever happens, report it before dying
         if isinstance(exc, KeyboardInterrupt | SystemExit) and writer is None:
             raise
@@ -158,7 +158,7 @@ def _run(args: argparse.Namespace, channel: Channel) -> int:
             ErrorState.UNKNOWN_ERROR,
             "the worker-node wrapper failed:\n" + traceback.format_exc(),
         )
-        return exit_codes.WRAPPER_FAILED
+        return wrapper.WRAPPER_FAILED
     finally:
         if writer is not None:
             writer.close()

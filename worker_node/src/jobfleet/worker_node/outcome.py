@@ -39,6 +39,11 @@ def classify(seen: Observation) -> ExitRecord:
         return ExitRecord(ExitReason.LAUNCHER_ERROR, message=message)
     exit_code, signal_number, core = _decode(seen.wait_status)
     reason = _reason(seen, exit_code, signal_number)
+    killed_by = _killed_by(exit_code, signal_number)
+    if reason is ExitReason.OOM and killed_by is not None:
+        # One shape for an OOM kill: the task died of the signal, whether directly or through a
+        # shell that passed it on as 128 + N (as it does when the kernel picks its child).
+        exit_code, signal_number = None, killed_by
     return ExitRecord(
         reason,
         exit_code=exit_code,

@@ -18,11 +18,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from jobfleet.core import process_tree
 from jobfleet.core.channel import EventKind, EventWriter, TaskSpec
 from jobfleet.core.cluster_protocol import ClusterWorkerNode
 from jobfleet.core.errors import JobfleetError
 from jobfleet.core.exit_info import ErrorState, ExitRecord
-from jobfleet.worker_node import process_tree
+from jobfleet.core.wrapper import DEFAULT_CGROUP, DEFAULT_KILL_GRACE
 from jobfleet.worker_node.cgroup import TaskCgroup, current_memory_cgroup
 from jobfleet.worker_node.outcome import Observation, classify
 from jobfleet.worker_node.output import OutputPump
@@ -49,10 +50,10 @@ _GATE = 'read _; exec /bin/sh -c "$1" </dev/null'
 class RunOptions:
     """How the wrapper treats the task, beyond what the spec says."""
 
-    kill_grace: float = 10.0
+    kill_grace: float = DEFAULT_KILL_GRACE
     """Seconds between SIGTERM and SIGKILL when stopping the task."""
     array_step: int | None = None
-    cgroup: str = "auto"
+    cgroup: str = DEFAULT_CGROUP
     """"auto": a memory cgroup of its own when the spec limits memory; "always"; "never"."""
 
 

@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Protocol
 import pytest
 
 from jobfleet.core.cluster_protocol import ClusterDistributor
-from jobfleet.core.exit_info import ErrorState, RemoteExitInfo
+from jobfleet.core.exit_info import ErrorState, ExitReason, RemoteExitInfo
 from jobfleet.core.testing.capabilities import Capabilities
 from jobfleet.core.testing.host import DEFAULT_TIMEOUT, KitHost, Submitted, is_locked, wait_for
 
@@ -77,6 +77,39 @@ while len(os.listdir(meeting)) < target and time.monotonic() < deadline:
 time.sleep(hold)
 print(repr(start), repr(time.time()))
 """
+
+
+# A stand-in for the worker-node wrapper (put in place through $JOBFLEET_WORKER_NODE): it
+# reports nothing and ends as the file named after its task instance id says, so the kit sees
+# what each backend makes of a wrapper's end when the wrapper's own report is missing.
+SILENT_WRAPPER = """\
+#!/bin/sh
+action=$(cat "{actions}/$3")
+case "$action" in
+    exit\\ *) exit "${{action#exit }}" ;;
+    signal\\ *) kill -s "${{action#signal }}" $$ ;;
+esac
+sleep 5
+exit 99
+"""
+
+# How a silent wrapper ends → the error state and reason of the shared mapping
+# (`jobfleet.core.wrapper.exit_info_from_wrapper`) that every backend must give.
+WRAPPER_ENDINGS: tuple[tuple[str, ErrorState, ExitReason], ...] = (
+    ("exit 0", ErrorState.DONE, ExitReason.COMPLETED),
+    ("exit 3", ErrorState.ERROR_RECOVERABLE, ExitReason.FAILED),
+    ("exit 126", ErrorState.ERROR_FATAL, ExitReason.LAUNCHER_ERROR),
+    ("exit 127", ErrorState.ERROR_FATAL, ExitReason.LAUNCHER_ERROR),
+    ("exit 137", ErrorState.ERROR_RECOVERABLE, ExitReason.FAILED),
+    ("exit 240", ErrorState.UNKNOWN_ERROR, ExitReason.LOST),
+    ("exit 241", ErrorState.ERROR_FATAL, ExitReason.LAUNCHER_ERROR),
+    ("signal KILL", ErrorState.UNKNOWN_ERROR, ExitReason.LOST),
+    ("signal TERM", ErrorState.UNKNOWN_ERROR, ExitReason.LOST),
+)
+
+# A SIGKILL may be taken for an out-of-memory kill where the backend has evidence of one (the
+# kernel's OOM kill count on a machine where other tests run): also right, said as such.
+_SIGKILL_ENDINGS = ("exit 137", "signal KILL")
 
 
 class DistributorFactory(Protocol):
@@ -611,6 +644,47 @@ class DistributorTests:
         final = kit_host.wait_final(job.task_instance_id)
         assert (final["error_state"], final["exit"]["reason"]) == ("Z", "timeout"), final["message"]
 
+    def test_a_wrapper_that_never_reported_is_read_with_the_shared_table(
+        self,
+        make_distributor: DistributorFactory,
+        kit_host: KitHost,
+        task_resources: dict[str, Any],
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        self.require("runs_commands")
+        self.require("shared_filesystem")
+        actions = tmp_path / "actions"
+        actions.mkdir()
+        wrapper = tmp_path / "silent-wrapper"
+        wrapper.write_text(SILENT_WRAPPER.format(actions=actions))
+        wrapper.chmod(0o755)
+        monkeypatch.setenv("JOBFLEET_WORKER_NODE", shlex.quote(str(wrapper)))
+        expected: dict[str, tuple[str, ErrorState, ExitReason]] = {}
+        with running_distributor(make_distributor, kit_host) as distributor:
+            for action, state, reason in WRAPPER_ENDINGS:
+                task_instance_id = kit_host.add_spec("true")
+                (actions / str(task_instance_id)).write_text(action)
+                job = distributor.submit_to_batch_distributor(
+                    distributor.build_worker_node_command(task_instance_id=task_instance_id),
+                    f"kit-{task_instance_id}",
+                    self.with_cores(task_resources),
+                )
+                expected[job] = (action, state, reason)
+            infos = wait_for(
+                lambda: _all_finalized(distributor, list(expected)),
+                "every silent wrapper's end to be known",
+            )
+        assert kit_host.finals() == {}, "the stand-in wrapper reports nothing"
+        for job, (action, state, reason) in expected.items():
+            info = infos[job]
+            seen = (info.error_state, info.record.reason if info.record else None)
+            if action in _SIGKILL_ENDINGS and seen == (ErrorState.RESOURCE_ERROR, ExitReason.OOM):
+                assert "out of memory" in info.error_message, info.error_message
+                continue
+            assert seen == (state, reason), f"{action}: {info.error_message}"
+            assert info.error_message, f"{action}: the message must say what happened"
+
     def test_a_wrapper_killed_by_sigkill_is_unknown_not_done(
         self, distributor: ClusterDistributor, kit_host: KitHost, task_resources: dict[str, Any]
     ) -> None:
@@ -645,6 +719,16 @@ def _alive(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return False
+
+
+def _all_finalized(
+    distributor: ClusterDistributor, ids: list[str]
+) -> dict[str, RemoteExitInfo] | None:
+    """Every id's exit info once none is running and each is finalized; None until then."""
+    if distributor.get_submitted_or_running(ids):
+        return None
+    infos = {job: distributor.get_remote_exit_info(job) for job in ids}
+    return infos if all(info.finalized for info in infos.values()) else None
 
 
 def _finalized(info: Any) -> Any:

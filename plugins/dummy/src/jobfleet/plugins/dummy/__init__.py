@@ -7,25 +7,26 @@ other backend; the hook functions below are all a plugin module needs.
 
 from __future__ import annotations
 
+from jobfleet.core.cluster_protocol import ClusterDistributor, ClusterQueue, ClusterWorkerNode
 from jobfleet.core.hookspecs import hookimpl
 
 
 @hookimpl
-def get_cluster_queue_class() -> type:
+def get_cluster_queue_class() -> type[ClusterQueue]:
     from jobfleet.plugins.dummy.queue import DummyQueue
 
     return DummyQueue
 
 
 @hookimpl
-def get_cluster_distributor_class() -> type:
+def get_cluster_distributor_class() -> type[ClusterDistributor]:
     from jobfleet.plugins.dummy.distributor import DummyDistributor
 
     return DummyDistributor
 
 
 @hookimpl
-def get_cluster_worker_node_class() -> type:
+def get_cluster_worker_node_class() -> type[ClusterWorkerNode]:
     from jobfleet.plugins.dummy.worker_node import DummyWorkerNode
 
     return DummyWorkerNode

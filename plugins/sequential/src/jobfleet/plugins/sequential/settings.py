@@ -4,21 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from jobfleet.core.settings import setting
+from jobfleet.core.local.settings import cgroup_setting, kill_grace_setting
+from jobfleet.core.wrapper import check_cgroup_mode, check_kill_grace
 
 
 @dataclass(frozen=True)
 class SequentialSettings:
-    kill_grace: float = setting(
-        10.0, help="Seconds a stopped task gets between SIGTERM and SIGKILL."
-    )
-    cgroup: str = setting(
-        "auto",
-        help="Task memory cgroups: auto (when a task limits memory), always or never.",
-    )
+    """Only what means something with one slot: the pool is the whole machine."""
+
+    kill_grace: float = kill_grace_setting()
+    cgroup: str = cgroup_setting()
 
     def __post_init__(self) -> None:
-        if self.kill_grace < 0:
-            raise ValueError(f"kill_grace must be 0 or more seconds, not {self.kill_grace}")
-        if self.cgroup not in ("auto", "always", "never"):
-            raise ValueError(f"cgroup must be auto, always or never, not {self.cgroup!r}")
+        check_kill_grace(self.kill_grace)
+        check_cgroup_mode(self.cgroup)

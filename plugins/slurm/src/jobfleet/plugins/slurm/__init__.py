@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
+from jobfleet.core.cluster_protocol import ClusterDistributor, ClusterQueue, ClusterWorkerNode
 from jobfleet.core.hookspecs import hookimpl
 
 
 @hookimpl
-def get_cluster_queue_class() -> type:
+def get_cluster_queue_class() -> type[ClusterQueue]:
     from jobfleet.plugins.slurm.queue import SlurmQueue
 
     return SlurmQueue
 
 
 @hookimpl
-def get_cluster_distributor_class() -> type:
+def get_cluster_distributor_class() -> type[ClusterDistributor]:
     from jobfleet.plugins.slurm.distributor import SlurmDistributor
 
     return SlurmDistributor
 
 
 @hookimpl
-def get_cluster_worker_node_class() -> type:
+def get_cluster_worker_node_class() -> type[ClusterWorkerNode]:
     from jobfleet.plugins.slurm.worker_node import SlurmWorkerNode
 
     return SlurmWorkerNode

@@ -5,6 +5,7 @@ Pure functions over text, so each mapping is tested without a cluster.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Iterable
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jobfleet.core.exit_info import ErrorState, ExitReason, ExitRecord, RemoteExitInfo
-from jobfleet.worker_node.exit_codes import VERSION_MISMATCH, WRAPPER_FAILED
+from jobfleet.core.wrapper import exit_info_from_wrapper
 
 SEPARATOR = "|"
 
@@ -161,16 +162,17 @@ def parse_duration(text: str) -> float | None:
 
 
 def exit_info(record: AccountingRecord, *, killed_by_us: bool) -> RemoteExitInfo:
-    """What jobfleet makes of a job's accounting record (see the backend's README)."""
+    """What jobfleet makes of a job's accounting record (see the backend's README).
+
+    The job's process is the worker-node wrapper, so a job that completed or failed is read
+    with the mapping every backend shares (`exit_info_from_wrapper`); the states only Slurm
+    has (out of memory, timeouts, node failures, preemption, cancellation) are read here.
+    """
     if not record.finished:
         return RemoteExitInfo.unknown(
             f"Slurm says {record.state or 'nothing yet'}", finalized=False
         )
     state = record.state
-    if state == "COMPLETED" and record.exit_code == 0:
-        return _info(ExitReason.COMPLETED, record, "completed")
-    if state == "OUT_OF_MEMORY":
-        return _info(ExitReason.OOM, record, "ran out of its --mem")
     if state in ("TIMEOUT", "DEADLINE"):
         return _info(ExitReason.TIMEOUT, record, "reached its --time limit")
     if state in ("NODE_FAIL", "BOOT_FAIL"):
@@ -179,22 +181,28 @@ def exit_info(record: AccountingRecord, *, killed_by_us: bool) -> RemoteExitInfo
         return _info(ExitReason.PREEMPTED, record, "preempted and not requeued")
     if state == "CANCELLED":
         return _cancelled(record, killed_by_us)
+    if state == "OUT_OF_MEMORY":
+        # Slurm's cgroup killed the job for its --mem: Z, whoever of the task and the wrapper
+        # the kernel picked, and whatever exit status that left.
+        return _info(ExitReason.OOM, record, "ran out of its --mem")
     if state in ("FAILED", "COMPLETED"):
-        return _failed(record)
+        return _from_wrapper(record)
     return RemoteExitInfo.unknown(f"Slurm state {state} is not one jobfleet knows")
 
 
-def _failed(record: AccountingRecord) -> RemoteExitInfo:
-    # The job's process is the worker-node wrapper: its exit code is the task's own, except
-    # for the wrapper's codes; a signal means the wrapper itself was killed before it reported.
-    if record.signal:
-        return _info(ExitReason.LOST, record, f"was killed by signal {record.signal}")
-    if record.exit_code == WRAPPER_FAILED:
-        return _info(ExitReason.LOST, record, "ended with the worker-node wrapper failing")
-    if record.exit_code == VERSION_MISMATCH:
-        message = f"Slurm job {record.job_id}: the worker node speaks another protocol version"
-        return RemoteExitInfo(ErrorState.ERROR_FATAL, message)
-    return _info(ExitReason.FAILED, record, f"exit code {record.exit_code}")
+def _from_wrapper(record: AccountingRecord) -> RemoteExitInfo:
+    shared = exit_info_from_wrapper(
+        record.exit_code,
+        record.signal or None,
+        raw_state=record.state,
+        detail=f"Slurm job {record.job_id} ({record.state}, ExitCode {_exit_text(record)})",
+    )
+    return dataclasses.replace(shared, usage=usage_of(record))
+
+
+def _exit_text(record: AccountingRecord) -> str:
+    code = "?" if record.exit_code is None else str(record.exit_code)
+    return f"{code}:{record.signal or 0}"
 
 
 def _cancelled(record: AccountingRecord, killed_by_us: bool) -> RemoteExitInfo:

@@ -23,21 +23,20 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from jobfleet.core.cluster_protocol import ClusterDistributor
+from jobfleet.core.base_distributor import BaseClusterDistributor
 from jobfleet.core.errors import BackendError
 from jobfleet.core.exit_info import RemoteExitInfo
+from jobfleet.core.polling import Poller
 from jobfleet.core.queue import DEFAULT_QUEUE
 from jobfleet.core.resources import ResourceRequest
 from jobfleet.plugins.slurm import accounting
 from jobfleet.plugins.slurm.commands import SlurmCommandError, SlurmCommands
 from jobfleet.plugins.slurm.settings import SlurmSettings, extra_sbatch_options
 from jobfleet.plugins.slurm.worker_node import OFFSET_VARIABLE
-from jobfleet.worker_node.locate import wrapper_argv
 
 MIB = 1024 * 1024
 DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's own default
@@ -48,23 +47,21 @@ _KILL_WAIT = 60.0  # seconds terminate_task_instances waits for Slurm to end can
 _KILL_POLL = 0.2  # how far back sacct looks for jobs whose submission time is unknown
 
 
-class SlurmDistributor(ClusterDistributor):
+class SlurmDistributor(BaseClusterDistributor):
     """Submits worker-node wrappers as Slurm batch jobs and answers for them."""
 
     cluster_type = "slurm"
+    settings_class = SlurmSettings
+    settings: SlurmSettings
 
     def __init__(
         self,
         cluster_name: str,
         *args: Any,
-        settings: SlurmSettings | None = None,
-        host_url: str | None = None,
         commands: SlurmCommands | None = None,
         **connection_parameters: Any,
     ) -> None:
-        self.cluster_name = cluster_name
-        self.settings = settings or SlurmSettings()
-        self.host_url = host_url or os.environ.get("JOBFLEET_HOST_URL")
+        super().__init__(cluster_name, *args, **connection_parameters)
         self.commands = commands or SlurmCommands(self.settings.command_timeout)
         # Stable for a run (its channel): a resumed host finds the jobs of the one it replaces.
         source = self.host_url or cluster_name
@@ -75,19 +72,15 @@ class SlurmDistributor(ClusterDistributor):
         self._submitted: dict[str, float] = {}  # id → when this distributor submitted it
         self._killed: set[str] = set()
         self._snapshot: dict[str, str] = {}  # id → state, from the last squeue
-        self._snapshot_at = 0.0
-        self._interval = self.settings.poll_min
-        self._queries: deque[float] = deque()
+        self._poller = Poller(
+            self.settings.poll_min, self.settings.poll_max, self.settings.max_queries_per_minute
+        )
         self._left: set[str] = set()  # ids that left squeue, waiting for a final sacct record
         self._records: dict[str, accounting.AccountingRecord] = {}
         self._sacct_at = -math.inf
         self._max_array_size: int | None = None
 
     # -- the protocol ---------------------------------------------------------------------------
-
-    @property
-    def worker_node_entry_point(self) -> str:
-        return shlex.join(wrapper_argv())
 
     def start(self) -> None:
         if self._scripts is None:
@@ -114,7 +107,7 @@ class SlurmDistributor(ClusterDistributor):
         options = self._resource_options(requested_resources)
         job_id = self._sbatch(command, options, array=False)
         self._submitted[job_id] = time.time()
-        self._interval = self.settings.poll_min
+        self._poller.hurry()
         return job_id
 
     def submit_array_to_batch_distributor(
@@ -124,8 +117,7 @@ class SlurmDistributor(ClusterDistributor):
         requested_resources: dict[str, Any],
         array_length: int,
     ) -> dict[int, str]:
-        if array_length < 1:
-            raise ValueError(f"array_length must be at least 1, not {array_length}")
+        self.check_array_length(array_length)
         options = self._resource_options(requested_resources)
         chunk = self.max_array_size()
         steps: dict[int, str] = {}
@@ -138,15 +130,15 @@ class SlurmDistributor(ClusterDistributor):
             for index in range(size):
                 steps[offset + index] = f"{job_id}_{index}"
                 self._submitted[f"{job_id}_{index}"] = now
-        self._interval = self.settings.poll_min
+        self._poller.hurry()
         return steps
 
     def get_submitted_or_running(self, distributor_ids: list[str]) -> set[str]:
         """From one squeue for all of the run's jobs (reused while the interval runs)."""
-        now = time.monotonic()
-        if now - self._snapshot_at >= self._interval and self._may_query():
-            self._refresh_snapshot(now)
-        wall = time.time() - (time.monotonic() - self._snapshot_at)
+        if self._poller.due():
+            self._refresh_snapshot()
+        # Wall-clock time of the snapshot (0 before the first: only submitted jobs are new).
+        wall = time.time() - min(self._poller.since_answer(), time.time())
         present = set()
         for job in distributor_ids:
             if job in self._killed:
@@ -167,7 +159,7 @@ class SlurmDistributor(ClusterDistributor):
         self._killed.update(ids)
         for start in range(0, len(ids), _SCANCEL_CHUNK):
             self.commands.run(["scancel", *ids[start : start + _SCANCEL_CHUNK]], check=False)
-        self._interval = self.settings.poll_min
+        self._poller.hurry()
         self._wait_gone(ids)
 
     def _wait_gone(self, ids: list[str]) -> None:
@@ -259,16 +251,7 @@ class SlurmDistributor(ClusterDistributor):
     def _write_script(self, command: str, token: str, offset: int = 0) -> Path:
         if self._scripts is None:
             raise BackendError("The Slurm distributor is not started.")
-        if not self.host_url:
-            raise BackendError("The Slurm distributor has no host channel: pass host_url=.")
-        argv = [
-            *wrapper_argv(),
-            *shlex.split(command),
-            "--cluster",
-            self.cluster_type,
-            "--host-url",
-            self.host_url,
-        ]
+        argv = self.wrapper_argv(command)
         path = self._scripts / f"{token}.sh"
         # The array chunk's offset goes in the script, not in sbatch --export: a variable
         # list there makes slurmd load the user's login environment before every job
@@ -315,16 +298,9 @@ class SlurmDistributor(ClusterDistributor):
 
     # -- status -----------------------------------------------------------------------------------
 
-    def _may_query(self) -> bool:
-        """The hard limit: at most max_queries_per_minute squeue and sacct calls a minute."""
-        now = time.monotonic()
-        while self._queries and now - self._queries[0] > 60:
-            self._queries.popleft()
-        return len(self._queries) < self.settings.max_queries_per_minute
-
     def _squeue(self) -> dict[str, str]:
         """The status round's squeue (counted against the rate limit): active job → state."""
-        self._queries.append(time.monotonic())
+        self._poller.count()
         return {job: state for job, (state, _comment) in self._list_jobs().items()}
 
     def _list_jobs(self, *, active_only: bool = True) -> dict[str, tuple[str, str]]:
@@ -338,17 +314,13 @@ class SlurmDistributor(ClusterDistributor):
             if entry.state in accounting.ACTIVE_STATES or not active_only
         }
 
-    def _refresh_snapshot(self, now: float) -> None:
+    def _refresh_snapshot(self) -> None:
         try:
             snapshot = self._squeue()
         except SlurmCommandError:
             return  # keep the last answer; the next round asks again
-        changed = snapshot != self._snapshot
-        self._snapshot, self._snapshot_at = snapshot, now
-        # Back off while nothing changes; start short again after any change.
-        self._interval = (
-            self.settings.poll_min if changed else min(self._interval * 2, self.settings.poll_max)
-        )
+        self._poller.answered(changed=snapshot != self._snapshot)
+        self._snapshot = snapshot
 
     def _settle_left(self) -> None:
         """One sacct call for every job that left squeue and has no final record yet."""
@@ -357,7 +329,7 @@ class SlurmDistributor(ClusterDistributor):
         if not waiting or not self.settings.use_sacct:
             return
         # At most one sacct per interval: triage asks about each job, but one call answers all.
-        if time.monotonic() - self._sacct_at < self.settings.poll_min or not self._may_query():
+        if time.monotonic() - self._sacct_at < self.settings.poll_min or not self._poller.allowed():
             return
         self._sacct_at = time.monotonic()
         self._records.update(self._sacct(waiting))
@@ -370,7 +342,7 @@ class SlurmDistributor(ClusterDistributor):
         jobs = sorted(jobs)
         known = [self._submitted[job] for job in jobs if job in self._submitted]
         since = (min(known) if len(known) == len(jobs) else time.time() - _SACCT_WINDOW) - 60
-        self._queries.append(time.monotonic())
+        self._poller.count()
         output = self.commands.run(
             [
                 "sacct",

@@ -1,0 +1,100 @@
+"""A reusable `ClusterDistributor` that backends subclass.
+
+`BaseClusterDistributor` holds what every distributor that starts the jobfleet worker-node
+wrapper needs, so that a new backend writes only what is its own (submission, status, kills,
+its scheduler's exit information):
+
+- the host channel's address (`host_url=`, else `$JOBFLEET_HOST_URL`) and the settings object;
+- `worker_node_entry_point` and the wrapper's full command line (`wrapper_argv`), as an argv
+  list that never passes through a shell, with `--cluster` and `--host-url` appended to the
+  worker-node arguments the host built (Jobmon's arguments-only convention);
+- the `array_length` check.
+
+    class MyDistributor(BaseClusterDistributor):
+        cluster_type = "mine"
+        settings_class = MySettings
+
+        def submit_to_batch_distributor(self, command, name, requested_resources):
+            argv = self.wrapper_argv(command)
+            ...
+
+When the wrapper's final report is missing, map how its process ended with
+`jobfleet.core.wrapper.exit_info_from_wrapper`, the mapping every backend shares.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from typing import Any, ClassVar
+
+from jobfleet.core.cluster_protocol import ClusterDistributor
+from jobfleet.core.errors import BackendError
+from jobfleet.core.wrapper import HOST_URL_VARIABLE, entry_point_argv
+
+__all__ = ["BaseClusterDistributor"]
+
+
+class BaseClusterDistributor(ClusterDistributor):
+    """Settings, host channel and wrapper command line, shared by every backend."""
+
+    cluster_type: ClassVar[str]
+    """The backend's name (its entry point's): the wrapper's `--cluster`, which tells it whose
+    worker node to load."""
+
+    settings_class: ClassVar[type[Any] | None] = None
+    """The backend's settings dataclass; an instance with its defaults is used when the host
+    passes no `settings=`."""
+
+    def __init__(
+        self,
+        cluster_name: str,
+        *args: Any,
+        settings: Any = None,
+        host_url: str | None = None,
+        **connection_parameters: Any,
+    ) -> None:
+        self.cluster_name = cluster_name
+        if settings is None and self.settings_class is not None:
+            settings = self.settings_class()
+        self.settings = settings
+        self.host_url = host_url or os.environ.get(HOST_URL_VARIABLE) or None
+        self.connection_parameters = connection_parameters
+
+    @property
+    def worker_node_entry_point(self) -> str:
+        return shlex.join(entry_point_argv())
+
+    def wrapper_argv(self, command: str) -> list[str]:
+        """The whole command that runs the wrapper for `command`, the worker-node arguments of
+        `build_worker_node_command` (built from integers; split here, never given to a shell)."""
+        return [
+            *entry_point_argv(),
+            *shlex.split(command),
+            "--cluster",
+            self.cluster_type,
+            "--host-url",
+            self.require_host_url(),
+            *self.wrapper_options(),
+        ]
+
+    def wrapper_options(self) -> list[str]:
+        """Extra wrapper options this backend passes (e.g. `--kill-grace`, `--cgroup`)."""
+        return []
+
+    def require_host_url(self) -> str:
+        """The host channel's address; a clear error when the host gave none."""
+        if not self.host_url:
+            raise BackendError(
+                f"The {self.cluster_type} distributor has no host channel to give its worker "
+                f"nodes: pass host_url= (or set {HOST_URL_VARIABLE})."
+            )
+        return self.host_url
+
+    @staticmethod
+    def check_array_length(array_length: int) -> None:
+        """Refuse an array that is empty (or not a count at all)."""
+        if isinstance(array_length, bool) or not isinstance(array_length, int) or array_length < 1:
+            raise ValueError(
+                f"array_length must be a whole number, 1 or more, not {array_length!r}"
+            )
