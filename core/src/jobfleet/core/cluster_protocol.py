@@ -65,7 +65,12 @@ class ClusterDistributor(Protocol):
 
     @abstractmethod
     def __init__(self, cluster_name: str, *args: Any, **connection_parameters: Any) -> None:
-        """Build the distributor for the named cluster; nothing is contacted until `start()`."""
+        """Build the distributor for the named cluster; nothing is contacted until `start()`.
+
+        A jobfleet host passes two connection parameters: `host_url=`, the address of the host
+        channel the worker nodes report to (`$JOBFLEET_HOST_URL` when absent), and `settings=`,
+        the backend's settings object. `BaseClusterDistributor` keeps both.
+        """
 
     @property
     @abstractmethod

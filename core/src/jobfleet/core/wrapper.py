@@ -109,20 +109,29 @@ def exit_info_from_wrapper(
     if exit_code is not None and exit_code < 0:
         signal_number, exit_code = -exit_code, None
     if signal_number:
-        return _wrapper_killed(signal_number, oom_evidence, raw_state, detail)
+        return _killed(signal_number, oom_evidence, raw_state, detail, wrapper=True)
     if exit_code is None:
         return _result(ExitReason.LOST, "the wrapper's exit status is unknown", raw_state, detail)
     return _wrapper_exited(exit_code, oom_evidence, raw_state, detail)
 
 
-def _wrapper_killed(
-    number: int, oom_evidence: str | None, raw_state: str | None, detail: str
+def _killed(
+    number: int,
+    oom_evidence: str | None,
+    raw_state: str | None,
+    detail: str,
+    *,
+    wrapper: bool,
 ) -> RemoteExitInfo:
+    """A signal ended the wrapper itself (`wrapper`: its task's end is unknown, U) or, as the
+    wrapper passed on, its task (E). A SIGKILL with evidence of an OOM kill is Z either way."""
+    who = "the worker-node wrapper" if wrapper else "the task"
     if number == signal.SIGKILL and oom_evidence:
-        what = f"the worker-node wrapper was killed by SIGKILL: out of memory ({oom_evidence})"
+        what = f"{who} was killed by SIGKILL: out of memory ({oom_evidence})"
         return _result(ExitReason.OOM, what, raw_state, detail, signal_number=number)
-    what = f"the worker-node wrapper was killed by {signal_name(number)} before it reported"
-    return _result(ExitReason.LOST, what, raw_state, detail, signal_number=number)
+    what = f"{who} was killed by {signal_name(number)}" + (" before it reported" if wrapper else "")
+    reason = ExitReason.LOST if wrapper else ExitReason.FAILED
+    return _result(reason, what, raw_state, detail, signal_number=number)
 
 
 def _wrapper_exited(
@@ -149,18 +158,8 @@ def _wrapper_exited(
         return _result(ExitReason.LAUNCHER_ERROR, what, raw_state, detail, exit_code=code)
     if 128 < code < 128 + signal.NSIG:
         # The wrapper passes on "the task was killed by signal N" as 128 + N.
-        return _task_killed(code - 128, oom_evidence, raw_state, detail)
+        return _killed(code - 128, oom_evidence, raw_state, detail, wrapper=False)
     return _result(ExitReason.FAILED, f"exit code {code}", raw_state, detail, exit_code=code)
-
-
-def _task_killed(
-    number: int, oom_evidence: str | None, raw_state: str | None, detail: str
-) -> RemoteExitInfo:
-    if number == signal.SIGKILL and oom_evidence:
-        what = f"the task was killed by SIGKILL: out of memory ({oom_evidence})"
-        return _result(ExitReason.OOM, what, raw_state, detail, signal_number=number)
-    what = f"the task was killed by {signal_name(number)}"
-    return _result(ExitReason.FAILED, what, raw_state, detail, signal_number=number)
 
 
 def _result(
