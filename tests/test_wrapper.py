@@ -19,7 +19,12 @@ import pytest
 
 from jobfleet.core.channel import Channel, Event, EventKind, TaskSpec, open_channel
 from jobfleet.core.testing.host import is_locked, wait_for
-from jobfleet.core.wrapper import USAGE_ERROR, VERSION_MISMATCH, WRAPPER_FAILED
+from jobfleet.core.wrapper import (
+    USAGE_ERROR,
+    VERSION_MISMATCH,
+    WRAPPER_FAILED,
+    status_from_output,
+)
 
 WRAPPER = shutil.which("jobfleet-worker-node")
 MIB = 1024 * 1024
@@ -352,6 +357,8 @@ def test_unwritable_log_directory_still_gives_a_final_report(host: Host, tmp_pat
     marker = tmp_path / "ran"
     outcome = host.run(f"touch {marker}", stdout_dir=str(blocker / "logs"))
     assert outcome.returncode == WRAPPER_FAILED
+    # Stated whole on stderr too: Slurm's accounting would show 240 as 112.
+    assert status_from_output(outcome.stderr) == WRAPPER_FAILED
     final = outcome.final
     assert final["error_state"] == "F"
     assert str(blocker / "logs") in final["message"]

@@ -16,6 +16,8 @@ from jobfleet.core.wrapper import (
     HOST_URL_VARIABLE,
     entry_point_argv,
     exit_info_from_wrapper,
+    status_from_output,
+    status_line,
 )
 
 D, E, Z, U, F = "D", "E", "Z", "U", "F"
@@ -189,3 +191,18 @@ def test_the_poller_refuses_nonsense(low, high, rate):
 def test_signal_names_in_messages():
     assert "SIGSEGV" in exit_info_from_wrapper(128 + signal.SIGSEGV).error_message
     assert "SIGKILL" in exit_info_from_wrapper(-9).error_message
+
+
+@pytest.mark.parametrize(
+    ("text", "status"),
+    [
+        (status_line(240), 240),
+        ("noise\njobfleet-worker-node: exit status 137\nmore noise\n", 137),
+        ("jobfleet-worker-node: exit status 130\njobfleet-worker-node: exit status 241", 241),
+        ("jobfleet-worker-node: exit status 9999\n", None),
+        ("jobfleet-worker-node: exit status x\n", None),
+        ("", None),
+    ],
+)
+def test_the_wrapper_states_its_whole_exit_status(text, status):
+    assert status_from_output(text) == status

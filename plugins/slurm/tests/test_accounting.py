@@ -112,3 +112,34 @@ def test_final_answers_carry_sacct_usage() -> None:
     assert info.usage["cpu"] == pytest.approx(2.0)
     assert info.usage["wallclock"] == 3
     assert '"maxrss_source": "sacct"' in info.usage["usage_str"]
+
+
+@pytest.mark.parametrize(
+    ("exit_code", "output", "state", "reason"),
+    [
+        # Slurm keeps 7 bits of a batch job's status: the wrapper's own statement gives the rest.
+        ("112:0", "jobfleet-worker-node: exit status 240\n", "U", ExitReason.LOST),
+        ("113:0", "oops\njobfleet-worker-node: exit status 241\n", "F", ExitReason.LAUNCHER_ERROR),
+        ("9:0", "jobfleet-worker-node: exit status 137\n", "E", ExitReason.FAILED),
+        # Without it, or when it does not fit what sacct says, sacct's number stands.
+        ("112:0", "", "E", ExitReason.FAILED),
+        ("112:0", "jobfleet-worker-node: exit status 241\n", "E", ExitReason.FAILED),
+        ("127:0", "", "F", ExitReason.LAUNCHER_ERROR),
+        # A signal that ended the wrapper itself is kept by sacct: the wrapper never said a thing.
+        ("0:9", "", "U", ExitReason.LOST),
+    ],
+)
+def test_a_lost_report_is_read_with_the_shared_table_and_the_whole_status(
+    exit_code: str, output: str, state: str, reason: ExitReason
+) -> None:
+    info = accounting.exit_info(record("FAILED", exit_code), killed_by_us=False, output=output)
+    assert info.error_state is ErrorState(state), info.error_message
+    assert info.record is not None
+    assert info.record.reason is reason
+    assert "Slurm job 41" in info.error_message
+
+
+def test_the_wrappers_last_words_are_in_the_message() -> None:
+    output = "jobfleet-worker-node: cannot open the host channel file:///gone\n"
+    info = accounting.exit_info(record("FAILED", "112:0"), killed_by_us=False, output=output)
+    assert "cannot open the host channel file:///gone" in info.error_message

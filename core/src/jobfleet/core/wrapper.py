@@ -38,6 +38,28 @@ NOT_EXECUTABLE: Final = 126
 NOT_FOUND: Final = 127
 """The shell's code for a command it could not find."""
 
+TRUNCATED_STATUS: Final = 128
+"""From here on, the wrapper also prints its exit status on stderr (`status_line`): Slurm's
+accounting keeps only 7 bits of a batch job's exit status (240 reads 112, 137 reads 9), so a
+backend whose accounting does that reads the whole status from the job's output instead."""
+
+_STATUS_PREFIX: Final = "jobfleet-worker-node: exit status "
+
+
+def status_line(code: int) -> str:
+    """The line the wrapper writes to stderr as it exits with `code`."""
+    return f"{_STATUS_PREFIX}{code}\n"
+
+
+def status_from_output(text: str) -> int | None:
+    """The exit status the wrapper stated last in its output (`status_line`), if it did."""
+    found = text.rfind(_STATUS_PREFIX)
+    if found < 0:
+        return None
+    digits = text[found + len(_STATUS_PREFIX) :].split("\n", 1)[0].strip()
+    return int(digits) if digits.isdigit() and int(digits) < 256 else None
+
+
 # -- shared option values ------------------------------------------------------------------------
 
 CGROUP_MODES: Final = ("auto", "always", "never")

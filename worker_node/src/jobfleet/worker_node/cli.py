@@ -107,6 +107,16 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    code = _main(argv)
+    if code >= wrapper.TRUNCATED_STATUS:
+        # Some schedulers' accounting keeps 7 bits of a job's exit status (Slurm: 240 reads
+        # 112): say the whole of it where the job's output goes.
+        sys.stderr.write(wrapper.status_line(code))
+        sys.stderr.flush()
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     for name in ("cluster", "host_url"):
         if not getattr(args, name):

@@ -81,12 +81,16 @@ print(repr(start), repr(time.time()))
 
 # A stand-in for the worker-node wrapper (put in place through $JOBFLEET_WORKER_NODE): it
 # reports nothing and ends as the file named after its task instance id says, so the kit sees
-# what each backend makes of a wrapper's end when the wrapper's own report is missing.
+# what each backend makes of a wrapper's end when the wrapper's own report is missing. Like the
+# real wrapper, it states an exit status of 128 or more on stderr (`wrapper.status_line`).
 SILENT_WRAPPER = """\
 #!/bin/sh
 action=$(cat "{actions}/$3")
 case "$action" in
-    exit\\ *) exit "${{action#exit }}" ;;
+    exit\\ *)
+        status="${{action#exit }}"
+        [ "$status" -lt 128 ] || echo "jobfleet-worker-node: exit status $status" >&2
+        exit "$status" ;;
     signal\\ *) kill -s "${{action#signal }}" $$ ;;
 esac
 sleep 5

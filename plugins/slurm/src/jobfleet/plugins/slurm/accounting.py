@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from jobfleet.core.exit_info import ErrorState, ExitReason, ExitRecord, RemoteExitInfo
-from jobfleet.core.wrapper import exit_info_from_wrapper
+from jobfleet.core.wrapper import exit_info_from_wrapper, status_from_output
 
 SEPARATOR = "|"
+_LAST_WORDS = 500  # characters of a job's output quoted in its exit message
 
 
 # States in which a job still holds (or waits for) a place on the cluster.
@@ -161,12 +162,14 @@ def parse_duration(text: str) -> float | None:
     return days * 86400 + seconds
 
 
-def exit_info(record: AccountingRecord, *, killed_by_us: bool) -> RemoteExitInfo:
+def exit_info(record: AccountingRecord, *, killed_by_us: bool, output: str = "") -> RemoteExitInfo:
     """What jobfleet makes of a job's accounting record (see the backend's README).
 
     The job's process is the worker-node wrapper, so a job that completed or failed is read
     with the mapping every backend shares (`exit_info_from_wrapper`); the states only Slurm
     has (out of memory, timeouts, node failures, preemption, cancellation) are read here.
+    `output` is the end of the job's output file: the wrapper's last words, and the whole exit
+    status where sacct's is truncated (see `full_exit_code`).
     """
     if not record.finished:
         return RemoteExitInfo.unknown(
@@ -186,18 +189,35 @@ def exit_info(record: AccountingRecord, *, killed_by_us: bool) -> RemoteExitInfo
         # the kernel picked, and whatever exit status that left.
         return _info(ExitReason.OOM, record, "ran out of its --mem")
     if state in ("FAILED", "COMPLETED"):
-        return _from_wrapper(record)
+        return _from_wrapper(record, output)
     return RemoteExitInfo.unknown(f"Slurm state {state} is not one jobfleet knows")
 
 
-def _from_wrapper(record: AccountingRecord) -> RemoteExitInfo:
+def _from_wrapper(record: AccountingRecord, output: str) -> RemoteExitInfo:
+    detail = f"Slurm job {record.job_id} ({record.state}, ExitCode {_exit_text(record)})"
+    last_words = output.strip()[-_LAST_WORDS:]
+    if last_words:
+        detail += f"; its last words: {last_words!r}"
     shared = exit_info_from_wrapper(
-        record.exit_code,
+        full_exit_code(record, output),
         record.signal or None,
         raw_state=record.state,
-        detail=f"Slurm job {record.job_id} ({record.state}, ExitCode {_exit_text(record)})",
+        detail=detail,
     )
     return dataclasses.replace(shared, usage=usage_of(record))
+
+
+def full_exit_code(record: AccountingRecord, output: str) -> int | None:
+    """The job's exit status, whole.
+
+    Slurm's accounting keeps 7 bits of a batch job's exit status (seen with Slurm 22.05: exit
+    240 reads `112:0`, 137 reads `9:0`), so the wrapper states its status in its output when it
+    is 128 or more; that statement wins when its low 7 bits are what sacct says.
+    """
+    stated = status_from_output(output)
+    if stated is not None and not record.signal and record.exit_code == stated & 0x7F:
+        return stated
+    return record.exit_code
 
 
 def _exit_text(record: AccountingRecord) -> str:

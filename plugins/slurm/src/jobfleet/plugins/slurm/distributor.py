@@ -44,6 +44,7 @@ DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's own default
 _SCANCEL_CHUNK = 500  # ids per scancel call, to keep the argv bounded
 _SACCT_WINDOW = 7 * 86400
 _KILL_WAIT = 60.0  # seconds terminate_task_instances waits for Slurm to end cancelled jobs
+_OUTPUT_TAIL = 4096  # bytes of a job's output read for triage
 _KILL_POLL = 0.2  # how far back sacct looks for jobs whose submission time is unknown
 
 
@@ -378,7 +379,17 @@ class SlurmDistributor(BaseClusterDistributor):
             )
         base = job.split("_", 1)[0]
         killed = job in self._killed or base in self._killed
-        return accounting.exit_info(record, killed_by_us=killed)
+        return accounting.exit_info(record, killed_by_us=killed, output=self._output_tail(job))
+
+    def _output_tail(self, job: str) -> str:
+        """The end of the job's output file (the wrapper's stderr), or "" when it is not here."""
+        path = self._log_dir() / f"slurm-{job}.out"  # the --output patterns of _sbatch
+        try:
+            with open(path, "rb") as output:
+                output.seek(max(0, path.stat().st_size - _OUTPUT_TAIL))
+                return output.read().decode("utf-8", errors="replace")
+        except OSError:
+            return ""
 
 
 def _listed(job: str, active: set[str]) -> bool:
