@@ -33,14 +33,8 @@ from jobfleet.worker_node import process_tree
 from jobfleet.worker_node.cgroup import TaskCgroup, current_memory_cgroup
 from jobfleet.worker_node.outcome import Observation, classify
 from jobfleet.worker_node.output import OutputPump
-from jobfleet.worker_node.usage import (
-    TreeSample,
-    TreeSampler,
-    combine,
-    current_rss,
-    gpu_usage,
-    rusage_sum,
-)
+from jobfleet.worker_node.sampler import TreeSample, TreeSampler
+from jobfleet.worker_node.usage import combine, current_rss, gpu_usage, rusage_sum
 
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
 STOPPING_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
