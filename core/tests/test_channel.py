@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 import os
@@ -15,13 +16,18 @@ from jobfleet.core.channel import (
     EventCursor,
     EventKind,
     FileChannel,
+    FinalReport,
+    HeartbeatReport,
     ProtocolVersionError,
+    RunningReport,
     TaskSpec,
+    UsageReport,
     new_writer_token,
     open_channel,
     register_transport,
     transport_schemes,
 )
+from jobfleet.core.exit_info import ErrorState, ExitReason, ExitRecord
 
 
 @pytest.fixture
@@ -156,7 +162,8 @@ def test_constructing_a_bad_spec_fails_on_the_host():
 
 
 def test_event_line_round_trip():
-    event = Event(EventKind.FINAL, 3, "w-1", 7, 1700000000.25, {"text": "a\nb\u00e9\udcff"})
+    data = {"error_state": "D", "text": "a\nb\u00e9\udcff"}
+    event = Event(EventKind.FINAL, 3, "w-1", 7, 1700000000.25, data)
     line = event.to_line()
     assert line.endswith(b"\n")
     assert line.count(b"\n") == 1
@@ -196,6 +203,192 @@ def test_garbage_event_lines_raise_channel_error(line, complaint):
 
 def test_event_kinds():
     assert [kind.value for kind in EventKind] == ["running", "heartbeat", "final"]
+
+
+# Typed reports.
+
+FULL_FINAL = FinalReport(
+    error_state=ErrorState.RESOURCE_ERROR,
+    message="oom: killed by SIGKILL",
+    exit=ExitRecord(ExitReason.OOM, signal=9, raw_state="signal SIGKILL", message="oom"),
+    usage=UsageReport(maxrss=5 * 1024**2, cpu=1.5, wallclock=2.25, usage_str='{"metric":"pss"}'),
+    stdout_tail="out\n",
+    stderr_tail="err\n",
+    stdout_path="/logs/t.stdout.7",
+    stderr_path=None,
+    distributor_id="7",
+    hostname="node1",
+)
+FULL_RUNNING = RunningReport("node1", 100, 99, "7", "/logs/t.stdout.7", None)
+
+# The keys the wrapper has always written: the typed reports keep the wire form.
+WIRE_KEYS = {
+    EventKind.RUNNING: {
+        "hostname",
+        "pid",
+        "wrapper_pid",
+        "distributor_id",
+        "stdout_path",
+        "stderr_path",
+    },
+    EventKind.HEARTBEAT: {"rss"},
+    EventKind.FINAL: {
+        "error_state",
+        "message",
+        "exit",
+        "usage",
+        "stdout_tail",
+        "stderr_tail",
+        "stdout_path",
+        "stderr_path",
+        "distributor_id",
+        "hostname",
+    },
+}
+
+
+@pytest.mark.parametrize("report", [FULL_RUNNING, HeartbeatReport(rss=4096), FULL_FINAL])
+def test_reports_travel_in_the_wire_form_and_come_back_typed(channel, report):
+    with channel.open_writer(5) as writer:
+        sent = writer.send_report(report, durable=True)
+    [event] = channel.read_events()[0]
+    assert event == sent
+    assert event.kind is report.kind
+    assert event.report == report
+    assert set(event.data) == WIRE_KEYS[report.kind]
+    assert json.loads(event.to_line())["data"] == report.to_dict()
+
+
+def test_a_final_report_of_the_current_wire_form_reads_typed():
+    data = {
+        "error_state": "Z",
+        "message": "oom: killed by SIGKILL",
+        "exit": {**FULL_FINAL.exit.to_dict(), "added_later": True},
+        "usage": {**FULL_FINAL.usage.to_dict(), "maxpss": 4 * 1024**2},
+        "stdout_tail": "out\n",
+        "stderr_tail": "err\n",
+        "stdout_path": "/logs/t.stdout.7",
+        "stderr_path": None,
+        "distributor_id": 7,  # some backends number their jobs
+        "hostname": "node1",
+        "a_field_of_a_later_release": {"x": 1},
+    }
+    line = Event(EventKind.FINAL, 5, "w", 3, 1.0, data).to_line()
+    report = Event.from_line(line).report
+    assert report == FULL_FINAL
+    assert report.distributor_id == "7"
+    assert Event.from_line(line).data == data  # the raw form stays as it travelled
+
+
+def test_reports_of_older_writers_with_fewer_fields_are_read():
+    assert FinalReport.from_dict({"error_state": "D"}) == FinalReport(ErrorState.DONE)
+    assert FinalReport.from_dict({"error_state": "U", "message": None}).message == ""
+    assert RunningReport.from_dict({}) == RunningReport()
+    assert HeartbeatReport.from_dict({"rss": None}) == HeartbeatReport()
+    usage = FinalReport.from_dict({"error_state": "D", "usage": {"maxrss": 1e6}}).usage
+    assert usage == UsageReport(maxrss=1_000_000)
+
+
+# Each malformed report, and the field its problem must name.
+MALFORMED_REPORTS = [
+    ("running", {"pid": "12"}, "'pid'"),
+    ("running", {"wrapper_pid": -1}, "'wrapper_pid'"),
+    ("running", {"hostname": 5}, "'hostname'"),
+    ("running", {"distributor_id": [1]}, "'distributor_id'"),
+    ("running", {"stdout_path": False}, "'stdout_path'"),
+    ("heartbeat", {"rss": "big"}, "'rss'"),
+    ("heartbeat", {"rss": True}, "'rss'"),
+    ("heartbeat", {"rss": -5}, "'rss'"),
+    ("final", {}, "no 'error_state'"),
+    ("final", {"message": "a report without a verdict"}, "no 'error_state'"),
+    ("final", {"error_state": "X"}, "'error_state'"),
+    ("final", {"error_state": None}, "'error_state'"),
+    ("final", {"error_state": "D", "message": 3}, "'message'"),
+    ("final", {"error_state": "D", "stdout_tail": ["a"]}, "'stdout_tail'"),
+    ("final", {"error_state": "D", "hostname": 1.5}, "'hostname'"),
+    ("final", {"error_state": "D", "exit": "exit 1"}, "'exit'"),
+    ("final", {"error_state": "D", "exit": {"exit_code": 1}}, "no 'reason'"),
+    ("final", {"error_state": "D", "exit": {"reason": "exploded"}}, "'reason'"),
+    ("final", {"error_state": "E", "exit": {"reason": "failed", "exit_code": "1"}}, "'exit_code'"),
+    ("final", {"error_state": "E", "exit": {"reason": "failed", "signal": -9}}, "'signal'"),
+    (
+        "final",
+        {"error_state": "E", "exit": {"reason": "failed", "core_dumped": 1}},
+        "'core_dumped'",
+    ),
+    ("final", {"error_state": "D", "usage": []}, "'usage'"),
+    ("final", {"error_state": "D", "usage": {"maxrss": "1G"}}, "'maxrss'"),
+    ("final", {"error_state": "D", "usage": {"cpu": -1}}, "'cpu'"),
+    ("final", {"error_state": "D", "usage": {"wallclock": "long"}}, "'wallclock'"),
+    ("final", {"error_state": "D", "usage": {"usage_str": {"a": 1}}}, "'usage_str'"),
+    ("paused", {}, "not an event kind"),
+]
+
+
+@pytest.mark.parametrize(
+    ("kind", "data", "field_named"),
+    MALFORMED_REPORTS,
+    ids=[f"{kind}-{n}" for n, (kind, _, _) in enumerate(MALFORMED_REPORTS)],
+)
+def test_a_malformed_report_is_a_problem_on_the_cursor_and_skipped(
+    channel, kind, data, field_named
+):
+    writer = channel.open_writer(5)
+    first = writer.send_report(FULL_RUNNING)
+    record = {
+        "kind": kind,
+        "task_instance_id": 5,
+        "writer": writer.writer,
+        "sequence": 99,
+        "time": 1.0,
+        "data": data,
+    }
+    with open(events_path(channel, writer), "ab") as stream:
+        stream.write(json.dumps(record).encode() + b"\n")
+    last = writer.send_report(FULL_FINAL, durable=True)
+    events, cursor = channel.read_events()
+    assert events == [first, last]
+    assert [e.report for e in events] == [FULL_RUNNING, FULL_FINAL]
+    [problem] = cursor.problems
+    assert problem.startswith("Skipped the record at byte")
+    assert field_named in problem
+    assert channel.read_events(cursor) == ([], dataclasses.replace(cursor, problems=()))
+
+
+@pytest.mark.parametrize(("kind", "data", "field_named"), MALFORMED_REPORTS[:-1])
+def test_a_writer_refuses_a_malformed_report_without_using_a_number(
+    channel, kind, data, field_named
+):
+    writer = channel.open_writer(5)
+    with pytest.raises(ChannelError, match=field_named):
+        writer.send(kind, data)
+    with pytest.raises(ChannelError, match=field_named):
+        Event(EventKind(kind), 5, "w", 0, 1.0, data).report  # noqa: B018 - read to check
+    assert writer.send_report(HeartbeatReport()).sequence == 0
+
+
+@pytest.mark.parametrize(
+    ("build", "field_named"),
+    [
+        (lambda: RunningReport(pid=-1), "'pid'"),
+        (lambda: HeartbeatReport(rss=1.5), "'rss'"),
+        (lambda: FinalReport("done"), "'error_state'"),
+        (lambda: FinalReport("D", exit={"reason": "nope"}), "'reason'"),
+        (lambda: UsageReport(cpu=math.nan), "'cpu'"),
+        (lambda: UsageReport(maxrss=math.inf), "'maxrss'"),
+    ],
+)
+def test_reports_are_checked_when_built(build, field_named):
+    with pytest.raises(ChannelError, match=field_named):
+        build()
+
+
+def test_reports_normalise_what_json_readers_hand_over():
+    report = FinalReport("D", exit={"reason": "completed", "exit_code": 0}, usage={"cpu": 1})
+    assert report.error_state is ErrorState.DONE
+    assert report.exit == ExitRecord(ExitReason.COMPLETED, exit_code=0)
+    assert report.usage == UsageReport(cpu=1.0)
+    assert isinstance(report.usage.cpu, float)
 
 
 # Opening channels.
@@ -476,7 +669,7 @@ def test_corrupt_complete_line_is_skipped_and_reported_once(channel):
 
 def test_record_in_the_wrong_file_is_skipped(channel):
     writer = channel.open_writer(5)
-    stray = Event(EventKind.FINAL, 6, writer.writer, 0, 1.0, {}).to_line()
+    stray = Event(EventKind.FINAL, 6, writer.writer, 0, 1.0, {"error_state": "D"}).to_line()
     with open(events_path(channel, writer), "ab") as stream:
         stream.write(stray)
     events, cursor = channel.read_events()
@@ -571,7 +764,7 @@ def test_remove_deletes_spec_and_events_of_one_instance(channel):
     gone = [channel.open_writer(1), channel.open_writer(1)]
     kept = channel.open_writer(11)
     for writer in [*gone, kept]:
-        writer.send("final", {}, durable=True)
+        writer.send("final", {"error_state": "D"}, durable=True)
     events, cursor = channel.read_events()
     assert len(events) == 3
     channel.remove(1)

@@ -111,3 +111,80 @@ def test_scalable_distributor_is_checkable_at_runtime():
     assert isinstance(Scalable("c"), ScalableDistributor)
     assert not isinstance(MinimalDistributor("c"), ScalableDistributor)
     assert Scalable("c").get_nodes()["n1"].cores_total == 8
+
+
+class StaticNode:
+    """Jobmon's sequential and dummy worker nodes: the exit and usage methods are static."""
+
+    distributor_id = None
+    array_step_id = None
+
+    @staticmethod
+    def get_usage_stats():
+        return {}
+
+    @staticmethod
+    def get_exit_info(exit_code, error_msg):
+        return ("D", "")
+
+    @classmethod
+    def initialize_logfile(cls, log_type, log_dir, name):
+        return "/dev/null"
+
+
+def test_static_and_class_methods_are_checked_without_a_self():
+    assert protocol_problems(StaticNode, ClusterWorkerNode) == []
+
+
+def test_static_and_class_methods_with_the_wrong_arguments_are_still_named():
+    class WrongStaticNode(StaticNode):
+        @staticmethod
+        def get_exit_info(exit_code):  # no error_msg
+            return ("D", "")
+
+        @classmethod
+        def initialize_logfile(cls, log_type, log_dir):  # no name
+            return "/dev/null"
+
+    problems = protocol_problems(WrongStaticNode, ClusterWorkerNode)
+    assert len(problems) == 2, problems
+    assert "get_exit_info" in problems[0]
+    assert "initialize_logfile" in problems[1]
+
+
+def test_a_static_method_taking_a_self_of_its_own_is_named():
+    class Confused(StaticNode):
+        @staticmethod
+        def get_exit_info(self, exit_code, error_msg):  # never given a self
+            return ("D", "")
+
+    [problem] = protocol_problems(Confused, ClusterWorkerNode)
+    assert "get_exit_info" in problem
+
+
+class LoggingNode(ClusterWorkerNode):
+    distributor_id = "42"
+    array_step_id = None
+
+    def __init__(self):
+        pass
+
+    def get_usage_stats(self):
+        return {}
+
+    def get_exit_info(self, exit_code, error_msg):
+        return ("D", "")
+
+
+def test_no_log_directory_means_dev_null(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert LoggingNode().initialize_logfile("stdout", None, "task") == "/dev/null"
+    assert LoggingNode().initialize_logfile("stderr", None, "../task") == "/dev/null"
+    assert LoggingNode().initialize_logfile("stdout", "", "task") == "/dev/null"  # as Jobmon's
+    assert list(tmp_path.iterdir()) == []  # nothing created anywhere
+
+
+def test_a_log_directory_gets_the_log_file(tmp_path):
+    path = LoggingNode().initialize_logfile("stdout", str(tmp_path / "logs"), "task")
+    assert path == str(tmp_path / "logs" / "task.stdout.42")
+    assert (tmp_path / "logs" / "task.stdout.42").is_file()

@@ -17,7 +17,8 @@ from typing import IO
 import psutil
 import pytest
 
-from jobfleet.worker_node import usage as usage_module
+from jobfleet.worker_node import procfs
+from jobfleet.worker_node import sampler as sampler_module
 from jobfleet.worker_node.usage import (
     TreeSample,
     TreeSampler,
@@ -366,7 +367,7 @@ def test_interval_arguments_are_checked() -> None:
 
 # -- Linux: /proc without psutil -----------------------------------------------------------------
 
-linux_only = pytest.mark.skipif(not usage_module._HAS_PROC, reason="reads /proc")
+linux_only = pytest.mark.skipif(not procfs.HAS_PROC, reason="reads /proc")
 
 # A whole start/sample/stop cycle in a fresh interpreter (this one imported psutil long ago).
 NO_PSUTIL = f"""
@@ -436,11 +437,11 @@ TRUNCATED = b"1234 (sle"  # what a read cut short by the process's end could lea
         ({"io": TRUNCATED}, "pss"),
         ({"status": GONE}, "pss"),
         ({"status": TRUNCATED}, "pss"),
-        ({usage_module._SMAPS: GONE}, None),
-        ({usage_module._SMAPS: DENIED}, "rss"),  # another user's process: statm is readable
-        ({usage_module._SMAPS: TRUNCATED}, "rss"),
-        ({usage_module._SMAPS: DENIED, "statm": GONE}, None),
-        ({usage_module._SMAPS: DENIED, "statm": TRUNCATED}, None),
+        ({procfs._SMAPS: GONE}, None),
+        ({procfs._SMAPS: DENIED}, "rss"),  # another user's process: statm is readable
+        ({procfs._SMAPS: TRUNCATED}, "rss"),
+        ({procfs._SMAPS: DENIED, "statm": GONE}, None),
+        ({procfs._SMAPS: DENIED, "statm": TRUNCATED}, None),
     ],
 )
 def test_a_process_vanishing_mid_read_never_kills_the_sampler(
@@ -449,7 +450,7 @@ def test_a_process_vanishing_mid_read_never_kills_the_sampler(
     faults: dict[str, OSError | bytes],
     metric: str | None,
 ) -> None:
-    real_read = usage_module._read_at
+    real_read = procfs._read_at
 
     def faulty_read(name: str, folder: int, *, whole: bool = False) -> bytes:
         fault = faults.get(name)
@@ -459,7 +460,7 @@ def test_a_process_vanishing_mid_read_never_kills_the_sampler(
             raise fault
         return real_read(name, folder, whole=whole)
 
-    monkeypatch.setattr(usage_module, "_read_at", faulty_read)
+    monkeypatch.setattr(procfs, "_read_at", faulty_read)
     sampler = TreeSampler(sleeper.pid, max_interval=0.05)
     sampler.start()
     wait_for_samples(sampler, 3)  # the thread lives on
@@ -488,12 +489,12 @@ def test_memory_falls_back_from_pss_to_uss_to_rss(
     metric: str,
     kib: int,
 ) -> None:
-    real_read = usage_module._read_at
+    real_read = procfs._read_at
 
     def read(name: str, folder: int, *, whole: bool = False) -> bytes:
-        return rollup if name == usage_module._SMAPS else real_read(name, folder, whole=whole)
+        return rollup if name == procfs._SMAPS else real_read(name, folder, whole=whole)
 
-    monkeypatch.setattr(usage_module, "_read_at", read)
+    monkeypatch.setattr(procfs, "_read_at", read)
     sample = TreeSampler(sleeper.pid).stop()  # never started: stop() still takes a last sample
     assert (sample.metric, sample.peak_bytes) == (metric, kib * 1024)
     assert sample.largest_process_peak > 0  # VmHWM, from status
@@ -503,8 +504,8 @@ def test_memory_falls_back_from_pss_to_uss_to_rss(
 def test_a_reused_pid_is_never_taken_for_the_process_it_replaced(
     sleeper: subprocess.Popen[bytes], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    start = usage_module._proc_table()[sleeper.pid][2]
-    real_table = usage_module._proc_table
+    start = procfs.proc_table()[sleeper.pid][2]
+    real_table = procfs.proc_table
 
     # The scan saw an earlier process under the sleeper's pid, which ended before the reads.
     def earlier_table() -> dict[int, tuple[int, int, float]]:
@@ -513,7 +514,7 @@ def test_a_reused_pid_is_never_taken_for_the_process_it_replaced(
         table[sleeper.pid] = (ppid, sid, start - 1)
         return table
 
-    monkeypatch.setattr(usage_module, "_proc_table", earlier_table)
+    monkeypatch.setattr(procfs, "proc_table", earlier_table)
     sample = TreeSampler(sleeper.pid).stop()
     assert (sample.processes_seen, sample.peak_bytes, sample.errors) == (0, 0, 0)
     monkeypatch.undo()
@@ -521,7 +522,7 @@ def test_a_reused_pid_is_never_taken_for_the_process_it_replaced(
     # A process followed earlier ended, and its pid now belongs to the sleeper: the sleeper is
     # not followed, and what the old process used is kept.
     sampler = TreeSampler(2**22 + 12345)
-    old = usage_module._Tracked()
+    old = sampler_module._Tracked()
     old.user = 1.5
     sampler._tracked[(sleeper.pid, start - 1)] = old
     sample = sampler.stop()
@@ -581,7 +582,7 @@ def test_the_psutil_fallback_measures_the_same(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # What runs where there is no /proc, forced here so that it keeps working.
-    monkeypatch.setattr(usage_module, "_HAS_PROC", False)
+    monkeypatch.setattr(procfs, "HAS_PROC", False)
     sample = run_tree(script(TREE), ["100", "2"], 2, sampler_for)
     assert sample.metric == "pss"
     assert abs(sample.peak_bytes - 200 * MB) <= 20 * MB, sample.peak_bytes / MB

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from jobfleet.core.errors import JobfleetError, ResourceError
-from jobfleet.core.host import taskfile
+from jobfleet.core.host import located_tree
 from jobfleet.core.host.taskfile import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_RESOURCE_SCALE,
@@ -459,7 +459,7 @@ def test_yaml_errors_name_line_and_field(
     field: str | None,
     fragment: str,
 ) -> None:
-    monkeypatch.setattr(taskfile, "_YAML_LOADER", loader)
+    monkeypatch.setattr(located_tree, "_YAML_LOADER", loader)
     error = error_of(text)
     assert error.source == "tasks.yaml"
     assert_error(error, line, field, fragment)
@@ -671,7 +671,7 @@ def test_deep_yaml_nesting_is_refused_without_crashing(
     monkeypatch: pytest.MonkeyPatch, loader: Any
 ) -> None:
     # libyaml's own composer would overflow the C stack here and kill the process.
-    monkeypatch.setattr(taskfile, "_YAML_LOADER", loader)
+    monkeypatch.setattr(located_tree, "_YAML_LOADER", loader)
     error = error_of("tasks:\n  - command: x\n    resources:\n      x: " + "[" * 50_000)
     assert_error(error, 4, None, "Values nest more than 100 levels deep.")
 

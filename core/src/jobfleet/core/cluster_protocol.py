@@ -176,12 +176,16 @@ class ClusterWorkerNode(Protocol):
     def get_exit_info(self, exit_code: int, error_msg: str) -> tuple[str, str]:
         """Map the command's exit code and error text to an error state letter and a message."""
 
-    def initialize_logfile(self, log_type: str, log_dir: str, name: str) -> str:
+    def initialize_logfile(self, log_type: str, log_dir: str | None, name: str) -> str:
         """Create the log file for `log_type` (`stdout`, `stderr`) and return its path.
 
         The task name is made safe for the file system (see `jobfleet.core.naming`), so no
-        name can produce a path outside `log_dir` or one that is too long.
+        name can produce a path outside `log_dir` or one that is too long. Without a `log_dir`
+        (Jobmon passes None for a task that keeps no logs; an empty one is taken alike) the
+        path is `/dev/null`, as in Jobmon's own worker nodes.
         """
+        if not log_dir:
+            return os.devnull
         suffix = f".{log_type}.{self.distributor_id or 'local'}"
         path = os.path.join(log_dir, safe_file_name(name, suffix))
         os.makedirs(log_dir, exist_ok=True)
@@ -299,8 +303,12 @@ def _signature_problem(
     except (TypeError, ValueError):
         return ""  # builtins without a signature cannot be checked; let them through
     args, kwargs = shape
+    # Through the class, a plain method still wants its `self`; a static method (as Jobmon's
+    # sequential and dummy worker nodes have) wants none, and a class method has its class.
+    raw = inspect.getattr_static(cls, member, None)
+    receiver = () if isinstance(raw, staticmethod | classmethod) else (None,)
     try:
-        signature.bind(None, *args, **kwargs)
+        signature.bind(*receiver, *args, **kwargs)
     except TypeError as exc:
         return f"{cls.__name__}.{member}{signature} does not accept the protocol's call: {exc}"
     return ""

@@ -22,8 +22,8 @@ from jobfleet.core import wrapper
 from jobfleet.core.channel import (
     PROTOCOL_VERSION,
     Channel,
-    EventKind,
     EventWriter,
+    FinalReport,
     TaskSpec,
     open_channel,
 )
@@ -195,9 +195,8 @@ def _fail(writer: EventWriter | None, state: ErrorState, message: str) -> None:
     if writer is None:
         return
     record = ExitRecord(ExitReason.LAUNCHER_ERROR, message=message)
-    data = {"error_state": state.value, "message": message, "exit": record.to_dict(), "usage": None}
     try:
-        writer.send(EventKind.FINAL, data, durable=True)
+        writer.send_report(FinalReport(state, message, exit=record), durable=True)
     except Exception as exc:  # nothing left to report through
         _say(f"the final report could not be sent either: {exc}")
 

@@ -19,22 +19,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jobfleet.core import process_tree
-from jobfleet.core.channel import EventKind, EventWriter, TaskSpec
+from jobfleet.core.channel import (
+    EventWriter,
+    FinalReport,
+    HeartbeatReport,
+    RunningReport,
+    TaskSpec,
+    UsageReport,
+)
 from jobfleet.core.cluster_protocol import ClusterWorkerNode
-from jobfleet.core.errors import JobfleetError
+from jobfleet.core.errors import ChannelError, JobfleetError
 from jobfleet.core.exit_info import ErrorState, ExitRecord
 from jobfleet.core.wrapper import DEFAULT_CGROUP, DEFAULT_KILL_GRACE
 from jobfleet.worker_node.cgroup import TaskCgroup, current_memory_cgroup
 from jobfleet.worker_node.outcome import Observation, classify
 from jobfleet.worker_node.output import OutputPump
-from jobfleet.worker_node.usage import (
-    TreeSample,
-    TreeSampler,
-    combine,
-    current_rss,
-    gpu_usage,
-    rusage_sum,
-)
+from jobfleet.worker_node.sampler import TreeSample, TreeSampler
+from jobfleet.worker_node.usage import combine, current_rss, gpu_usage, rusage_sum
 
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
 STOPPING_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
@@ -168,12 +169,13 @@ class TaskRunner:
             memory_limit=self.spec.memory or (enclosing.limit() if enclosing is not None else None),
             memory_peak=_peak(sample, cgroup),
         )
-        usage_stats = self._usage(
-            sample, [usage, *orphan_usages], wallclock, cgroup, wrapper_rss, cgroup_note
+        notes = [pump.log_error for pump in pumps if pump.log_error]
+        usage_report = self._usage(
+            sample, [usage, *orphan_usages], wallclock, cgroup, wrapper_rss, cgroup_note, notes
         )
         record = classify(seen)
-        notes = [pump.log_error for pump in pumps if pump.log_error]
-        self._send_final(record, usage_stats, pumps, log_paths, notes)
+        tails = (pumps[0].tail.text(), pumps[1].tail.text())
+        self._send_final(record, usage_report, tails, log_paths, notes)
         return _exit_code(status)
 
     # -- starting -----------------------------------------------------------------------------
@@ -222,17 +224,15 @@ class TaskRunner:
     def _send_running(
         self, process: subprocess.Popen[bytes], log_paths: dict[str, str | None]
     ) -> None:
-        self.writer.send(
-            EventKind.RUNNING,
-            {
-                "hostname": self._hostname,
-                "pid": process.pid,
-                "wrapper_pid": os.getpid(),
-                "distributor_id": self.node.distributor_id,
-                "stdout_path": log_paths["stdout"],
-                "stderr_path": log_paths["stderr"],
-            },
+        report = RunningReport(
+            hostname=self._hostname,
+            pid=process.pid,
+            wrapper_pid=os.getpid(),
+            distributor_id=self.node.distributor_id,
+            stdout_path=log_paths["stdout"],
+            stderr_path=log_paths["stderr"],
         )
+        self.writer.send_report(report)
 
     def _start_pumps(
         self, process: subprocess.Popen[bytes], log_paths: dict[str, str | None]
@@ -282,9 +282,8 @@ class TaskRunner:
         # A thread of its own, so that neither a silent task nor a flood of output delays it.
         def beat() -> None:
             while not self._run.finished.wait(self.spec.heartbeat_interval):
-                data = {"rss": sampler.current_bytes}
                 try:
-                    self.writer.send(EventKind.HEARTBEAT, data)
+                    self.writer.send_report(HeartbeatReport(rss=sampler.current_bytes))
                 except Exception:  # noqa: S112 - a lost heartbeat must not stop the task
                     continue
 
@@ -358,7 +357,8 @@ class TaskRunner:
         cgroup: TaskCgroup | None,
         wrapper_rss: int | None,
         cgroup_note: str,
-    ) -> dict[str, Any]:
+        notes: list[str],
+    ) -> UsageReport:
         stats = combine(
             sample=sample,
             children_rusage=rusage_sum(usages),
@@ -371,59 +371,46 @@ class TaskRunner:
         details = json.loads(stats["usage_str"])
         details["task_cgroup"] = str(cgroup.path) if cgroup is not None else cgroup_note
         stats["usage_str"] = json.dumps(details)
+        measured = UsageReport.from_dict(stats)
         attach = getattr(self.node, "attach_usage", None)
         if attach is None:
-            return stats
+            return measured
         attach(lambda: stats)
-        return self.node.get_usage_stats()
+        try:
+            return UsageReport.from_dict(self.node.get_usage_stats())
+        except ChannelError as exc:
+            # A backend's figures the host could not read: send the wrapper's own instead.
+            notes.append(f"the worker node's usage was unusable, the wrapper's is sent: {exc}")
+            return measured
 
     def _send_final(
         self,
         record: ExitRecord,
-        usage: dict[str, Any],
-        pumps: list[OutputPump],
+        usage: UsageReport | None,
+        tails: tuple[str, str],
         log_paths: dict[str, str | None],
         notes: list[str],
     ) -> None:
         state, message = _error_state(self.node, record)
         if notes:
             message = f"{message} ({'; '.join(notes)})"
-        self.writer.send(
-            EventKind.FINAL,
-            {
-                "error_state": state,
-                "message": message,
-                "exit": record.to_dict(),
-                "usage": usage,
-                "stdout_tail": pumps[0].tail.text(),
-                "stderr_tail": pumps[1].tail.text(),
-                "stdout_path": log_paths["stdout"],
-                "stderr_path": log_paths["stderr"],
-                "distributor_id": self.node.distributor_id,
-                "hostname": self._hostname,
-            },
-            durable=True,
+        report = FinalReport(
+            error_state=state,
+            message=message,
+            exit=record,
+            usage=usage,
+            stdout_tail=tails[0],
+            stderr_tail=tails[1],
+            stdout_path=log_paths["stdout"],
+            stderr_path=log_paths["stderr"],
+            distributor_id=self.node.distributor_id,
+            hostname=self._hostname,
         )
+        self.writer.send_report(report, durable=True)
 
     def _report_not_started(self, error: str, log_paths: dict[str, str | None]) -> int:
         record = classify(Observation(wait_status=None, start_error=error))
-        state, message = _error_state(self.node, record)
-        self.writer.send(
-            EventKind.FINAL,
-            {
-                "error_state": state,
-                "message": message,
-                "exit": record.to_dict(),
-                "usage": None,
-                "stdout_tail": "",
-                "stderr_tail": "",
-                "stdout_path": log_paths["stdout"],
-                "stderr_path": log_paths["stderr"],
-                "distributor_id": self.node.distributor_id,
-                "hostname": self._hostname,
-            },
-            durable=True,
-        )
+        self._send_final(record, None, ("", ""), log_paths, [])
         return 127
 
 
@@ -434,7 +421,7 @@ class LogDirectoryError(JobfleetError):
         super().__init__(f"The {stream} log cannot be created in {directory}: {cause}")
 
 
-def _error_state(node: ClusterWorkerNode, record: ExitRecord) -> tuple[str, str]:
+def _error_state(node: ClusterWorkerNode, record: ExitRecord) -> tuple[ErrorState, str]:
     """Ask the backend: the structured way when it has it, Jobmon's way otherwise."""
     structured = getattr(node, "error_state_for", None)
     if structured is not None:
@@ -442,7 +429,7 @@ def _error_state(node: ClusterWorkerNode, record: ExitRecord) -> tuple[str, str]
     else:
         code = record.exit_code if record.exit_code is not None else 128 + (record.signal or 0)
         state, message = node.get_exit_info(code, record.message)
-    return ErrorState(state).value, message
+    return ErrorState(state), message
 
 
 def _exit_code(status: int) -> int:

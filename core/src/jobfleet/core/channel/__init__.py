@@ -16,7 +16,18 @@ from jobfleet.core.errors import ChannelError, ProtocolVersionError
 
 from .base import Channel, EventCursor, EventWriter, new_writer_token
 from .file import FileChannel
-from .messages import PROTOCOL_VERSION, Event, EventKind, TaskSpec
+from .messages import (
+    PROTOCOL_VERSION,
+    Event,
+    EventKind,
+    FinalReport,
+    HeartbeatReport,
+    Report,
+    RunningReport,
+    TaskSpec,
+    UsageReport,
+    read_report,
+)
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -27,11 +38,17 @@ __all__ = [
     "EventKind",
     "EventWriter",
     "FileChannel",
+    "FinalReport",
+    "HeartbeatReport",
     "ProtocolVersionError",
+    "Report",
+    "RunningReport",
     "TaskSpec",
     "TransportFactory",
+    "UsageReport",
     "new_writer_token",
     "open_channel",
+    "read_report",
     "register_transport",
     "transport_schemes",
 ]

@@ -21,7 +21,7 @@ from typing import Any, Self
 from jobfleet.core.errors import ChannelError
 from jobfleet.core.naming import safe_name
 
-from .messages import Event, EventKind, TaskSpec, parse_kind
+from .messages import Event, EventKind, Report, TaskSpec, parse_kind
 
 __all__ = ["Channel", "EventCursor", "EventWriter", "new_writer_token"]
 
@@ -99,8 +99,9 @@ class EventWriter(ABC):
     ) -> Event:
         """Send one event and return it; `durable=True` waits until it survives a crash.
 
-        The wrapper sends its final report durably. A send that fails raises ChannelError;
-        its sequence number may then stay unused, so sequences can have gaps but never repeat.
+        `data` must read as the report of `kind` (`send_report` builds it from a typed report).
+        The wrapper sends its final report durably. A send that fails raises ChannelError; its
+        sequence number may then stay unused, so sequences can have gaps but never repeat.
         """
         kind = parse_kind(kind)
         with self._lock:
@@ -117,10 +118,16 @@ class EventWriter(ABC):
                 time=time.time(),
                 data=dict(data or {}),
             )
-            line = event.to_line()  # fails before using the number if the data is not JSON
+            # Both fail before the number is used: data that is not JSON, or not a report.
+            line = event.to_line()
+            _ = event.report
             self._sequence += 1
             self._deliver(event, line, durable=durable)
             return event
+
+    def send_report(self, report: Report, *, durable: bool = False) -> Event:
+        """Send a typed report as an event of its kind; see `send`."""
+        return self.send(report.kind, report.to_dict(), durable=durable)
 
     def close(self) -> None:
         """Release the writer; later sends raise ChannelError. Closing twice is harmless."""

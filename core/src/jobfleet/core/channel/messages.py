@@ -8,19 +8,34 @@ version it was written for; a reader of another version refuses it rather than g
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, ClassVar, Final, Self, TypeVar
 
 from jobfleet.core.errors import ChannelError, ProtocolVersionError
+from jobfleet.core.exit_info import ErrorState, ExitReason, ExitRecord
 
-__all__ = ["PROTOCOL_VERSION", "Event", "EventKind", "TaskSpec"]
+__all__ = [
+    "PROTOCOL_VERSION",
+    "Event",
+    "EventKind",
+    "FinalReport",
+    "HeartbeatReport",
+    "Report",
+    "RunningReport",
+    "TaskSpec",
+    "UsageReport",
+    "read_report",
+]
 
 PROTOCOL_VERSION: Final = 1
+
+_T = TypeVar("_T")
 
 
 def _type_name(value: object) -> str:
@@ -184,6 +199,236 @@ class EventKind(enum.StrEnum):
     """The one final report: error state, exit record, usage, log tails."""
 
 
+# Reports: what the data of each kind of event says. The wrapper builds them; a host reads them
+# back through `Event.report`. Every field but a final report's error state may be left out, so
+# a writer of an older release (or another language) that knows fewer fields is still read.
+
+
+def _object(what: str, value: object) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ChannelError(f"A {what} must be a JSON object, not {_type_name(value)}.")
+    return value
+
+
+def _known_fields(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of dataclass `cls` that `data` has; unknown keys are left behind."""
+    return {f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data}
+
+
+def _check_amount(what: str, name: str, value: object) -> float | None:
+    """A non-negative finite number, or None."""
+    if value is None:
+        return None
+    if (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    ):
+        return float(value)
+    raise _field_error(what, name, "a non-negative number or null", value)
+
+
+def _check_text(what: str, name: str, value: object) -> str:
+    """A string; null reads as the empty string."""
+    _check_str(what, name, value, nullable=True)
+    return "" if value is None else str(value)
+
+
+def _check_distributor_id(what: str, value: object) -> str | None:
+    """The backend's id as a string: some backends number their jobs."""
+    if value is None or isinstance(value, str):
+        return value
+    if _is_int(value):
+        return str(value)
+    raise _field_error(what, "distributor_id", "a string or null", value)
+
+
+def _check_choice(what: str, name: str, value: object, choices: tuple[str, ...]) -> None:
+    if not (isinstance(value, str) and value in choices):
+        raise _field_error(what, name, f"one of {', '.join(choices)}", value)
+
+
+_ERROR_STATES: Final = tuple(state.value for state in ErrorState)
+_EXIT_REASONS: Final = tuple(reason.value for reason in ExitReason)
+
+
+def _exit_record(value: object) -> ExitRecord:
+    """An `ExitRecord` read from its `to_dict` form, checking each field."""
+    what = "exit record"
+    data = _object(what, value)
+    if "reason" not in data:
+        raise ChannelError("The exit record has no 'reason' field, which is required.")
+    _check_choice(what, "reason", data["reason"], _EXIT_REASONS)
+    exit_code = data.get("exit_code")
+    if exit_code is not None and not _is_int(exit_code):
+        raise _field_error(what, "exit_code", "an integer or null", exit_code)
+    _check_int(what, "signal", data.get("signal"), nullable=True)
+    core_dumped = data.get("core_dumped", False)
+    if not isinstance(core_dumped, bool):
+        raise _field_error(what, "core_dumped", "true or false", core_dumped)
+    _check_str(what, "raw_state", data.get("raw_state"), nullable=True)
+    return ExitRecord(
+        ExitReason(data["reason"]),
+        exit_code=exit_code,
+        signal=data.get("signal"),
+        core_dumped=core_dumped,
+        raw_state=data.get("raw_state"),
+        message=_check_text(what, "message", data.get("message")),
+    )
+
+
+class _Report:
+    """What the report classes share: their JSON form, read and written field by field."""
+
+    __slots__ = ()
+    _what: ClassVar[str]
+    """How messages name the report."""
+    _required: ClassVar[tuple[str, ...]] = ()
+    """The fields a reader refuses the report without."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready form: an event's data (a final report's `usage`)."""
+        fields = dataclasses.fields(self)  # type: ignore[arg-type]
+        return {f.name: _json_ready(getattr(self, f.name)) for f in fields}
+
+    @classmethod
+    def from_dict(cls, data: object) -> Self:
+        """Read the JSON form; unknown keys are ignored, and a wrong value is named."""
+        fields = _known_fields(cls, _object(cls._what, data))
+        for name in cls._required:
+            if name not in fields:
+                raise ChannelError(f"The {cls._what} has no {name!r} field, which is required.")
+        return cls(**fields)
+
+
+def _json_ready(value: object) -> object:
+    """A field's JSON form: an enum's value, a nested record's dict, anything else as it is."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    to_dict = getattr(value, "to_dict", None)
+    return to_dict() if to_dict is not None else value
+
+
+@dataclass(frozen=True, slots=True)
+class UsageReport(_Report):
+    """What a task used, as the wrapper (or the backend's worker node) measured it.
+
+    `maxrss` in bytes, `cpu` and `wallclock` in seconds, `usage_str` a JSON text of details for
+    people; None where nothing was measured.
+    """
+
+    _what: ClassVar[str] = "usage"
+    maxrss: int | None = None
+    cpu: float | None = None
+    wallclock: float | None = None
+    usage_str: str | None = None
+
+    def __post_init__(self) -> None:
+        what = self._what
+        maxrss = _check_amount(what, "maxrss", self.maxrss)
+        object.__setattr__(self, "maxrss", None if maxrss is None else int(maxrss))
+        object.__setattr__(self, "cpu", _check_amount(what, "cpu", self.cpu))
+        object.__setattr__(self, "wallclock", _check_amount(what, "wallclock", self.wallclock))
+        _check_str(what, "usage_str", self.usage_str, nullable=True)
+
+
+@dataclass(frozen=True, slots=True)
+class RunningReport(_Report):
+    """The command has started: where, under which pids, and where its logs go."""
+
+    kind: ClassVar[EventKind] = EventKind.RUNNING
+    _what: ClassVar[str] = "running report"
+    hostname: str | None = None
+    pid: int | None = None
+    """The command's pid (it leads its own process group)."""
+    wrapper_pid: int | None = None
+    distributor_id: str | None = None
+    stdout_path: str | None = None
+    stderr_path: str | None = None
+
+    def __post_init__(self) -> None:
+        what = self._what
+        _check_str(what, "hostname", self.hostname, nullable=True)
+        _check_int(what, "pid", self.pid, nullable=True)
+        _check_int(what, "wrapper_pid", self.wrapper_pid, nullable=True)
+        object.__setattr__(self, "distributor_id", _check_distributor_id(what, self.distributor_id))
+        _check_str(what, "stdout_path", self.stdout_path, nullable=True)
+        _check_str(what, "stderr_path", self.stderr_path, nullable=True)
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatReport(_Report):
+    """The wrapper is alive; `rss` is the task tree's memory at the last sample (bytes)."""
+
+    kind: ClassVar[EventKind] = EventKind.HEARTBEAT
+    _what: ClassVar[str] = "heartbeat report"
+    rss: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_int(self._what, "rss", self.rss, nullable=True)
+
+
+@dataclass(frozen=True, slots=True)
+class FinalReport(_Report):
+    """How the task ended: the one report a wrapper sends last, durably.
+
+    `error_state` is the only required field: the backend's verdict (Jobmon's letters), with
+    `message` for people. `exit` is the structured exit record and `usage` what the task used;
+    both are None when the command never ran. The tails are the last bytes of each stream,
+    decoded; the paths are its log files (None when the spec asked for none).
+    """
+
+    kind: ClassVar[EventKind] = EventKind.FINAL
+    _what: ClassVar[str] = "final report"
+    _required: ClassVar[tuple[str, ...]] = ("error_state",)
+    error_state: ErrorState
+    message: str = ""
+    exit: ExitRecord | None = None
+    usage: UsageReport | None = None
+    stdout_tail: str = ""
+    stderr_tail: str = ""
+    stdout_path: str | None = None
+    stderr_path: str | None = None
+    distributor_id: str | None = None
+    hostname: str | None = None
+
+    def __post_init__(self) -> None:
+        what = self._what
+        _check_choice(what, "error_state", self.error_state, _ERROR_STATES)
+        object.__setattr__(self, "error_state", ErrorState(self.error_state))
+        for name in ("message", "stdout_tail", "stderr_tail"):
+            object.__setattr__(self, name, _check_text(what, name, getattr(self, name)))
+        if self.exit is not None and not isinstance(self.exit, ExitRecord):
+            object.__setattr__(self, "exit", _nested(what, "exit", _exit_record, self.exit))
+        if self.usage is not None and not isinstance(self.usage, UsageReport):
+            usage = _nested(what, "usage", UsageReport.from_dict, self.usage)
+            object.__setattr__(self, "usage", usage)
+        for name in ("stdout_path", "stderr_path", "hostname"):
+            _check_str(what, name, getattr(self, name), nullable=True)
+        object.__setattr__(self, "distributor_id", _check_distributor_id(what, self.distributor_id))
+
+
+def _nested(what: str, name: str, read: Callable[[Mapping[str, Any]], _T], value: object) -> _T:
+    """Read the object in field `name`, or say that the field holds no object."""
+    if not isinstance(value, Mapping):
+        raise _field_error(what, name, "an object or null", value)
+    return read(value)
+
+
+Report = RunningReport | HeartbeatReport | FinalReport
+"""The typed data of an event, one class per `EventKind`."""
+
+_REPORTS: Final[Mapping[EventKind, type[Report]]] = {
+    report.kind: report for report in (RunningReport, HeartbeatReport, FinalReport)
+}
+
+
+def read_report(kind: EventKind, data: object) -> Report:
+    """The report of a `kind` event from its data; ChannelError naming the field that is wrong."""
+    return _REPORTS[kind].from_dict(data)
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """One record a wrapper sends to the host.
@@ -191,6 +436,10 @@ class Event:
     `writer` is a token unique to one wrapper run and `sequence` counts that writer's events
     from 0, so `(writer, sequence)` identifies an event: a host that may see an event twice
     (after resuming from an older cursor) drops the repeat by that pair.
+
+    `data` is the report as it travelled (a JSON object, unknown keys included) and `report`
+    its typed form. An event read from a channel, or sent by an `EventWriter`, has been
+    checked already: a malformed report never gets that far.
     """
 
     kind: EventKind
@@ -199,6 +448,20 @@ class Event:
     sequence: int
     time: float
     data: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    _report: Report | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def report(self) -> Report:
+        """The typed data: a `RunningReport`, `HeartbeatReport` or `FinalReport` by `kind`.
+
+        Read from `data` once; ChannelError, naming the field, if `data` is no such report
+        (only an event built by hand can get here with one).
+        """
+        report = self._report
+        if report is None:
+            report = read_report(self.kind, self.data)
+            object.__setattr__(self, "_report", report)
+        return report
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready form."""
@@ -237,7 +500,7 @@ class Event:
 
     @classmethod
     def from_dict(cls, data: object) -> Event:
-        """Read the form `to_dict` writes, checking each field."""
+        """Read the form `to_dict` writes, checking each field and the report."""
         if not isinstance(data, Mapping):
             raise ChannelError(f"An event must be a JSON object, not {_type_name(data)}.")
         for name in ("kind", "task_instance_id", "writer", "sequence", "time"):
@@ -252,7 +515,7 @@ class Event:
         payload = data.get("data", {})
         if not isinstance(payload, Mapping):
             raise _field_error(what, "data", "an object", payload)
-        return cls(
+        event = cls(
             kind=parse_kind(data["kind"]),
             task_instance_id=data["task_instance_id"],
             writer=data["writer"],
@@ -260,6 +523,8 @@ class Event:
             time=float(data["time"]),
             data=payload,
         )
+        _ = event.report  # checked now, so that a reader skips a malformed report
+        return event
 
 
 def parse_kind(value: object) -> EventKind:

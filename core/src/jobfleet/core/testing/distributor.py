@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Protocol
 
 import pytest
 
+from jobfleet.core.channel import FinalReport, RunningReport
 from jobfleet.core.cluster_protocol import ClusterDistributor
 from jobfleet.core.exit_info import ErrorState, ExitReason, RemoteExitInfo
 from jobfleet.core.testing.capabilities import Capabilities
@@ -406,22 +407,22 @@ class DistributorTests:
             for _ in range(2)
         ]
         for job in long[:at_once]:
-            kit_host.wait_running(job.task_instance_id)
+            kit_host.wait_report(RunningReport, job.task_instance_id)
         ids = [job.distributor_id for job in long]
         distributor.terminate_task_instances(ids)
         assert distributor.get_submitted_or_running(ids) == set(), (
             "instances are still listed after terminate_task_instances returned"
         )
         short = kit_host.submit(distributor, "true", resources=self.with_cores(task_resources))
-        assert kit_host.wait_final(short.task_instance_id)["error_state"] == "D"
+        assert kit_host.wait_report(FinalReport, short.task_instance_id).error_state == "D"
         reports = {
-            task_instance_id: [final["error_state"] for final in finals]
-            for task_instance_id, finals in kit_host.finals().items()
+            task_instance_id: [final.error_state for final in finals]
+            for task_instance_id, finals in kit_host.final_reports().items()
             if task_instance_id != short.task_instance_id
         }
         # K is the wrapper's acknowledgement of the kill; any other letter is a terminal report.
         assert all(states == ["K"] for states in reports.values()), reports
-        assert len(kit_host.finals()[short.task_instance_id]) == 1
+        assert len(kit_host.final_reports()[short.task_instance_id]) == 1
 
     def test_a_killed_queued_job_never_starts(
         self,
@@ -435,7 +436,7 @@ class DistributorTests:
         one_core = self.with_cores(task_resources)
         fillers = [kit_host.submit(distributor, LONG, resources=one_core) for _ in range(slots)]
         for job in fillers:
-            kit_host.wait_running(job.task_instance_id)
+            kit_host.wait_report(RunningReport, job.task_instance_id)
         queued = kit_host.submit(distributor, "true", resources=one_core)
         distributor.terminate_task_instances([queued.distributor_id])
         assert distributor.get_submitted_or_running([queued.distributor_id]) == set()
@@ -443,9 +444,10 @@ class DistributorTests:
         # before a job submitted later, whose report tells that the backend moved on.
         distributor.terminate_task_instances([job.distributor_id for job in fillers])
         witness = kit_host.submit(distributor, "true", resources=one_core)
-        assert kit_host.wait_final(witness.task_instance_id)["error_state"] == "D"
+        assert kit_host.wait_report(FinalReport, witness.task_instance_id).error_state == "D"
         assert queued.task_instance_id not in kit_host.started(), "the killed queued job ran"
-        states = [f["error_state"] for f in kit_host.finals().get(queued.task_instance_id, [])]
+        finals = kit_host.final_reports().get(queued.task_instance_id, [])
+        states = [final.error_state.value for final in finals]
         assert set(states) <= {"K"}, f"the killed queued job was reported {states}"
 
     def _start_escaping_task(
@@ -515,10 +517,10 @@ class DistributorTests:
                 distributor, show, resources=resources, env={"JOBFLEET_KIT_JOB": "job one"}
             )
             without = kit_host.submit(distributor, show, resources=resources)
-            first = kit_host.wait_final(with_job.task_instance_id)
-            second = kit_host.wait_final(without.task_instance_id)
-        assert first["stdout_tail"] == "batch wide|job one"
-        assert second["stdout_tail"] == "batch wide|unset", "a job's variable leaked to another"
+            first = kit_host.wait_report(FinalReport, with_job.task_instance_id)
+            second = kit_host.wait_report(FinalReport, without.task_instance_id)
+        assert first.stdout_tail == "batch wide|job one"
+        assert second.stdout_tail == "batch wide|unset", "a job's variable leaked to another"
 
     def test_arguments_survive_quoting(
         self, distributor: ClusterDistributor, kit_host: KitHost, task_resources: dict[str, Any]
@@ -526,9 +528,9 @@ class DistributorTests:
         self.require("runs_commands")
         command = shlex.join(["sh", "-c", 'printf "[%s]" "$@"', "_", *AWKWARD_ARGUMENTS])
         job = kit_host.submit(distributor, command, resources=self.with_cores(task_resources))
-        final = kit_host.wait_final(job.task_instance_id)
-        assert final["error_state"] == "D", final["message"]
-        assert final["stdout_tail"] == "".join(f"[{arg}]" for arg in AWKWARD_ARGUMENTS)
+        final = kit_host.wait_report(FinalReport, job.task_instance_id)
+        assert final.error_state == "D", final.message
+        assert final.stdout_tail == "".join(f"[{arg}]" for arg in AWKWARD_ARGUMENTS)
 
     def test_array_steps_run_their_own_commands(
         self, distributor: ClusterDistributor, kit_host: KitHost, task_resources: dict[str, Any]
@@ -537,9 +539,9 @@ class DistributorTests:
         self.require("arrays")
         commands = [f'echo "task {n} step $JOBFLEET_ARRAY_STEP_ID"' for n in range(5)]
         steps = kit_host.submit_array(distributor, commands, self.with_cores(task_resources))
-        finals = [kit_host.wait_final(step.task_instance_id) for step in steps]
-        assert [f["stdout_tail"] for f in finals] == [f"task {n} step {n}\n" for n in range(5)]
-        assert [f["error_state"] for f in finals] == ["D"] * 5
+        finals = [kit_host.wait_report(FinalReport, step.task_instance_id) for step in steps]
+        assert [f.stdout_tail for f in finals] == [f"task {n} step {n}\n" for n in range(5)]
+        assert [f.error_state for f in finals] == ["D"] * 5
 
     # -- real commands: reporting (contract 1) ------------------------------------------------
 
@@ -553,19 +555,17 @@ class DistributorTests:
         ]
         expected = {job.task_instance_id for job in jobs}
         timeout = DEFAULT_TIMEOUT + self.many_jobs  # a second per job on the slowest machine
-        wait_for(lambda: expected <= set(kit_host.finals()), "every job's report", timeout)
+        wait_for(lambda: expected <= set(kit_host.final_reports()), "every job's report", timeout)
         ids = [job.distributor_id for job in jobs]
         wait_for(lambda: not distributor.get_submitted_or_running(ids), "every job to end")
         # Nothing runs any more, so every report there will ever be is in the channel now.
-        finals = kit_host.finals()
+        finals = kit_host.final_reports()
         assert set(finals) == expected, (
             f"reports of instances never submitted: {set(finals) - expected}"
         )
         repeated = {ti: len(reports) for ti, reports in finals.items() if len(reports) > 1}
         assert repeated == {}, f"instances reported more than once: {repeated}"
-        not_done = {
-            ti: r[0]["error_state"] for ti, r in finals.items() if r[0]["error_state"] != "D"
-        }
+        not_done = {ti: r[0].error_state for ti, r in finals.items() if r[0].error_state != "D"}
         assert not_done == {}
 
     # -- real commands: scheduling --------------------------------------------------------------
@@ -594,9 +594,9 @@ class DistributorTests:
         jobs = [
             kit_host.submit(distributor, command, resources=resources) for _ in range(expected + 1)
         ]
-        finals = [kit_host.wait_final(job.task_instance_id) for job in jobs]
-        assert [f["error_state"] for f in finals] == ["D"] * len(jobs), finals
-        intervals = [tuple(map(float, f["stdout_tail"].split())) for f in finals]
+        finals = [kit_host.wait_report(FinalReport, job.task_instance_id) for job in jobs]
+        assert [f.error_state for f in finals] == ["D"] * len(jobs), finals
+        intervals = [tuple(map(float, f.stdout_tail.split())) for f in finals]
         peak = peak_overlap([(start, end) for start, end in intervals])
         assert peak == expected, (
             f"{peak} jobs of {cores} core(s) ran at once; {available} cores allow {expected}"
@@ -613,12 +613,12 @@ class DistributorTests:
         available = self.require_cores(cores_available, at_least=2)
         small = self.with_cores(task_resources)
         first = kit_host.submit(distributor, LONG, resources=small)
-        kit_host.wait_running(first.task_instance_id)
+        kit_host.wait_report(RunningReport, first.task_instance_id)
         big = kit_host.submit(
             distributor, LONG, resources=self.with_cores(task_resources, available)
         )
         later = kit_host.submit(distributor, LONG, resources=small)
-        kit_host.wait_running(later.task_instance_id)
+        kit_host.wait_report(RunningReport, later.task_instance_id)
         assert big.task_instance_id not in kit_host.started(), (
             "the job needing every core started while one was taken"
         )
@@ -635,8 +635,8 @@ class DistributorTests:
         # The backend's share covers the wrapper too; the spec's 100 MiB is what must bite.
         resources = {**self.with_cores(task_resources), "memory": "1G"}
         job = kit_host.submit(distributor, hog, resources=resources, memory=100 * MIB)
-        final = kit_host.wait_final(job.task_instance_id)
-        assert (final["error_state"], final["exit"]["reason"]) == ("Z", "oom"), final["message"]
+        final = kit_host.wait_report(FinalReport, job.task_instance_id)
+        assert (final.error_state, _reason(final)) == ("Z", "oom"), final.message
 
     def test_runtime_limit_is_a_resource_error(
         self, distributor: ClusterDistributor, kit_host: KitHost, task_resources: dict[str, Any]
@@ -645,8 +645,8 @@ class DistributorTests:
         self.require("limits_runtime")
         resources = self.with_cores(task_resources)
         job = kit_host.submit(distributor, LONG, resources=resources, runtime=1)
-        final = kit_host.wait_final(job.task_instance_id)
-        assert (final["error_state"], final["exit"]["reason"]) == ("Z", "timeout"), final["message"]
+        final = kit_host.wait_report(FinalReport, job.task_instance_id)
+        assert (final.error_state, _reason(final)) == ("Z", "timeout"), final.message
 
     def test_a_wrapper_that_never_reported_is_read_with_the_shared_table(
         self,
@@ -695,9 +695,12 @@ class DistributorTests:
         self.require("runs_commands")
         self.require("local_processes")
         job = kit_host.submit(distributor, LONG, resources=self.with_cores(task_resources))
-        running = kit_host.wait_running(job.task_instance_id)
+        running = kit_host.wait_report(RunningReport, job.task_instance_id)
+        wrapper_pid, pid = running.wrapper_pid, running.pid
+        assert wrapper_pid is not None, f"no wrapper pid in {running}"
+        assert pid is not None, f"no pid in {running}"
         try:
-            os.kill(running["wrapper_pid"], signal.SIGKILL)
+            os.kill(wrapper_pid, signal.SIGKILL)
             wait_for(
                 lambda: not distributor.get_submitted_or_running([job.distributor_id]),
                 "the backend to notice that the wrapper is gone",
@@ -708,12 +711,17 @@ class DistributorTests:
             )
             # Contract 6: after stop(), not even the task the dead wrapper left behind runs.
             distributor.stop()
-            wait_for(lambda: not _alive(running["pid"]), "the dead wrapper's task to be ended")
+            wait_for(lambda: not _alive(pid), "the dead wrapper's task to be ended")
         finally:
             # A failing backend must not leave the task running after the test.
-            _kill_group(running["pid"])
+            _kill_group(pid)
         state, message = _state_and_message(info)
         assert state is ErrorState.UNKNOWN_ERROR, f"{state}: {message}"
+
+
+def _reason(final: FinalReport) -> str | None:
+    """The exit reason of a final report (None when it carries no exit record)."""
+    return final.exit.reason.value if final.exit is not None else None
 
 
 def _alive(pid: int) -> bool:

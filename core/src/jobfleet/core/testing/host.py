@@ -18,10 +18,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from jobfleet.core.channel import Channel, Event, EventCursor, EventKind, TaskSpec, open_channel
+from jobfleet.core.channel import (
+    Channel,
+    Event,
+    EventCursor,
+    EventKind,
+    FinalReport,
+    HeartbeatReport,
+    RunningReport,
+    TaskSpec,
+    open_channel,
+)
 from jobfleet.core.cluster_protocol import ClusterDistributor
 
 T = TypeVar("T")
+R = TypeVar("R", RunningReport, HeartbeatReport, FinalReport)
 
 DEFAULT_TIMEOUT = 120.0
 """Seconds a wait gives up after: generous, because CI machines are slow and shared."""
@@ -160,29 +171,54 @@ class KitHost:
         self.events()
         return list(self._events)
 
-    def seen(self, kind: EventKind, task_instance_id: int | None = None) -> list[dict[str, Any]]:
-        """The data of every event of `kind` read so far, of one instance or of all."""
+    def _matching(self, kind: EventKind, task_instance_id: int | None) -> list[Event]:
         self.events()
         return [
-            dict(event.data)
+            event
             for event in self._events
             if event.kind is kind
             and (task_instance_id is None or event.task_instance_id == task_instance_id)
         ]
 
-    def finals(self) -> dict[int, list[dict[str, Any]]]:
+    def reports(self, kind: type[R], task_instance_id: int | None = None) -> list[R]:
+        """The typed reports of `kind` read so far (e.g. `FinalReport`), of one instance or all."""
+        return [
+            event.report
+            for event in self._matching(kind.kind, task_instance_id)
+            if isinstance(event.report, kind)
+        ]
+
+    def final_reports(self) -> dict[int, list[FinalReport]]:
         """Every final report read so far, by task instance (a list, to show repeats)."""
-        self.events()
-        found: dict[int, list[dict[str, Any]]] = {}
-        for event in self._events:
-            if event.kind is EventKind.FINAL:
-                found.setdefault(event.task_instance_id, []).append(dict(event.data))
+        found: dict[int, list[FinalReport]] = {}
+        for event in self._matching(EventKind.FINAL, None):
+            if isinstance(event.report, FinalReport):
+                found.setdefault(event.task_instance_id, []).append(event.report)
         return found
+
+    def wait_report(
+        self, kind: type[R], task_instance_id: int, timeout: float = DEFAULT_TIMEOUT
+    ) -> R:
+        """The instance's first report of `kind`, once it has arrived."""
+        what = f"a {kind.kind.value} report of task instance {task_instance_id}"
+        return _first(lambda: self.reports(kind, task_instance_id), what, timeout)
 
     def started(self) -> set[int]:
         """The task instances that have sent a RUNNING event so far."""
-        self.events()
-        return {e.task_instance_id for e in self._events if e.kind is EventKind.RUNNING}
+        return {e.task_instance_id for e in self._matching(EventKind.RUNNING, None)}
+
+    # The data of the events as it travelled, for tests that look at the wire form.
+
+    def seen(self, kind: EventKind, task_instance_id: int | None = None) -> list[dict[str, Any]]:
+        """The data of every event of `kind` read so far, of one instance or of all."""
+        return [dict(event.data) for event in self._matching(kind, task_instance_id)]
+
+    def finals(self) -> dict[int, list[dict[str, Any]]]:
+        """The data of every final report read so far, by task instance."""
+        found: dict[int, list[dict[str, Any]]] = {}
+        for event in self._matching(EventKind.FINAL, None):
+            found.setdefault(event.task_instance_id, []).append(dict(event.data))
+        return found
 
     def wait_running(
         self, task_instance_id: int, timeout: float = DEFAULT_TIMEOUT
@@ -195,14 +231,21 @@ class KitHost:
         return self._wait_event(EventKind.FINAL, task_instance_id, timeout)
 
     def _wait_event(self, kind: EventKind, task_instance_id: int, timeout: float) -> dict[str, Any]:
-        def first() -> dict[str, Any] | None:
-            found = self.seen(kind, task_instance_id)
-            return found[0] if found else None
-
-        return wait_for(first, f"a {kind.value} event of task instance {task_instance_id}", timeout)
+        what = f"a {kind.value} event of task instance {task_instance_id}"
+        return _first(lambda: self.seen(kind, task_instance_id), what, timeout)
 
     def close(self) -> None:
         self.channel.close()
+
+
+def _first(found: Callable[[], list[T]], what: str, timeout: float) -> T:
+    """The first of what `found` lists, once it lists anything."""
+
+    def first() -> T | None:
+        items = found()
+        return items[0] if items else None
+
+    return wait_for(first, what, timeout)
 
 
 def hold_session_lock(root: Path) -> object:

@@ -8,12 +8,11 @@ import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from jobfleet.core.base_worker_node import BaseClusterWorkerNode
-from jobfleet.core.channel import Channel, EventKind, TaskSpec, open_channel
+from jobfleet.core.channel import Channel, FinalReport, TaskSpec, open_channel
 from jobfleet.core.cluster_protocol import ClusterWorkerNode
 from jobfleet.core.exit_info import ErrorState
 from jobfleet.core.plugins import PluginRegistry
@@ -123,12 +122,12 @@ class WorkerNodeTests:
 
     def _run(
         self, channel: Channel, args: list[str], env: dict[str, str]
-    ) -> dict[int, dict[str, Any]]:
+    ) -> dict[int, FinalReport]:
         environ = {k: v for k, v in os.environ.items() if not k.startswith("JOBFLEET_")}
         argv = [self._wrapper(), *args, "--cluster", self.cluster_name, "--host-url", channel.url]
         subprocess.run(argv, env={**environ, **env}, check=False, timeout=300, capture_output=True)
         events, _ = channel.read_events()
-        return {e.task_instance_id: dict(e.data) for e in events if e.kind is EventKind.FINAL}
+        return {e.task_instance_id: e.report for e in events if isinstance(e.report, FinalReport)}
 
     @pytest.mark.parametrize(("command", "state"), [("exit 0", "D"), ("exit 3", "E")])
     def test_wrapper_reports_through_this_worker_node(
@@ -143,8 +142,8 @@ class WorkerNodeTests:
         finals = self._run(
             channel, ["job", "--task-instance-id", "7"], task_environment("kit-7", None)
         )
-        assert finals[7]["error_state"] == state
-        assert finals[7]["distributor_id"] == "kit-7"
+        assert finals[7].error_state == state
+        assert finals[7].distributor_id == "kit-7"
 
     def test_wrapper_runs_the_step_this_worker_node_names(
         self, channel: Channel, task_environment: TaskEnvironment
@@ -155,4 +154,4 @@ class WorkerNodeTests:
         args = ["array", "--array-id", "4", "--batch-number", "1"]
         finals = self._run(channel, args, task_environment("kit-array", 2))
         assert list(finals) == [22]
-        assert finals[22]["error_state"] == "D"
+        assert finals[22].error_state == "D"
