@@ -27,6 +27,7 @@ from jobfleet.core.cli.common import console, json_option, ledger_option, open_l
 from jobfleet.core.errors import JobfleetError, ResourceError, UnknownClusterError
 from jobfleet.core.host import queries
 from jobfleet.core.host.ledger import (
+    FINAL_RUN_STATUSES,
     Array,
     Cluster,
     InstanceState,
@@ -35,7 +36,7 @@ from jobfleet.core.host.ledger import (
     Run,
     resolve_url,
 )
-from jobfleet.core.host.queries import FINAL_RUN_STATUSES, NotFoundError
+from jobfleet.core.host.queries import NotFoundError
 from jobfleet.core.plugins import default_registry
 from jobfleet.core.resources import (
     QueueLimits,

@@ -30,6 +30,7 @@ from jobfleet.core.cli.options import add_setting_options, setting_values
 from jobfleet.core.errors import JobfleetError
 from jobfleet.core.host import queries
 from jobfleet.core.host.ledger import (
+    FINAL_RUN_STATUSES,
     InstanceState,
     LeaseError,
     Ledger,
@@ -50,7 +51,6 @@ from jobfleet.core.host.taskfile import (
 from jobfleet.core.plugins import PluginStatus, default_registry
 from jobfleet.core.settings import SettingOption
 
-_FINAL = {RunStatus.DONE.value, RunStatus.FAILED.value, RunStatus.KILLED.value}
 _STATE_NAMES = {state.value: state.name.lower() for state in InstanceState}
 
 
@@ -217,7 +217,7 @@ def _drive(ledger: Ledger, run_id: int, as_json: bool) -> RunStatus:
     try:
         with _interrupts(service) as received, _progress_bar(as_json) as show:
             final = service.run_until_done(show)
-            if final.status.value not in _FINAL:  # stopped by a signal: carry out the kill
+            if final.status not in FINAL_RUN_STATUSES:  # stopped by a signal: carry out the kill
                 _request_run_kill(ledger, run_id, received[0])
                 service.clear_stop()
                 final = service.run_until_done(show)
@@ -454,7 +454,7 @@ def _request_kill(ledger: Ledger, run_ref: str | None, instance_ids: Sequence[in
             return run_id
         assert run_ref is not None
         run = queries.find_run(session, run_ref)
-        if run.status in _FINAL:
+        if run.status in FINAL_RUN_STATUSES:
             raise JobfleetError(f"Run {run.id} is already over ({run.status}).")
         if run.kill_requested_at is None:
             run.kill_requested_at = utcnow()
@@ -469,7 +469,7 @@ def _owner_is_alive(ledger: Ledger, run_id: int) -> bool:
 
 def _carry_out_kill(ledger: Ledger, run_id: int, *, whole_run: bool) -> None:
     with ledger.read_session() as session:
-        if session.scalar(select(Run.status).where(Run.id == run_id)) in _FINAL:
+        if session.scalar(select(Run.status).where(Run.id == run_id)) in FINAL_RUN_STATUSES:
             return
     service = DistributorService(ledger, run_id)
     service.start()
@@ -495,7 +495,7 @@ def _wait_killed(ledger: Ledger, run_id: int, instance_ids: Sequence[int], timeo
                 )
                 if pending is None:
                     return
-            elif session.scalar(select(Run.status).where(Run.id == run_id)) in _FINAL:
+            elif session.scalar(select(Run.status).where(Run.id == run_id)) in FINAL_RUN_STATUSES:
                 return
         time.sleep(0.2)  # polling another process's progress through the ledger
     raise JobfleetError(

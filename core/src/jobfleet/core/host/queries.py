@@ -29,7 +29,7 @@ from jobfleet.core.host.ledger.models import (
     TaskInstance,
     utcnow,
 )
-from jobfleet.core.host.ledger.states import InstanceState, RunStatus, TaskState
+from jobfleet.core.host.ledger.states import FINAL_RUN_STATUSES, InstanceState, TaskState
 from jobfleet.core.resources import MIB, parse_memory
 
 __all__ = [
@@ -53,9 +53,6 @@ __all__ = [
     "task_rows_statement",
     "usage_rows",
 ]
-
-# The statuses after which a run never changes again.
-FINAL_RUN_STATUSES: Final = frozenset({RunStatus.DONE, RunStatus.FAILED, RunStatus.KILLED})
 
 # Usage flags, in the order they are tried: the first that applies is the row's flag.
 OVER_REQUESTED: Final = "over-requested"

@@ -44,6 +44,7 @@ from jobfleet.core.host import queries
 from jobfleet.core.host.ledger import (
     ACTIVE_STATES,
     DEFAULT_LEASE,
+    FINAL_RUN_STATUSES,
     Array,
     Change,
     Cluster,
@@ -90,7 +91,6 @@ _ENDING_LETTERS = {
 _NO_SYNC = {"synchronize_session": False}
 # Attempts lost with a crashed host (never started) that are retried without counting.
 _MAX_FREE_RETRIES = 10
-_FINAL_RUN = (RunStatus.DONE, RunStatus.FAILED, RunStatus.KILLED)
 
 
 class ServiceError(JobfleetError):
@@ -182,7 +182,7 @@ class DistributorService:
             run = session.get(Run, self.run_id)
             if run is None:
                 raise ServiceError(f"There is no run {self.run_id} in {self.ledger.safe_url}.")
-            if RunStatus(run.status) in _FINAL_RUN:
+            if RunStatus(run.status) in FINAL_RUN_STATUSES:
                 raise ServiceError(f"Run {self.run_id} is already over ({run.status}).")
             self._take_lease(session)
             run.status = RunStatus.RUNNING.value
@@ -265,7 +265,7 @@ class DistributorService:
             progress = self.round()
             if on_progress is not None:
                 on_progress(progress)
-            if progress.status in _FINAL_RUN or self._stop.is_set():
+            if progress.status in FINAL_RUN_STATUSES or self._stop.is_set():
                 return progress
             pause = (
                 self.options.poll_interval

@@ -27,6 +27,7 @@ from jobfleet.core.host.ledger.models import (
 )
 from jobfleet.core.host.ledger.states import (
     ACTIVE_STATES,
+    FINAL_RUN_STATUSES,
     RETRYABLE_STATES,
     TERMINAL_STATES,
     TRANSITIONS,
@@ -48,6 +49,7 @@ __all__ = [
     "DEFAULT_LEASE",
     "DEFAULT_PATH",
     "ENV_VAR",
+    "FINAL_RUN_STATUSES",
     "RETRYABLE_STATES",
     "TERMINAL_STATES",
     "TRANSITIONS",
