@@ -64,12 +64,12 @@ from jobfleet.core.host.ledger import (
     utcnow,
 )
 from jobfleet.core.host.ledger.models import Event as LedgerEvent
+from jobfleet.core.host.queues import fit_request, queue_limits, queue_objects, request_queue
 from jobfleet.core.host.retry import DEFAULT_SCALE, decide_retry
-from jobfleet.core.host.runs import ServiceOptions, queue_objects
+from jobfleet.core.host.runs import ServiceOptions
 from jobfleet.core.naming import safe_name
 from jobfleet.core.plugins import PluginRegistry, default_registry
-from jobfleet.core.queue import DEFAULT_QUEUE
-from jobfleet.core.resources import QueueLimits, ResourceRequest
+from jobfleet.core.resources import ResourceRequest
 
 log = logging.getLogger(__name__)
 
@@ -631,7 +631,7 @@ class DistributorService:
                 select(Task).where(Task.id.in_({e.task_id for e in work.ended}))
             )
         }
-        limits = self._queue_limits()
+        limits = queue_limits(self.queues)
         retries, over = [], defaultdict(list)
         for ended in work.ended:
             task = tasks[ended.task_id]
@@ -732,17 +732,6 @@ class DistributorService:
             [_event_row(self.run_id, instance_id, kind, message, utcnow(), dict(details or {}))],
         )
 
-    def _queue_limits(self) -> dict[str, QueueLimits]:
-        limits = {}
-        for name, queue in self.queues.items():
-            found = getattr(queue, "limits", None)
-            limits[name] = (
-                found
-                if isinstance(found, QueueLimits)
-                else QueueLimits.from_parameters(queue.parameters)
-            )
-        return limits
-
     # -- submission -----------------------------------------------------------------------------
 
     def _submit_queued(self) -> bool:
@@ -777,18 +766,8 @@ class DistributorService:
         because validation and coercion are most of the cost of a submission."""
         key = json.dumps(resources, sort_keys=True, default=str)
         if key not in self._valid:
-            name = str(resources.get("queue") or DEFAULT_QUEUE)
-            queue = self.queues.get(name)
-            if queue is None:
-                self._valid[key] = (f"the queue {name!r} is not in the ledger", {}, [])
-            else:
-                ok, message = queue.validate_resources(strict=False, **resources)
-                if not ok:
-                    self._valid[key] = (message, {}, [])
-                else:
-                    coerced = queue.coerce_resources(**resources)
-                    adjustments = [str(a) for a in getattr(coerced, "adjustments", ())]
-                    self._valid[key] = (None, dict(coerced), adjustments)
+            fit = fit_request(self.queues, resources)
+            self._valid[key] = (fit.problem, fit.coerced, fit.adjustments)
         return self._valid[key]
 
     def _instantiate(self, groups: Mapping[str, list[Any]]) -> list[_Batch]:
@@ -821,7 +800,7 @@ class DistributorService:
                             )
                         )
                     continue
-                queue_id = self._queue_rows.get(str(coerced.get("queue") or DEFAULT_QUEUE))
+                queue_id = self._queue_rows.get(request_queue(coerced))
                 for start in range(0, len(group), self.options.array_size):
                     chunk = group[start : start + self.options.array_size]
                     array = Array(
