@@ -61,6 +61,7 @@ from jobfleet.core.host.ledger import (
     apply_changes,
     release_lease,
     renew_lease,
+    take_over_lease,
     utcnow,
 )
 from jobfleet.core.host.ledger.models import Event as LedgerEvent
@@ -219,20 +220,14 @@ class DistributorService:
         try:
             acquire_lease(session, self.run_id, self.owner, duration=self.lease)
         except LeaseError as error:
-            if not _dead_local_owner(error.owner):
+            if error.owner is None or not _dead_local_owner(error.owner):
                 raise
-            taken = session.execute(
-                update(Run)
-                .where(Run.id == self.run_id, Run.owner_token == error.owner)
-                .values(owner_token=self.owner, lease_expires_at=utcnow() + self.lease)
-                .execution_options(synchronize_session=False)
+            take_over_lease(
+                session, self.run_id, self.owner, previous=error.owner, duration=self.lease
             )
-            if taken.rowcount != 1:  # type: ignore[attr-defined]
-                raise
             log.warning(
                 "run %s: took over from %s, whose process is gone", self.run_id, error.owner
             )
-            session.expire_all()
 
     def close(self) -> None:
         """Stop the backend connection and give the run up (a clean stop, not a kill)."""
@@ -1097,9 +1092,9 @@ def _event_row(
     }
 
 
-def _dead_local_owner(owner: str | None) -> bool:
+def _dead_local_owner(owner: str) -> bool:
     """Whether `owner` (a token "host:pid:nonce") is a service of this machine that is gone."""
-    host, _, rest = (owner or "").partition(":")
+    host, _, rest = owner.partition(":")
     pid_text = rest.partition(":")[0]
     if host != socket.gethostname() or not pid_text.isdigit():
         return False

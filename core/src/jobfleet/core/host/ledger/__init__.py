@@ -11,6 +11,7 @@ from jobfleet.core.host.ledger.leases import (
     acquire_lease,
     release_lease,
     renew_lease,
+    take_over_lease,
 )
 from jobfleet.core.host.ledger.ledger import Ledger
 from jobfleet.core.host.ledger.models import (
@@ -79,6 +80,7 @@ __all__ = [
     "renew_lease",
     "resolve_url",
     "safe_url",
+    "take_over_lease",
     "transition",
     "utcnow",
 ]
