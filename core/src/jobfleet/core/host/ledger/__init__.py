@@ -9,6 +9,7 @@ from jobfleet.core.host.ledger.errors import LeaseError, LedgerError, Transition
 from jobfleet.core.host.ledger.leases import (
     DEFAULT_LEASE,
     acquire_lease,
+    lease_is_live,
     release_lease,
     renew_lease,
     take_over_lease,
@@ -75,6 +76,7 @@ __all__ = [
     "add_instance",
     "apply_changes",
     "check_transition",
+    "lease_is_live",
     "record_event",
     "release_lease",
     "renew_lease",

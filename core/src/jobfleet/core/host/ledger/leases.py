@@ -92,6 +92,16 @@ def release_lease(session: Session, run_id: int, owner: str) -> None:
     )
 
 
+def lease_is_live(run: Run, now: datetime | None = None) -> bool:
+    """Whether a service holds an unexpired lease on the run (is working on it now)."""
+    moment = now or utcnow()
+    return (
+        run.owner_token is not None
+        and run.lease_expires_at is not None
+        and run.lease_expires_at > moment
+    )
+
+
 def _set_lease(
     session: Session,
     run_id: int,
