@@ -1,8 +1,10 @@
-"""The ledger's queues, and fitting a request to its queue.
+"""The ledger's queues: fitting a request to its queue, and what `jobfleet queues` changes.
 
 `check_request` is the one place that finds a request's queue and checks the request against
 its limits: `create_run` uses it before writing a run, the service (through `fit_request`)
-before each submission.
+before each submission. `list_queues`, `add_queue`, `remove_queue` and `save_queues` are the
+ledger side of `jobfleet queues list/add/remove/sync`; they take a session, so that the
+command decides the transaction.
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from jobfleet.core.cluster_protocol import ClusterQueue
-from jobfleet.core.host.ledger import Queue
-from jobfleet.core.plugins import ClusterPlugin
+from jobfleet.core.errors import JobfleetError, UnknownClusterError
+from jobfleet.core.host.ledger import Array, Cluster, Queue
+from jobfleet.core.host.queries import NotFoundError
+from jobfleet.core.plugins import ClusterPlugin, PluginRegistry, default_registry
 from jobfleet.core.queue import DEFAULT_QUEUE
 from jobfleet.core.resources import QueueLimits
 
@@ -88,3 +92,162 @@ def queue_limits(queues: Mapping[str, ClusterQueue]) -> dict[str, QueueLimits]:
             else QueueLimits.from_parameters(queue.parameters)
         )
     return limits
+
+
+# --- administration (`jobfleet queues`) ---------------------------------------------------------
+
+
+class QueueError(JobfleetError):
+    """A queue cannot be added or removed as asked."""
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    """One queue of one cluster, as `jobfleet queues list` shows it."""
+
+    cluster: str
+    cluster_type: str
+    queue: str
+    parameters: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "cluster": self.cluster,
+            "cluster_type": self.cluster_type,
+            "queue": self.queue,
+            "parameters": self.parameters,
+        }
+
+
+@dataclass(frozen=True)
+class QueueAdded:
+    """What `add_queue` did."""
+
+    replaced: bool
+    """The queue existed: its parameters were replaced."""
+    new_cluster: bool
+    """The cluster was not in the ledger: it was added too."""
+    cluster_type: str
+
+
+def list_queues(session: Session, cluster_name: str | None = None) -> list[QueueEntry]:
+    """Every cluster's queues (or one cluster's), by cluster and queue name."""
+    statement = (
+        select(Cluster.name, Cluster.cluster_type, Queue.name, Queue.parameters)
+        .join(Queue, Queue.cluster_id == Cluster.id)
+        .order_by(Cluster.name, Queue.name)
+    )
+    if cluster_name is not None:
+        find_cluster(session, cluster_name)  # an unknown cluster is an error, not an empty list
+        statement = statement.where(Cluster.name == cluster_name)
+    return [QueueEntry(*row) for row in session.execute(statement)]
+
+
+def find_cluster(session: Session, name: str) -> Cluster:
+    """The cluster named `name`; `NotFoundError` naming the known ones when there is none."""
+    cluster = session.scalar(select(Cluster).where(Cluster.name == name))
+    if cluster is None:
+        known = ", ".join(session.scalars(select(Cluster.name).order_by(Cluster.name))) or "none"
+        raise NotFoundError(f"There is no cluster {name!r} in the ledger (clusters: {known}).")
+    return cluster
+
+
+def ensure_cluster(session: Session, name: str) -> Cluster:
+    """The cluster named `name`, added when it is not in the ledger yet (its type: its name,
+    the backend it was made for)."""
+    cluster = session.scalar(select(Cluster).where(Cluster.name == name))
+    if cluster is None:
+        cluster = Cluster(name=name, cluster_type=name)
+        session.add(cluster)
+        session.flush()
+    return cluster
+
+
+def add_queue(
+    session: Session,
+    cluster_name: str,
+    queue_name: str,
+    parameters: dict[str, Any],
+    *,
+    replace: bool = False,
+    registry: PluginRegistry | None = None,
+) -> QueueAdded:
+    """Add the queue, or replace its parameters (only with `replace`).
+
+    A cluster not yet in the ledger is added when an installed backend has its name.
+    """
+    cluster = session.scalar(select(Cluster).where(Cluster.name == cluster_name))
+    new_cluster = cluster is None
+    if cluster is None:
+        # The plugins are loaded only here: adding to a known cluster needs none of them.
+        installed = (registry or default_registry()).names()
+        if cluster_name not in installed:
+            raise UnknownClusterError(
+                cluster_name,
+                installed,
+                f"There is no cluster {cluster_name!r} in the ledger, and no backend is "
+                "installed under that name to add it with.",
+            )
+        cluster = ensure_cluster(session, cluster_name)
+    queue = _find_queue(session, cluster, queue_name)
+    if queue is not None and not replace:
+        raise QueueError(
+            f"The queue {queue_name!r} of cluster {cluster_name!r} exists already; "
+            "add --replace to replace its parameters."
+        )
+    if queue is None:
+        session.add(Queue(cluster_id=cluster.id, name=queue_name, parameters=parameters))
+    else:
+        queue.parameters = parameters
+    return QueueAdded(queue is not None, new_cluster, cluster.cluster_type)
+
+
+def remove_queue(session: Session, cluster_name: str, queue_name: str) -> None:
+    """Remove the queue; refused while arrays of past runs refer to it."""
+    cluster = find_cluster(session, cluster_name)
+    queue = _find_queue(session, cluster, queue_name)
+    if queue is None:
+        names = ", ".join(
+            session.scalars(
+                select(Queue.name).where(Queue.cluster_id == cluster.id).order_by(Queue.name)
+            )
+        )
+        raise NotFoundError(
+            f"The cluster {cluster_name!r} has no queue {queue_name!r} "
+            f"(its queues: {names or 'none'})."
+        )
+    arrays, runs = session.execute(
+        select(func.count(), func.count(func.distinct(Array.run_id))).where(
+            Array.queue_id == queue.id
+        )
+    ).one()
+    if arrays:
+        raise QueueError(
+            f"The queue {queue_name!r} of cluster {cluster_name!r} is used by "
+            f"{_count(arrays, 'array')} (of {_count(runs, 'run')}), which keep "
+            "referring to it: it cannot be removed."
+        )
+    session.delete(queue)
+
+
+def save_queues(
+    session: Session, cluster_name: str, parameters: Mapping[str, dict[str, Any]]
+) -> set[str]:
+    """Add each queue, or replace its parameters; others are left as they are. Returns the
+    names of the queues that were there already."""
+    cluster = ensure_cluster(session, cluster_name)
+    existing = queue_rows(session, cluster.id)
+    for name, values in parameters.items():
+        if name in existing:
+            existing[name].parameters = values
+        else:
+            session.add(Queue(cluster_id=cluster.id, name=name, parameters=values))
+    return set(existing)
+
+
+def _find_queue(session: Session, cluster: Cluster, name: str) -> Queue | None:
+    return session.scalar(select(Queue).where(Queue.cluster_id == cluster.id, Queue.name == name))
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"

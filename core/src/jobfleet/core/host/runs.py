@@ -32,7 +32,13 @@ from jobfleet.core.host.ledger import (
     utcnow,
 )
 from jobfleet.core.host.ledger.models import JsonType, UTCDateTime
-from jobfleet.core.host.queues import check_request, queue_objects, queue_rows, request_queue
+from jobfleet.core.host.queues import (
+    check_request,
+    ensure_cluster,
+    queue_objects,
+    queue_rows,
+    request_queue,
+)
 from jobfleet.core.host.taskfile import TaskDefinition
 from jobfleet.core.plugins import ClusterPlugin, PluginRegistry, default_registry
 from jobfleet.core.queue import DEFAULT_QUEUE
@@ -113,7 +119,7 @@ def create_run(
     options = options or ServiceOptions()
     root = work_root or default_work_root(ledger)
     with ledger.session() as session:
-        cluster_row = _cluster_row(session, cluster)
+        cluster_row = ensure_cluster(session, cluster)
         queues = _queue_rows(session, cluster_row, _queue_names(tasks))
         _check_resources(plugin, queues, tasks)
         run = Run(
@@ -145,15 +151,6 @@ def _queue_names(tasks: Sequence[TaskDefinition]) -> set[str]:
         names.add(request_queue(task.resources))
         names.update(task.fallback_queues)
     return names
-
-
-def _cluster_row(session: Session, name: str) -> Cluster:
-    row = session.scalar(select(Cluster).where(Cluster.name == name))
-    if row is None:
-        row = Cluster(name=name, cluster_type=name)
-        session.add(row)
-        session.flush()
-    return row
 
 
 def _queue_rows(session: Session, cluster: Cluster, names: set[str]) -> dict[str, Queue]:
