@@ -10,7 +10,7 @@ command decides the transaction.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from sqlalchemy import func, select
@@ -111,12 +111,7 @@ class QueueEntry:
     parameters: dict[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "cluster": self.cluster,
-            "cluster_type": self.cluster_type,
-            "queue": self.queue,
-            "parameters": self.parameters,
-        }
+        return asdict(self)
 
 
 @dataclass(frozen=True)
