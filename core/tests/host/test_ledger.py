@@ -39,6 +39,7 @@ from jobfleet.core.host.ledger import (
     record_event,
     release_lease,
     renew_lease,
+    take_over_lease,
     transition,
     utcnow,
 )
@@ -354,6 +355,20 @@ def test_lease_is_exclusive_until_it_expires(ledger: Ledger) -> None:
         release_lease(session, run_id, "beta")
     with ledger.session() as session:
         acquire_lease(session, run_id, "gamma", now=later)
+
+
+def test_a_dead_owner_can_be_taken_over_before_its_lease_expires(ledger: Ledger) -> None:
+    with ledger.session() as session:
+        run_id = new_task(session).run_id
+        acquire_lease(session, run_id, "alpha")
+    with ledger.session() as session:
+        run = session.get_one(Run, run_id)  # loaded first: the takeover must show in it
+        take_over_lease(session, run_id, "beta", previous="alpha")
+        holder = run.owner_token
+    assert holder == "beta"
+    # Only from the owner named: one who took the run meanwhile keeps it.
+    with pytest.raises(LeaseError, match="owned by 'beta'"), ledger.session() as session:
+        take_over_lease(session, run_id, "gamma", previous="alpha")
 
 
 def test_only_one_of_many_racing_services_gets_the_lease(ledger: Ledger) -> None:

@@ -21,21 +21,14 @@ from typing import IO, Any, Final
 import click
 from rich.table import Table
 from rich.text import Text
-from sqlalchemy import func, select
 
 from jobfleet.core.cli.common import console, json_option, ledger_option, open_ledger, print_json
-from jobfleet.core.errors import JobfleetError, ResourceError, UnknownClusterError
+from jobfleet.core.errors import JobfleetError, ResourceError
 from jobfleet.core.host import queries
-from jobfleet.core.host.ledger import (
-    Array,
-    Cluster,
-    InstanceState,
-    Ledger,
-    Queue,
-    Run,
-    resolve_url,
-)
-from jobfleet.core.host.queries import FINAL_RUN_STATUSES, NotFoundError
+from jobfleet.core.host import queues as queue_admin
+from jobfleet.core.host.ledger import FINAL_RUN_STATUSES, InstanceState, Ledger, resolve_url
+from jobfleet.core.host.queries import NotFoundError
+from jobfleet.core.host.queues import QueueError
 from jobfleet.core.plugins import default_registry
 from jobfleet.core.resources import (
     QueueLimits,
@@ -63,10 +56,6 @@ _TASK_STATE_STYLES: Final = {
     "pending": "cyan",
 }
 _RUN_STATUS_STYLES: Final = {**_TASK_STATE_STYLES, "running": "cyan", "created": "dim"}
-
-
-class QueueError(JobfleetError):
-    """A queue cannot be added or removed as asked."""
 
 
 # --- shared helpers -------------------------------------------------------------------------
@@ -111,10 +100,6 @@ def _text(value: object, style: str = "") -> Text:
     return Text("-" if value is None else str(value), style=style)
 
 
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
-
-
 def _state_name(letter: str) -> str:
     try:
         return InstanceState(letter).name
@@ -149,7 +134,7 @@ def status(
     """
     with _existing_ledger(ledger_url) as ledger, ledger.read_session() as session:
         if run_ref is None:
-            total = session.scalar(select(func.count()).select_from(Run)) or 0
+            total = queries.run_count(session)
             summaries = queries.run_summaries(session, limit=total if show_all else limit)
             if as_json:
                 print_json({"runs": [summary.to_dict() for summary in summaries]})
@@ -295,7 +280,7 @@ def logs(instance_id: int, use_stderr: bool, tail: int | None, ledger_url: str |
         instance = queries.find_instance(session, instance_id)
         recorded = instance.stderr_path if use_stderr else instance.stdout_path
         state = instance.state
-        work_dir = session.scalar(select(Run.work_dir).where(Run.id == instance.run_id))
+        work_dir = queries.run_work_dir(session, instance.run_id)
     if recorded is None:
         where = f"state {state} ({_state_name(state)})"
         if _has_started(state):
@@ -486,7 +471,7 @@ def _print_events(
         with ledger.read_session() as session:
             # The status first: every event written before the run became final is then
             # visible to the query below, so nothing is missed when the loop stops.
-            status = session.scalar(select(Run.status).where(Run.id == run_id))
+            status = queries.run_status(session, run_id)
             batch = queries.events(
                 session, run_id, after_id=last, instance_id=instance_id, limit=EVENT_PAGE
             )
@@ -546,18 +531,7 @@ def queues() -> None:
 def list_queues(cluster_name: str | None, as_json: bool, ledger_url: str | None) -> None:
     """List the queues of every cluster (or of one) with their parameters."""
     with _existing_ledger(ledger_url) as ledger, ledger.read_session() as session:
-        statement = (
-            select(Cluster.name, Cluster.cluster_type, Queue.name, Queue.parameters)
-            .join(Queue, Queue.cluster_id == Cluster.id)
-            .order_by(Cluster.name, Queue.name)
-        )
-        if cluster_name is not None:
-            _find_cluster(session, cluster_name)
-            statement = statement.where(Cluster.name == cluster_name)
-        found = [
-            {"cluster": cluster, "cluster_type": kind, "queue": queue, "parameters": parameters}
-            for cluster, kind, queue, parameters in session.execute(statement)
-        ]
+        found = [entry.to_dict() for entry in queue_admin.list_queues(session, cluster_name)]
         where = ledger.safe_url
     if as_json:
         print_json(found)
@@ -581,15 +555,6 @@ def _parameter_text(key: str, value: Any) -> str:
     if key.endswith("runtime") and isinstance(value, int):
         return f"{key}={format_runtime(value)}"
     return f"{key}={value}"
-
-
-def _find_cluster(session: Any, name: str) -> Cluster:
-    cluster = session.scalar(select(Cluster).where(Cluster.name == name))
-    if cluster is None:
-        known = ", ".join(session.scalars(select(Cluster.name).order_by(Cluster.name))) or "none"
-        raise NotFoundError(f"There is no cluster {name!r} in the ledger (clusters: {known}).")
-    assert isinstance(cluster, Cluster)
-    return cluster
 
 
 def _limit_options(function: Any) -> Any:
@@ -629,36 +594,12 @@ def add_queue(
     """
     parameters = _queue_parameters(limits, params)
     with open_ledger(ledger_url) as ledger, ledger.session() as session:
-        cluster = session.scalar(select(Cluster).where(Cluster.name == cluster_name))
-        created = cluster is None
-        if cluster is None:
-            installed = default_registry().names()
-            if cluster_name not in installed:
-                raise UnknownClusterError(
-                    cluster_name,
-                    installed,
-                    f"There is no cluster {cluster_name!r} in the ledger, and no backend is "
-                    "installed under that name to add it with.",
-                )
-            cluster = Cluster(name=cluster_name, cluster_type=cluster_name)
-            session.add(cluster)
-            session.flush()
-        queue = session.scalar(
-            select(Queue).where(Queue.cluster_id == cluster.id, Queue.name == queue_name)
+        added = queue_admin.add_queue(
+            session, cluster_name, queue_name, parameters, replace=replace
         )
-        if queue is not None and not replace:
-            raise QueueError(
-                f"The queue {queue_name!r} of cluster {cluster_name!r} exists already; "
-                "add --replace to replace its parameters."
-            )
-        if queue is None:
-            session.add(Queue(cluster_id=cluster.id, name=queue_name, parameters=parameters))
-        else:
-            queue.parameters = parameters
-        kind = cluster.cluster_type
-    verb = "Replaced" if queue is not None else "Added"
+    verb = "Replaced" if added.replaced else "Added"
     shown = ", ".join(_parameter_text(k, v) for k, v in parameters.items()) or "no limits"
-    note = f" (new cluster of type {kind})" if created else ""
+    note = f" (new cluster of type {added.cluster_type})" if added.new_cluster else ""
     click.echo(f"{verb} the queue {queue_name!r} of cluster {cluster_name!r}{note}: {shown}.")
 
 
@@ -699,32 +640,7 @@ def _canonical(key: str, value: float | int) -> Any:
 def remove_queue(cluster_name: str, queue_name: str, ledger_url: str | None) -> None:
     """Remove QUEUE from CLUSTER; refused while arrays of past runs refer to it."""
     with _existing_ledger(ledger_url) as ledger, ledger.session() as session:
-        cluster = _find_cluster(session, cluster_name)
-        queue = session.scalar(
-            select(Queue).where(Queue.cluster_id == cluster.id, Queue.name == queue_name)
-        )
-        if queue is None:
-            names = ", ".join(
-                session.scalars(
-                    select(Queue.name).where(Queue.cluster_id == cluster.id).order_by(Queue.name)
-                )
-            )
-            raise NotFoundError(
-                f"The cluster {cluster_name!r} has no queue {queue_name!r} "
-                f"(its queues: {names or 'none'})."
-            )
-        used = session.execute(
-            select(func.count(), func.count(func.distinct(Array.run_id))).where(
-                Array.queue_id == queue.id
-            )
-        ).one()
-        if used[0]:
-            raise QueueError(
-                f"The queue {queue_name!r} of cluster {cluster_name!r} is used by "
-                f"{_count(used[0], 'array')} (of {_count(used[1], 'run')}), which keep "
-                "referring to it: it cannot be removed."
-            )
-        session.delete(queue)
+        queue_admin.remove_queue(session, cluster_name, queue_name)
     click.echo(f"Removed the queue {queue_name!r} of cluster {cluster_name!r}.")
 
 
@@ -750,20 +666,7 @@ def sync_queues(cluster_name: str, as_json: bool, ledger_url: str | None) -> Non
     # The backend's values are checked like the command line's, before anything is written.
     checked = {name: _synced_parameters(name, parameters) for name, parameters in found.items()}
     with open_ledger(ledger_url) as ledger, ledger.session() as session:
-        cluster = session.scalar(select(Cluster).where(Cluster.name == cluster_name))
-        if cluster is None:
-            cluster = Cluster(name=cluster_name, cluster_type=cluster_name)
-            session.add(cluster)
-            session.flush()
-        existing = {
-            queue.name: queue
-            for queue in session.scalars(select(Queue).where(Queue.cluster_id == cluster.id))
-        }
-        for name, parameters in checked.items():
-            if name in existing:
-                existing[name].parameters = parameters
-            else:
-                session.add(Queue(cluster_id=cluster.id, name=name, parameters=parameters))
+        existing = queue_admin.save_queues(session, cluster_name, checked)
     if as_json:
         print_json({"cluster": cluster_name, "queues": checked})
         return

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +14,6 @@ from typing import Any
 
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from sqlalchemy import select, update
 
 from jobfleet.core.cli.common import (
     console,
@@ -28,15 +26,13 @@ from jobfleet.core.cli.common import (
 from jobfleet.core.cli.inspect_commands import task_table
 from jobfleet.core.cli.options import add_setting_options, setting_values
 from jobfleet.core.errors import JobfleetError
-from jobfleet.core.host import queries
+from jobfleet.core.host import kills, queries
 from jobfleet.core.host.ledger import (
+    FINAL_RUN_STATUSES,
     InstanceState,
     LeaseError,
     Ledger,
-    Run,
     RunStatus,
-    TaskInstance,
-    utcnow,
 )
 from jobfleet.core.host.runs import ServiceOptions, create_run
 from jobfleet.core.host.service import DistributorService
@@ -50,7 +46,6 @@ from jobfleet.core.host.taskfile import (
 from jobfleet.core.plugins import PluginStatus, default_registry
 from jobfleet.core.settings import SettingOption
 
-_FINAL = {RunStatus.DONE.value, RunStatus.FAILED.value, RunStatus.KILLED.value}
 _STATE_NAMES = {state.value: state.name.lower() for state in InstanceState}
 
 
@@ -217,7 +212,7 @@ def _drive(ledger: Ledger, run_id: int, as_json: bool) -> RunStatus:
     try:
         with _interrupts(service) as received, _progress_bar(as_json) as show:
             final = service.run_until_done(show)
-            if final.status.value not in _FINAL:  # stopped by a signal: carry out the kill
+            if final.status not in FINAL_RUN_STATUSES:  # stopped by a signal: carry out the kill
                 _request_run_kill(ledger, run_id, received[0])
                 service.clear_stop()
                 final = service.run_until_done(show)
@@ -254,12 +249,7 @@ def _request_run_kill(ledger: Ledger, run_id: int, signum: int) -> None:
         highlight=False,
         markup=False,
     )
-    with ledger.session() as session:
-        session.execute(
-            update(Run)
-            .where(Run.id == run_id, Run.kill_requested_at.is_(None))
-            .values(kill_requested_at=utcnow())
-        )
+    kills.request_run_kill(ledger, run_id)
 
 
 @contextmanager
@@ -325,7 +315,7 @@ def _summary(ledger: Ledger, run_id: int, final: RunProgress, as_json: bool) -> 
 def _detach(ledger: Ledger, run_id: int, as_json: bool) -> None:
     """Start `jobfleet run --resume RUN` in its own session, its output in the run's directory."""
     with ledger.read_session() as session:
-        work_dir = session.scalar(select(Run.work_dir).where(Run.id == run_id))
+        work_dir = queries.run_work_dir(session, run_id)
     log_path = Path(work_dir or ".", "service.log")
     argv = [
         sys.executable,
@@ -399,108 +389,25 @@ def kill(
     if run_ref is None and not instance_ids:
         raise click.UsageError("Name a RUN, or --instance ID.")
     with open_ledger(ledger_url) as ledger:
-        run_id = _request_kill(ledger, run_ref, instance_ids)
-        owned = _owner_is_alive(ledger, run_id)
-        if not owned:
-            _carry_out_kill(ledger, run_id, whole_run=not instance_ids)
-        elif wait:
-            _wait_killed(ledger, run_id, instance_ids, timeout)
-        with ledger.read_session() as session:
-            states = {
-                row.id: row.state
-                for row in session.execute(
-                    select(TaskInstance.id, TaskInstance.state).where(
-                        TaskInstance.run_id == run_id,
-                        *([TaskInstance.id.in_(instance_ids)] if instance_ids else []),
-                        TaskInstance.kill_requested_at.is_not(None)
-                        if instance_ids
-                        else TaskInstance.id.is_not(None),
-                    )
-                )
-            }
-            status = session.scalar(select(Run.status).where(Run.id == run_id))
-    killed = sorted(i for i, state in states.items() if state == InstanceState.KILL_SELF.value)
+        result = kills.kill(ledger, run_ref, instance_ids, wait=wait, timeout=timeout)
     if as_json:
         print_json(
-            {"run": run_id, "status": status, "killed": killed, "carried_out_here": not owned}
+            {
+                "run": result.run_id,
+                "status": result.status,
+                "killed": result.killed,
+                "carried_out_here": result.carried_out_here,
+            }
         )
         return
     what = f"instances {', '.join(map(str, instance_ids))}" if instance_ids else "the run"
+    done = result.carried_out_here or wait
     console().print(
-        f"run {run_id}: kill of {what} "
-        + ("carried out" if not owned or wait else "requested")
-        + f"; {len(killed)} instance(s) killed; run status {status}.",
+        f"run {result.run_id}: kill of {what} "
+        + ("carried out" if done else "requested")
+        + f"; {len(result.killed)} instance(s) killed; run status {result.status}.",
         highlight=False,
         markup=False,
-    )
-
-
-def _request_kill(ledger: Ledger, run_ref: str | None, instance_ids: Sequence[int]) -> int:
-    with ledger.session() as session:
-        if instance_ids:
-            run_ids = set()
-            for instance_id in instance_ids:
-                instance = queries.find_instance(session, instance_id)
-                run_ids.add(instance.run_id)
-                if instance.kill_requested_at is None:
-                    instance.kill_requested_at = utcnow()
-            if len(run_ids) > 1:
-                raise JobfleetError(
-                    "The instances belong to different runs: kill them one run at a time."
-                )
-            run_id = run_ids.pop()
-            if run_ref is not None and queries.find_run(session, run_ref).id != run_id:
-                raise JobfleetError(f"The instances are not of run {run_ref}.")
-            return run_id
-        assert run_ref is not None
-        run = queries.find_run(session, run_ref)
-        if run.status in _FINAL:
-            raise JobfleetError(f"Run {run.id} is already over ({run.status}).")
-        if run.kill_requested_at is None:
-            run.kill_requested_at = utcnow()
-        return run.id
-
-
-def _owner_is_alive(ledger: Ledger, run_id: int) -> bool:
-    with ledger.read_session() as session:
-        run = session.get_one(Run, run_id)
-        return bool(run.owner_token and run.lease_expires_at and run.lease_expires_at > utcnow())
-
-
-def _carry_out_kill(ledger: Ledger, run_id: int, *, whole_run: bool) -> None:
-    with ledger.read_session() as session:
-        if session.scalar(select(Run.status).where(Run.id == run_id)) in _FINAL:
-            return
-    service = DistributorService(ledger, run_id)
-    service.start()
-    try:
-        if whole_run:
-            service.run_until_done()
-        else:
-            service.kill_requested()
-    finally:
-        service.close()
-
-
-def _wait_killed(ledger: Ledger, run_id: int, instance_ids: Sequence[int], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with ledger.read_session() as session:
-            if instance_ids:
-                pending = session.scalar(
-                    select(TaskInstance.id).where(
-                        TaskInstance.id.in_(instance_ids),
-                        TaskInstance.state.not_in([s.value for s in InstanceState if s.is_final]),
-                    )
-                )
-                if pending is None:
-                    return
-            elif session.scalar(select(Run.status).where(Run.id == run_id)) in _FINAL:
-                return
-        time.sleep(0.2)  # polling another process's progress through the ledger
-    raise JobfleetError(
-        f"The service of run {run_id} has not carried out the kill within {timeout:g} s; "
-        f"see `jobfleet events {run_id}`."
     )
 
 

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from jobfleet.core.errors import JobfleetError, ResourceError
 from jobfleet.core.host.ledger.engine import safe_url
+from jobfleet.core.host.ledger.leases import lease_is_live
 from jobfleet.core.host.ledger.models import (
     Cluster,
     Event,
@@ -29,7 +30,7 @@ from jobfleet.core.host.ledger.models import (
     TaskInstance,
     utcnow,
 )
-from jobfleet.core.host.ledger.states import InstanceState, RunStatus, TaskState
+from jobfleet.core.host.ledger.states import FINAL_RUN_STATUSES, InstanceState, TaskState
 from jobfleet.core.resources import MIB, parse_memory
 
 __all__ = [
@@ -45,17 +46,17 @@ __all__ = [
     "events",
     "find_instance",
     "find_run",
+    "run_count",
+    "run_status",
     "run_summaries",
     "run_summary",
+    "run_work_dir",
     "state_counts",
     "task_counts",
     "task_rows",
     "task_rows_statement",
     "usage_rows",
 ]
-
-# The statuses after which a run never changes again.
-FINAL_RUN_STATUSES: Final = frozenset({RunStatus.DONE, RunStatus.FAILED, RunStatus.KILLED})
 
 # Usage flags, in the order they are tried: the first that applies is the row's flag.
 OVER_REQUESTED: Final = "over-requested"
@@ -221,6 +222,21 @@ def find_run(session: Session, ref: str | int) -> Run:
     raise NotFoundError(f"{len(matches)} runs are named {name!r}: use an id: {ids}.")
 
 
+def run_count(session: Session) -> int:
+    """How many runs the ledger holds."""
+    return session.scalar(select(func.count()).select_from(Run)) or 0
+
+
+def run_status(session: Session, run_id: int) -> str | None:
+    """The run's status (a `RunStatus` value); None when there is no such run."""
+    return session.scalar(select(Run.status).where(Run.id == run_id))
+
+
+def run_work_dir(session: Session, run_id: int) -> str | None:
+    """The directory of the run's channel and logs; None for a run made without one."""
+    return session.scalar(select(Run.work_dir).where(Run.id == run_id))
+
+
 def find_instance(session: Session, instance_id: int) -> TaskInstance:
     """The task instance with this id; `NotFoundError` when there is none."""
     instance = session.get(TaskInstance, instance_id)
@@ -280,9 +296,7 @@ def _summaries(session: Session, runs: Sequence[tuple[Run, str]]) -> list[RunSum
                 tasks_pending=tasks.get(TaskState.PENDING, 0),
                 owner_token=run.owner_token,
                 lease_expires_at=run.lease_expires_at,
-                owner_active=run.owner_token is not None
-                and run.lease_expires_at is not None
-                and run.lease_expires_at > now,
+                owner_active=lease_is_live(run, now),
             )
         )
     return summaries

@@ -18,7 +18,6 @@ from sqlalchemy import insert, literal, select
 from sqlalchemy.orm import Session
 
 from jobfleet.core.channel import open_channel
-from jobfleet.core.cluster_protocol import ClusterQueue
 from jobfleet.core.errors import JobfleetError
 from jobfleet.core.host.ledger import (
     Cluster,
@@ -33,6 +32,13 @@ from jobfleet.core.host.ledger import (
     utcnow,
 )
 from jobfleet.core.host.ledger.models import JsonType, UTCDateTime
+from jobfleet.core.host.queues import (
+    check_request,
+    ensure_cluster,
+    queue_objects,
+    queue_rows,
+    request_queue,
+)
 from jobfleet.core.host.taskfile import TaskDefinition
 from jobfleet.core.plugins import ClusterPlugin, PluginRegistry, default_registry
 from jobfleet.core.queue import DEFAULT_QUEUE
@@ -113,7 +119,7 @@ def create_run(
     options = options or ServiceOptions()
     root = work_root or default_work_root(ledger)
     with ledger.session() as session:
-        cluster_row = _cluster_row(session, cluster)
+        cluster_row = ensure_cluster(session, cluster)
         queues = _queue_rows(session, cluster_row, _queue_names(tasks))
         _check_resources(plugin, queues, tasks)
         run = Run(
@@ -142,27 +148,15 @@ def _default_name(tasks: Sequence[TaskDefinition]) -> str:
 def _queue_names(tasks: Sequence[TaskDefinition]) -> set[str]:
     names = {DEFAULT_QUEUE}
     for task in tasks:
-        names.add(str(task.resources.get("queue") or DEFAULT_QUEUE))
+        names.add(request_queue(task.resources))
         names.update(task.fallback_queues)
     return names
-
-
-def _cluster_row(session: Session, name: str) -> Cluster:
-    row = session.scalar(select(Cluster).where(Cluster.name == name))
-    if row is None:
-        row = Cluster(name=name, cluster_type=name)
-        session.add(row)
-        session.flush()
-    return row
 
 
 def _queue_rows(session: Session, cluster: Cluster, names: set[str]) -> dict[str, Queue]:
     """The cluster's queues by name; a queue not yet in the ledger is added without limits
     of its own (the backend's queue class supplies what it knows, e.g. the machine's size)."""
-    rows = {
-        row.name: row
-        for row in session.scalars(select(Queue).where(Queue.cluster_id == cluster.id))
-    }
+    rows = queue_rows(session, cluster.id)
     for name in sorted(names - rows.keys()):
         rows[name] = Queue(cluster_id=cluster.id, name=name, parameters={})
         session.add(rows[name])
@@ -170,30 +164,22 @@ def _queue_rows(session: Session, cluster: Cluster, names: set[str]) -> dict[str
     return rows
 
 
-def queue_objects(plugin: ClusterPlugin, rows: Mapping[str, Queue]) -> dict[str, ClusterQueue]:
-    """The backend's queue objects for the ledger's queue rows."""
-    return {
-        name: plugin.queue_class(row.id, row.name, dict(row.parameters))
-        for name, row in rows.items()
-    }
-
-
 def _check_resources(
     plugin: ClusterPlugin, rows: Mapping[str, Queue], tasks: Sequence[TaskDefinition]
 ) -> None:
     queues = queue_objects(plugin, rows)
-    seen: dict[str, tuple[bool, str]] = {}
+    # Checked once per distinct request: a run of a million tasks has a handful.
+    seen: dict[str, str | None] = {}
     for task in tasks:
-        queue_name = str(task.resources.get("queue") or DEFAULT_QUEUE)
-        key = queue_name + json.dumps(task.resources, sort_keys=True, default=str)
+        key = json.dumps(task.resources, sort_keys=True, default=str)
         if key not in seen:
-            seen[key] = queues[queue_name].validate_resources(strict=False, **task.resources)
-        ok, message = seen[key]
-        if not ok:
+            seen[key] = check_request(queues, task.resources)
+        problem = seen[key]
+        if problem is not None:
             where = f" (line {task.line})" if task.line else ""
             raise RunDefinitionError(
-                f"Task {task.name!r}{where} cannot run on queue {queue_name!r} of "
-                f"{plugin.name}: {message}"
+                f"Task {task.name!r}{where} cannot run on queue "
+                f"{request_queue(task.resources)!r} of {plugin.name}: {problem}"
             )
 
 

@@ -9,8 +9,10 @@ from jobfleet.core.host.ledger.errors import LeaseError, LedgerError, Transition
 from jobfleet.core.host.ledger.leases import (
     DEFAULT_LEASE,
     acquire_lease,
+    lease_is_live,
     release_lease,
     renew_lease,
+    take_over_lease,
 )
 from jobfleet.core.host.ledger.ledger import Ledger
 from jobfleet.core.host.ledger.models import (
@@ -27,6 +29,7 @@ from jobfleet.core.host.ledger.models import (
 )
 from jobfleet.core.host.ledger.states import (
     ACTIVE_STATES,
+    FINAL_RUN_STATUSES,
     RETRYABLE_STATES,
     TERMINAL_STATES,
     TRANSITIONS,
@@ -48,6 +51,7 @@ __all__ = [
     "DEFAULT_LEASE",
     "DEFAULT_PATH",
     "ENV_VAR",
+    "FINAL_RUN_STATUSES",
     "RETRYABLE_STATES",
     "TERMINAL_STATES",
     "TRANSITIONS",
@@ -72,11 +76,13 @@ __all__ = [
     "add_instance",
     "apply_changes",
     "check_transition",
+    "lease_is_live",
     "record_event",
     "release_lease",
     "renew_lease",
     "resolve_url",
     "safe_url",
+    "take_over_lease",
     "transition",
     "utcnow",
 ]

@@ -61,6 +61,27 @@ def renew_lease(
     return _set_lease(session, run_id, owner, moment + duration, still_held, "lease lost")
 
 
+def take_over_lease(
+    session: Session,
+    run_id: int,
+    owner: str,
+    *,
+    previous: str,
+    duration: timedelta = DEFAULT_LEASE,
+    now: datetime | None = None,
+) -> datetime:
+    """Take the run from `previous` before its lease expires; returns the new expiry.
+
+    Only for an owner known to be dead (a service of this machine whose process is gone).
+    Raises `LeaseError` when `previous` no longer holds the run: someone else took it first.
+    """
+    moment = now or utcnow()
+    still_previous = Run.owner_token == previous
+    return _set_lease(
+        session, run_id, owner, moment + duration, still_previous, "cannot be taken over"
+    )
+
+
 def release_lease(session: Session, run_id: int, owner: str) -> None:
     """Give the run up (at a clean stop); does nothing if `owner` no longer holds it."""
     session.execute(
@@ -68,6 +89,16 @@ def release_lease(session: Session, run_id: int, owner: str) -> None:
         .where(Run.id == run_id, Run.owner_token == owner)
         .values(owner_token=None, lease_expires_at=None)
         .execution_options(synchronize_session=False)
+    )
+
+
+def lease_is_live(run: Run, now: datetime | None = None) -> bool:
+    """Whether a service holds an unexpired lease on the run (is working on it now)."""
+    moment = now or utcnow()
+    return (
+        run.owner_token is not None
+        and run.lease_expires_at is not None
+        and run.lease_expires_at > moment
     )
 
 

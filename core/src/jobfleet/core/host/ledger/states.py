@@ -115,6 +115,10 @@ class RunStatus(enum.StrEnum):
     KILLED = "killed"
 
 
+# The statuses after which a run never changes again.
+FINAL_RUN_STATUSES: Final = frozenset({RunStatus.DONE, RunStatus.FAILED, RunStatus.KILLED})
+
+
 class TaskState(enum.StrEnum):
     """Whether a task is still being worked on, and how it ended."""
 
