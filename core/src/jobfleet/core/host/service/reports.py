@@ -3,24 +3,31 @@
 Reports are applied by compare-and-set, so reading a report twice (after a crash, from an
 older cursor) changes nothing. The cursor is saved in the same transaction as the changes.
 
-The report-reading functions below (`_apply_reports` down to `_final_values`) read the
-events' `data` dicts key by key; they are kept together so that they can move to typed reports
-in one place.
+The channel has already checked every report against its dataclass (`RunningReport`,
+`HeartbeatReport`, `FinalReport`): a malformed one never gets here, it is a problem on the
+cursor, logged below.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from jobfleet.core.channel import Event, EventCursor, EventKind
+from jobfleet.core.channel import (
+    Event,
+    EventCursor,
+    EventKind,
+    FinalReport,
+    RunningReport,
+    UsageReport,
+)
+from jobfleet.core.errors import ChannelError
 from jobfleet.core.host.ledger import (
     Change,
     InstanceState,
@@ -110,7 +117,6 @@ def _apply_reports(
     if state is S.INSTANTIATED:
         # Submitted by a service that crashed before writing the backend's id: the report
         # proves the launch and carries the id.
-        did = first.data.get("distributor_id")
         catch_up.changes.append(
             Change(
                 row.id,
@@ -118,14 +124,14 @@ def _apply_reports(
                 S.INSTANTIATED,
                 S.LAUNCHED,
                 "launched (seen in its worker's report)",
-                values={"distributor_id": str(did) if did else None},
+                values={"distributor_id": _distributor_id(first)},
             )
         )
         state = S.LAUNCHED
     if final is not None:
-        if running is not None and state is S.LAUNCHED:
-            final = _with_start(final, running)
-        _apply_final(context, row, state, final, work, notes)
+        # A running report of the same round says when and where the task started.
+        started = running if state is S.LAUNCHED else None
+        _apply_final(context, row, state, final, started, work, notes)
     elif running is not None and state in (S.LAUNCHED, S.NO_HEARTBEAT, S.TRIAGING):
         work.changes.append(
             Change(
@@ -158,18 +164,21 @@ def _apply_final(
     row: Any,
     state: InstanceState,
     final: Event,
+    running: Event | None,
     work: Round,
     notes: list[dict[str, Any]],
 ) -> None:
-    data = final.data
-    values = _final_values(data)
+    report = final.report
+    if not isinstance(report, FinalReport):
+        return  # never: the channel reads a final event's data as a FinalReport
+    values = _final_values(report, running)
     if state.is_final or state is S.QUEUED:
         if row.maxrss is None and values.get("maxrss") is not None:
             notes.append({"id": row.id, **values})  # a late report still brings its usage
         return
-    letter = str(data.get("error_state", ""))
+    letter = report.error_state.value
     target = S(letter) if letter in _ENDING_LETTERS else S.UNKNOWN_ERROR
-    message = str(data.get("message") or "")
+    message = report.message
     if target is S.KILL_SELF and not _kill_was_requested(context, row):
         # Stopped by someone else (an admin's scancel, a kill of the wrapper): K would say
         # the host asked for it. Deliberate, so not retried either.
@@ -185,44 +194,64 @@ def _kill_was_requested(context: RunContext, row: Any) -> bool:
     return requested is not None
 
 
-def _running_values(event: Event) -> dict[str, Any]:
-    data = event.data
-    return {
-        key: data.get(key)
-        for key in ("hostname", "stdout_path", "stderr_path")
-        if isinstance(data.get(key), str)
-    } | {"heartbeat_at": utcnow(), "started_at": datetime.fromtimestamp(event.time, UTC)}
+def _distributor_id(event: Event) -> str | None:
+    """The backend's id a running or final report carries (a heartbeat carries none)."""
+    report = event.report
+    if isinstance(report, RunningReport | FinalReport):
+        return report.distributor_id or None
+    return None
 
 
-def _with_start(final: Event, running: Event) -> Event:
-    """The final report, carrying when the task started (both arrived in one round)."""
-    data = {**running.data, **final.data, "started_time": running.time}
-    return dataclasses.replace(final, data=data)
-
-
-def _final_values(data: Mapping[str, Any]) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    started = data.get("started_time")
-    if isinstance(started, int | float):
-        values["started_at"] = datetime.fromtimestamp(started, UTC)
-    if isinstance(data.get("exit"), dict):
-        values["exit_record"] = data["exit"]
-    usage = data.get("usage")
-    if isinstance(usage, dict):
-        values.update(usage_values(usage))
-    for key in ("hostname", "stdout_path", "stderr_path"):
-        if isinstance(data.get(key), str):
-            values[key] = data[key]
-    return values
-
-
-def usage_values(usage: Mapping[str, Any]) -> dict[str, Any]:
-    """The instance's usage columns from a usage dict (a report's, or the backend's)."""
-    values = {
-        key: usage[key]
-        for key in ("maxrss", "cpu", "wallclock", "usage_str")
-        if usage.get(key) is not None
+def _where(report: RunningReport | FinalReport) -> dict[str, str]:
+    """The node and log files a report names, leaving out those it does not."""
+    named = {
+        "hostname": report.hostname,
+        "stdout_path": report.stdout_path,
+        "stderr_path": report.stderr_path,
     }
-    if "maxrss" in values:
-        values["maxrss"] = int(values["maxrss"])
+    return {key: value for key, value in named.items() if value is not None}
+
+
+def _running_values(event: Event) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "heartbeat_at": utcnow(),
+        "started_at": datetime.fromtimestamp(event.time, UTC),
+    }
+    if isinstance(event.report, RunningReport):
+        values |= _where(event.report)
     return values
+
+
+def _final_values(final: FinalReport, running: Event | None = None) -> dict[str, Any]:
+    """The ledger columns a final report fills; `running` (same round) adds when and where the
+    task started."""
+    values: dict[str, Any] = {}
+    if running is not None:
+        values["started_at"] = datetime.fromtimestamp(running.time, UTC)
+        if isinstance(running.report, RunningReport):
+            values |= _where(running.report)
+    if final.exit is not None:
+        values["exit_record"] = final.exit.to_dict()
+    return values | usage_values(final.usage) | _where(final)
+
+
+def usage_values(usage: UsageReport | None) -> dict[str, Any]:
+    """The usage columns (maxrss, cpu, wallclock, usage_str) of what was measured."""
+    if usage is None:
+        return {}
+    return {key: value for key, value in usage.to_dict().items() if value is not None}
+
+
+def backend_usage_values(context: RunContext, instance_id: int, usage: Any) -> dict[str, Any]:
+    """The usage columns from a backend's accounting (`RemoteExitInfo.usage`), checked as a
+    report's are: a backend's unusable numbers are logged and left out, never stored."""
+    try:
+        return usage_values(UsageReport.from_dict(usage or {}))
+    except ChannelError as exc:
+        log.warning(
+            "run %s: the backend's usage of instance %s is unusable: %s",
+            context.run_id,
+            instance_id,
+            exc,
+        )
+        return {}

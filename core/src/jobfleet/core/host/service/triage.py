@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from jobfleet.core.exit_info import RemoteExitInfo
 from jobfleet.core.host.ledger import Change, TaskInstance, apply_changes, utcnow
 from jobfleet.core.host.service.context import LAUNCHED_STATES, NO_SYNC, RunContext, S
-from jobfleet.core.host.service.reports import usage_values
+from jobfleet.core.host.service.reports import backend_usage_values
 from jobfleet.core.host.service.retries import Round, commit, end
 from jobfleet.core.host.service.status import BackendView
 
@@ -142,7 +142,7 @@ def _end_with_answer(
         else {"reason": None, "message": info.error_message}
     }
     # The worker's report never came: the backend's accounting is all there is.
-    values.update(usage_values(info.usage or {}))
+    values.update(backend_usage_values(context, row.id, info.usage))
     target = S(info.error_state.value)
     end(context, work, row, target, info.error_message, values, state=S(row.state))
 
