@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -457,17 +458,36 @@ def events(
                         f"Task instance {instance_id} belongs to run {instance.run_id}, "
                         f"not to run {run_id}."
                     )
-        try:
-            _print_events(ledger, run_id, instance_id, follow=follow, as_json=as_json)
-        except KeyboardInterrupt:
-            return
+        with _interrupt_as_flag() as interrupted:
+            _print_events(
+                ledger, run_id, instance_id, follow=follow, as_json=as_json, stop=interrupted
+            )
+
+
+@contextmanager
+def _interrupt_as_flag() -> Iterator[list[int]]:
+    """Ctrl-C sets a flag instead of raising: a KeyboardInterrupt raised inside the database
+    driver or its connection pool can leave a lock held, and closing the ledger then hangs.
+    The flag (non-empty once interrupted) is checked between two looks at the ledger."""
+    interrupted: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda number, _frame: interrupted.append(number))
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _print_events(
-    ledger: Ledger, run_id: int, instance_id: int | None, *, follow: bool, as_json: bool
+    ledger: Ledger,
+    run_id: int,
+    instance_id: int | None,
+    *,
+    follow: bool,
+    as_json: bool,
+    stop: Sequence[int] = (),
 ) -> None:
     last = 0
-    while True:
+    while not stop:
         with ledger.read_session() as session:
             # The status first: every event written before the run became final is then
             # visible to the query below, so nothing is missed when the loop stops.
@@ -482,7 +502,7 @@ def _print_events(
             continue
         if not follow or status is None or status in FINAL_RUN_STATUSES:
             return
-        time.sleep(FOLLOW_INTERVAL)
+        time.sleep(FOLLOW_INTERVAL)  # a Ctrl-C during the sleep is seen when it ends
 
 
 def _event_line(row: queries.EventRow) -> str:
