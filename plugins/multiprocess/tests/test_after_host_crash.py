@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from jobfleet.core import process_tree
+from jobfleet.core.channel import RunningReport
 from jobfleet.core.exit_info import ErrorState
 from jobfleet.core.local import distributor as distributor_module
 from jobfleet.core.testing import KitHost, Submitted
@@ -132,7 +133,7 @@ def crash(tmp_path: Path, host: KitHost) -> Iterator[Callable[..., list[Submitte
         jobs = [Submitted(ti, distributor_id) for ti, distributor_id in said["jobs"]]
         ids.extend(job.distributor_id for job in jobs)
         for job in jobs[:cores]:
-            host.wait_running(job.task_instance_id)
+            host.wait_report(RunningReport, job.task_instance_id)
         child.kill()  # SIGKILL: the host crashes
         child.wait()
         return jobs
@@ -205,9 +206,9 @@ def test_when_it_ends_its_own_report_is_on_the_channel_and_it_is_no_longer_runni
         "the adopted instance to end",
     )
     # The wrapper sends its final report before it exits: not running means reported.
-    [final] = host.finals()[job.task_instance_id]
-    assert final["error_state"] == "D"
-    assert final["distributor_id"] == job.distributor_id
+    [final] = host.final_reports()[job.task_instance_id]
+    assert final.error_state == "D"
+    assert final.distributor_id == job.distributor_id
     info = restarted.get_remote_exit_info(job.distributor_id)
     assert info.finalized
     assert info.error_state is ErrorState.UNKNOWN_ERROR
@@ -228,10 +229,10 @@ def test_killing_an_adopted_instance_ends_its_whole_tree_and_its_wrapper_reports
     assert no_process_of(job.distributor_id)
     # SIGTERM went to the wrapper, which stopped its task (the escaped holder too) and
     # reported the kill itself, as it does when its own host kills it.
-    [final] = host.finals()[job.task_instance_id]
-    assert final["error_state"] == "K"
-    assert final["exit"]["reason"] == "cancelled"
-    assert "SIGTERM" in final["message"]
+    [final] = host.final_reports()[job.task_instance_id]
+    assert final.error_state == "K"
+    assert final.exit.reason == "cancelled"
+    assert "SIGTERM" in final.message
     assert restarted.get_submitted_or_running([job.distributor_id]) == set()
     info = restarted.get_remote_exit_info(job.distributor_id)
     assert info.error_state is ErrorState.KILL_SELF
@@ -242,7 +243,7 @@ def test_without_its_wrapper_an_adopted_task_is_still_killed_and_reported_k(tmp_
     task = Task(tmp_path, "task")
     [job] = crash([task.command])
     wait_for(task.holds, "the task to hold its locks")
-    wrapper = host.wait_running(job.task_instance_id)["wrapper_pid"]
+    wrapper = host.wait_report(RunningReport, job.task_instance_id).wrapper_pid
     os.kill(wrapper, signal.SIGKILL)
     wait_for(
         lambda: wrapper not in process_tree.pids_tagged(TAG, job.distributor_id),
@@ -257,7 +258,7 @@ def test_without_its_wrapper_an_adopted_task_is_still_killed_and_reported_k(tmp_
         restarted.terminate_task_instances([job.distributor_id])
         assert task.alive() == []
         assert no_process_of(job.distributor_id)
-        assert job.task_instance_id not in host.finals()  # nobody was left to report
+        assert job.task_instance_id not in host.final_reports()  # nobody was left to report
         info = restarted.get_remote_exit_info(job.distributor_id)
         assert info.error_state is ErrorState.KILL_SELF
         assert info.finalized
@@ -278,7 +279,7 @@ def test_an_instance_still_queued_in_the_crashed_host_never_started(
     restarted.terminate_task_instances(ids)
     assert running.alive() == []
     assert second.task_instance_id not in host.started()
-    assert [final["error_state"] for final in host.finals()[first.task_instance_id]] == ["K"]
+    assert [final.error_state for final in host.final_reports()[first.task_instance_id]] == ["K"]
 
 
 def test_stop_ends_the_adopted_instances_too(tmp_path, host, crash, restarted):
@@ -289,7 +290,7 @@ def test_stop_ends_the_adopted_instances_too(tmp_path, host, crash, restarted):
 
     restarted.stop()
     assert task.alive() == []
-    assert [final["error_state"] for final in host.finals()[job.task_instance_id]] == ["K"]
+    assert [final.error_state for final in host.final_reports()[job.task_instance_id]] == ["K"]
 
 
 def test_an_id_of_another_prefix_that_never_existed(restarted):

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from jobfleet.core.channel import EventKind
+from jobfleet.core.channel import EventKind, FinalReport, RunningReport
 from jobfleet.core.errors import ResourceError
 from jobfleet.core.exit_info import ErrorState
 from jobfleet.core.testing import KitHost
@@ -50,12 +50,12 @@ def test_a_large_task_is_overtaken_at_most_overtake_limit_times(host, tmp_path):
     try:
         release = tmp_path / "release"
         holder = host.submit(distributor, waits_for(release), resources={"cores": 1})
-        host.wait_running(holder.task_instance_id)
+        host.wait_report(RunningReport, holder.task_instance_id)
         large = host.submit(distributor, "true", resources={"cores": 2})
         small = [host.submit(distributor, "true", resources={"cores": 1}) for _ in range(4)]
         # The first two small tasks overtake the large one, one after the other...
         for job in small[:2]:
-            host.wait_final(job.task_instance_id)
+            host.wait_report(FinalReport, job.task_instance_id)
         wait_for(
             lambda: not distributor.get_submitted_or_running([small[1].distributor_id]),
             "the second small task to be finished",
@@ -65,7 +65,7 @@ def test_a_large_task_is_overtaken_at_most_overtake_limit_times(host, tmp_path):
         assert all(still_queued(distributor, job.distributor_id) for job in small[2:])
         release.touch()
         for job in [large, *small[2:]]:
-            assert host.wait_final(job.task_instance_id)["error_state"] == "D"
+            assert host.wait_report(FinalReport, job.task_instance_id).error_state == "D"
         assert started_at(host, large) < started_at(host, small[2])
         assert started_at(host, large) < started_at(host, small[3])
     finally:
@@ -77,13 +77,13 @@ def test_without_overtaking_the_queue_is_first_come_first_served(host, tmp_path)
     try:
         release = tmp_path / "release"
         holder = host.submit(distributor, waits_for(release), resources={"cores": 1})
-        host.wait_running(holder.task_instance_id)
+        host.wait_report(RunningReport, holder.task_instance_id)
         large = host.submit(distributor, "true", resources={"cores": 2})
         small = host.submit(distributor, "true", resources={"cores": 1})
         assert still_queued(distributor, small.distributor_id)
         release.touch()
-        host.wait_final(small.task_instance_id)
-        host.wait_final(large.task_instance_id)
+        host.wait_report(FinalReport, small.task_instance_id)
+        host.wait_report(FinalReport, large.task_instance_id)
         assert started_at(host, large) < started_at(host, small)
     finally:
         distributor.stop()
@@ -108,10 +108,10 @@ def test_gpus_are_handed_out_as_cuda_visible_devices(host):
     try:
         two = host.submit(distributor, 'echo "$CUDA_VISIBLE_DEVICES"', resources={"gpus": 2})
         none = host.submit(distributor, 'echo "[$CUDA_VISIBLE_DEVICES]"', resources={})
-        devices = host.wait_final(two.task_instance_id)["stdout_tail"].strip().split(",")
+        devices = host.wait_report(FinalReport, two.task_instance_id).stdout_tail.strip().split(",")
         assert len(devices) == 2
         assert set(devices) <= {"0", "1", "2"}
-        assert host.wait_final(none.task_instance_id)["stdout_tail"] == "[]\n"
+        assert host.wait_report(FinalReport, none.task_instance_id).stdout_tail == "[]\n"
     finally:
         distributor.stop()
 
@@ -120,7 +120,7 @@ def test_exit_info_of_a_finished_wrapper_comes_from_its_exit_code(host):
     distributor = started_distributor(host, cores=2)
     try:
         job = host.submit(distributor, "exit 3")
-        host.wait_final(job.task_instance_id)
+        host.wait_report(FinalReport, job.task_instance_id)
         wait_for(lambda: not distributor.get_submitted_or_running([job.distributor_id]), "the end")
         info = distributor.get_remote_exit_info(job.distributor_id)
         assert info.error_state is ErrorState.ERROR_RECOVERABLE

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from jobfleet.core.channel import FinalReport, RunningReport
 from jobfleet.core.exit_info import ErrorState, RemoteExitInfo
 from jobfleet.core.resources import memory_text
 from jobfleet.core.testing.host import KitHost, wait_for
@@ -91,14 +92,14 @@ def test_a_cancel_behind_jobfleets_back_is_fatal_and_says_who(
     distributor: SlurmDistributor, kit_host: KitHost, slurm_cluster: Any
 ) -> None:
     job = kit_host.submit(distributor, LONG, resources={"cores": 1})
-    kit_host.wait_running(job.task_instance_id)
+    kit_host.wait_report(RunningReport, job.task_instance_id)
     subprocess.run(["scancel", job.distributor_id], check=True)  # an admin's cancel
     info = final_info(distributor, job.distributor_id)
     assert info.error_state is ErrorState.ERROR_FATAL, info.error_message
     assert "cancelled by user id 0" in info.error_message
     # And what jobfleet cancels itself is K.
     ours = kit_host.submit(distributor, LONG, resources={"cores": 1})
-    kit_host.wait_running(ours.task_instance_id)
+    kit_host.wait_report(RunningReport, ours.task_instance_id)
     distributor.terminate_task_instances([ours.distributor_id])
     assert final_info(distributor, ours.distributor_id).error_state is ErrorState.KILL_SELF
 
@@ -117,7 +118,7 @@ def test_a_job_gone_from_squeue_is_never_done_without_sacct(kit_host: KitHost) -
     lagging = new_distributor(kit_host, LaggingAccounting())
     try:
         job = kit_host.submit(lagging, "true", resources={"cores": 1})
-        kit_host.wait_final(job.task_instance_id)  # it ran and its wrapper reported D
+        kit_host.wait_report(FinalReport, job.task_instance_id)  # it ran and its wrapper reported D
         wait_for(lambda: not lagging.get_submitted_or_running([job.distributor_id]), "it to leave")
         info = lagging.get_remote_exit_info(job.distributor_id)
         assert not info.finalized
@@ -127,7 +128,7 @@ def test_a_job_gone_from_squeue_is_never_done_without_sacct(kit_host: KitHost) -
     without = new_distributor(kit_host, SlurmCommands(), SlurmSettings(use_sacct=False))
     try:
         job = kit_host.submit(without, "true", resources={"cores": 1})
-        kit_host.wait_final(job.task_instance_id)
+        kit_host.wait_report(FinalReport, job.task_instance_id)
         wait_for(lambda: not without.get_submitted_or_running([job.distributor_id]), "leave")
         info = without.get_remote_exit_info(job.distributor_id)
         assert info.error_state is ErrorState.UNKNOWN_ERROR  # not done: nobody can say
@@ -240,7 +241,7 @@ def test_an_array_larger_than_max_array_size_goes_in_chunks(
         "0", "1", "2", "3", "0", "1", "2", "3", "0", "1",
     ]  # fmt: skip
     for job in submitted:
-        assert kit_host.wait_final(job.task_instance_id)["error_state"] == "D"
+        assert kit_host.wait_report(FinalReport, job.task_instance_id).error_state == "D"
     # Every step ran its own command: the offset told each chunk where it starts.
     assert sorted(int(path.name) for path in marks.iterdir()) == list(range(10))
 
@@ -262,8 +263,8 @@ def test_after_an_sbatch_timeout_the_job_is_found_not_submitted_again(
     try:
         job = kit_host.submit(distributor, "true", resources={"cores": 1})
         assert job.distributor_id.isdigit()
-        assert kit_host.wait_final(job.task_instance_id)["error_state"] == "D"
-        assert len(kit_host.finals()[job.task_instance_id]) == 1  # ran once
+        assert kit_host.wait_report(FinalReport, job.task_instance_id).error_state == "D"
+        assert len(kit_host.final_reports()[job.task_instance_id]) == 1  # ran once
 
         def jobs_named() -> list[str] | None:
             found = subprocess.run(

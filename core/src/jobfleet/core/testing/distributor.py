@@ -679,7 +679,7 @@ class DistributorTests:
                 lambda: _all_finalized(distributor, list(expected)),
                 "every silent wrapper's end to be known",
             )
-        assert kit_host.finals() == {}, "the stand-in wrapper reports nothing"
+        assert kit_host.final_reports() == {}, "the stand-in wrapper reports nothing"
         for job, (action, state, reason) in expected.items():
             info = infos[job]
             seen = (info.error_state, info.record.reason if info.record else None)

@@ -207,33 +207,6 @@ class KitHost:
         """The task instances that have sent a RUNNING event so far."""
         return {e.task_instance_id for e in self._matching(EventKind.RUNNING, None)}
 
-    # The data of the events as it travelled, for tests that look at the wire form.
-
-    def seen(self, kind: EventKind, task_instance_id: int | None = None) -> list[dict[str, Any]]:
-        """The data of every event of `kind` read so far, of one instance or of all."""
-        return [dict(event.data) for event in self._matching(kind, task_instance_id)]
-
-    def finals(self) -> dict[int, list[dict[str, Any]]]:
-        """The data of every final report read so far, by task instance."""
-        found: dict[int, list[dict[str, Any]]] = {}
-        for event in self._matching(EventKind.FINAL, None):
-            found.setdefault(event.task_instance_id, []).append(dict(event.data))
-        return found
-
-    def wait_running(
-        self, task_instance_id: int, timeout: float = DEFAULT_TIMEOUT
-    ) -> dict[str, Any]:
-        """The data of the instance's first RUNNING event, once it has arrived."""
-        return self._wait_event(EventKind.RUNNING, task_instance_id, timeout)
-
-    def wait_final(self, task_instance_id: int, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
-        """The data of the instance's first final report, once it has arrived."""
-        return self._wait_event(EventKind.FINAL, task_instance_id, timeout)
-
-    def _wait_event(self, kind: EventKind, task_instance_id: int, timeout: float) -> dict[str, Any]:
-        what = f"a {kind.value} event of task instance {task_instance_id}"
-        return _first(lambda: self.seen(kind, task_instance_id), what, timeout)
-
     def close(self) -> None:
         self.channel.close()
 

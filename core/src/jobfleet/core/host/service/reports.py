@@ -133,30 +133,18 @@ def _apply_reports(
         started = running if state is S.LAUNCHED else None
         _apply_final(context, row, state, final, started, work, notes)
     elif running is not None and state in (S.LAUNCHED, S.NO_HEARTBEAT, S.TRIAGING):
-        work.changes.append(
-            Change(
-                row.id,
-                context.run_id,
-                state,
-                S.RUNNING,
-                "running",
-                values=_running_values(running),
-                details={},
-            )
-        )
+        work.changes.append(_to_running(context, row, state, "running", _running_values(running)))
     elif beats and state in (S.NO_HEARTBEAT, S.TRIAGING):
-        work.changes.append(
-            Change(
-                row.id,
-                context.run_id,
-                state,
-                S.RUNNING,
-                "heard from again",
-                values={"heartbeat_at": utcnow()},
-            )
-        )
+        values = {"heartbeat_at": utcnow()}
+        work.changes.append(_to_running(context, row, state, "heard from again", values))
     elif beats and state is S.RUNNING:
         notes.append({"id": row.id, "heartbeat_at": utcnow()})
+
+
+def _to_running(
+    context: RunContext, row: Any, state: InstanceState, message: str, values: dict[str, Any]
+) -> Change:
+    return Change(row.id, context.run_id, state, S.RUNNING, message, values=values)
 
 
 def _apply_final(

@@ -79,6 +79,9 @@ class SlurmDistributor(BaseClusterDistributor):
         self._left: set[str] = set()  # ids that left squeue, waiting for a final sacct record
         self._records: dict[str, accounting.AccountingRecord] = {}
         self._sacct_at = -math.inf
+        # Status rounds (calls of get_submitted_or_running) seen, and the one of the last sacct.
+        self._round = 0
+        self._sacct_round = -1
         self._max_array_size: int | None = None
 
     # -- the protocol ---------------------------------------------------------------------------
@@ -136,6 +139,7 @@ class SlurmDistributor(BaseClusterDistributor):
 
     def get_submitted_or_running(self, distributor_ids: list[str]) -> set[str]:
         """From one squeue for all of the run's jobs (reused while the interval runs)."""
+        self._round += 1
         if self._poller.due():
             self._refresh_snapshot()
         # Wall-clock time of the snapshot (0 before the first: only submitted jobs are new).
@@ -329,10 +333,13 @@ class SlurmDistributor(BaseClusterDistributor):
         self._left = waiting
         if not waiting or not self.settings.use_sacct:
             return
-        # At most one sacct per interval: triage asks about each job, but one call answers all.
-        if time.monotonic() - self._sacct_at < self.settings.poll_min or not self._poller.allowed():
+        # One sacct per round: triage asks about each job of a round, and one call answered all
+        # of them (a round slower than poll_max may ask again).
+        since = time.monotonic() - self._sacct_at
+        asked_this_round = self._sacct_round == self._round and since < self.settings.poll_max
+        if since < self.settings.poll_min or asked_this_round or not self._poller.allowed():
             return
-        self._sacct_at = time.monotonic()
+        self._sacct_at, self._sacct_round = time.monotonic(), self._round
         self._records.update(self._sacct(waiting))
 
     def _final(self, job: str) -> bool:
@@ -379,7 +386,9 @@ class SlurmDistributor(BaseClusterDistributor):
             )
         base = job.split("_", 1)[0]
         killed = job in self._killed or base in self._killed
-        return accounting.exit_info(record, killed_by_us=killed, output=self._output_tail(job))
+        # Only a failed job's output can tell more (its whole exit status, its last words).
+        output = self._output_tail(job) if record.state == "FAILED" else ""
+        return accounting.exit_info(record, killed_by_us=killed, output=output)
 
     def _output_tail(self, job: str) -> str:
         """The end of the job's output file (the wrapper's stderr), or "" when it is not here."""
