@@ -291,6 +291,8 @@ def test_a_silent_running_instance_goes_to_triage(ledger: Ledger) -> None:
         with service.channel.open_writer(instance.id) as writer:
             from jobfleet.core.channel import EventKind
 
+            # As a wrapper does: its reports carry the run token of the spec it read.
+            writer.run_token = service.channel.get_spec(instance.id).run_token
             writer.send(EventKind.RUNNING, {"hostname": "node1"})
         wait_for(lambda: service.round() and instances(ledger, run_id)[0].state == "T", "triage")
         states = [e.to_state for e in events(ledger, run_id, "transition")]

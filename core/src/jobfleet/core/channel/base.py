@@ -86,6 +86,9 @@ class EventWriter(ABC):
     def __init__(self, task_instance_id: int, writer: str | None = None) -> None:
         self.task_instance_id = task_instance_id
         self.writer = writer or new_writer_token()
+        self.run_token: str | None = None
+        """Put in every event sent from now on: the wrapper sets it to its spec's `run_token`
+        as soon as it has read the spec."""
         self._sequence = 0
         self._lock = threading.Lock()
         self._closed = False
@@ -117,6 +120,7 @@ class EventWriter(ABC):
                 sequence=self._sequence,
                 time=time.time(),
                 data=dict(data or {}),
+                run_token=self.run_token,
             )
             # Both fail before the number is used: data that is not JSON, or not a report.
             line = event.to_line()

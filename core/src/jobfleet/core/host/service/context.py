@@ -57,6 +57,8 @@ class RunContext:
     cursor: EventCursor | None = None
     """How far the channel has been read; saved in the ledger with the changes it caused."""
     work_dir: str | None = None
+    run_token: str | None = None
+    """The run's token (`runs.token`): in every spec, and required in every report."""
     started_at: datetime = field(default_factory=utcnow)
     """When this service started: attempts submitted earlier were submitted by a crashed one."""
     lease_renewed: float = 0.0
