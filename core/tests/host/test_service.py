@@ -6,7 +6,7 @@ import os
 import signal
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -36,13 +36,6 @@ FAST = ServiceOptions(
     heartbeat_interval=0.5,
     triage_interval=0.01,
 )
-
-
-@pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[Ledger]:
-    opened = Ledger.open(str(tmp_path / "ledger.db"))
-    yield opened
-    opened.close()
 
 
 def tasks(*commands: str, **fields: Any) -> list[TaskDefinition]:

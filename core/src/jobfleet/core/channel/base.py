@@ -210,9 +210,20 @@ class Channel(ABC):
     def remove(self, task_instance_id: int) -> None:
         """Delete the spec and events of a task instance whose final report is ingested."""
 
+    def remove_spec(self, task_instance_id: int) -> None:
+        """Delete the spec of a task instance whose attempt has ended, keeping its events.
+
+        A spec holds the task's `env`; once the attempt is over nothing may run it again (a
+        retry is a new instance). Its events stay, so that a wrapper's late report still
+        arrives. Removing what is not there is not an error. This default removes the events
+        too (`remove`): a transport that can keep them overrides it.
+        """
+        self.remove(task_instance_id)
+
     @abstractmethod
     def remove_array(self, array_id: int, batch_number: int) -> None:
-        """Delete the step map of an array batch whose steps are all ingested."""
+        """Delete the step map (and the specs stored with it) of an array batch whose steps
+        have all ended."""
 
     # Worker side.
 

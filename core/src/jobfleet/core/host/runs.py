@@ -42,6 +42,7 @@ from jobfleet.core.host.queues import (
 )
 from jobfleet.core.host.taskfile import TaskDefinition
 from jobfleet.core.plugins import ClusterPlugin, PluginRegistry, default_registry
+from jobfleet.core.private import make_private_dirs
 from jobfleet.core.queue import DEFAULT_QUEUE
 
 
@@ -139,7 +140,8 @@ def create_run(
         run.host_url = f"file://{work_dir / 'channel'}"
         _insert_tasks(session, run.id, tasks)
         # The directory is made inside the transaction: if it cannot be, nothing is written.
-        (work_dir / "logs").mkdir(parents=True, exist_ok=True)
+        # Owner-only, like everything in it: the specs and logs may hold the tasks' secrets.
+        make_private_dirs(work_dir / "logs")
         open_channel(run.host_url, create=True).close()
         return run.id
 

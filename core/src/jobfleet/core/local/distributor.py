@@ -42,8 +42,9 @@ from jobfleet.core.errors import BackendError
 from jobfleet.core.exit_info import ErrorState, ExitReason, ExitRecord, RemoteExitInfo
 from jobfleet.core.local.pool import Need, ResourcePool, machine_cores, machine_memory
 from jobfleet.core.local.settings import LocalSettings, gpu_ids
+from jobfleet.core.private import open_private
 from jobfleet.core.resources import ResourceRequest, parse_cores, parse_memory
-from jobfleet.core.wrapper import WRAPPER_FAILED, exit_info_from_wrapper
+from jobfleet.core.wrapper import WRAPPER_FAILED, exit_info_from_wrapper, without_host_variables
 
 _QUEUED, _RUNNING, _FINISHED, _KILLED = "queued", "running", "finished", "killed"
 
@@ -355,7 +356,7 @@ class LocalDistributor(BaseClusterDistributor):
         assert self._workdir is not None
         log = self._workdir / f"{job.distributor_id}.wrapper.log"
         try:
-            with open(log, "wb") as stderr:
+            with open(open_private(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as stderr:
                 job.process = subprocess.Popen(
                     job.argv,
                     env=self._environment(job),
@@ -373,7 +374,9 @@ class LocalDistributor(BaseClusterDistributor):
         ).start()
 
     def _environment(self, job: _Job) -> dict[str, str]:
-        env = dict(os.environ)
+        # The host's own variables (the ledger's URL and password) stay with the host: a
+        # wrapper's environment is what its task inherits.
+        env = without_host_variables(os.environ)
         env[_TAG] = job.distributor_id
         env["JOBFLEET_ARRAY_STEP_ID"] = "" if job.step is None else str(job.step)
         if self.pool.total.gpus:
