@@ -112,17 +112,28 @@ def test_everything_a_run_writes_is_owner_only(tmp_path: Path, umask: int) -> No
         assert not_owner_only(root / ".jobfleet") == {}
 
 
-def test_a_spec_is_removed_once_its_attempt_is_over(ledger: Ledger, tmp_path: Path) -> None:
+def start_until_only_held_runs(
+    ledger: Ledger, tmp_path: Path
+) -> tuple[DistributorService, int, Path, str]:
+    """A service of `gated_run`, once "flaky" failed once and its retry (an attempt with a spec
+    of its own) ran and "quick" is done: only "held" runs. The service, run, gate, work dir."""
     run_id, gate = gated_run(ledger, tmp_path)
-    work_dir = work_dir_of(ledger, run_id)
     service = DistributorService(ledger, run_id)
     service.start()
     try:
-        # "flaky" failed once and its retry (a spec of its own) ran; "held" still runs.
         wait_for(
             lambda: service.round() and letters(ledger, run_id) == "DDER",
             "every task but the held one over",
         )
+    except BaseException:
+        service.close()
+        raise
+    return service, run_id, gate, work_dir_of(ledger, run_id)
+
+
+def test_a_spec_is_removed_once_its_attempt_is_over(ledger: Ledger, tmp_path: Path) -> None:
+    service, _, gate, work_dir = start_until_only_held_runs(ledger, tmp_path)
+    try:
         # The first array still holds the held task's spec; the retry's spec is gone.
         assert channel_files(work_dir, "specs") == []
         assert len(channel_files(work_dir, "arrays")) == 1
@@ -139,17 +150,8 @@ def test_a_spec_is_removed_once_its_attempt_is_over(ledger: Ledger, tmp_path: Pa
 def test_a_resumed_service_removes_the_specs_a_stopped_one_left(
     ledger: Ledger, tmp_path: Path
 ) -> None:
-    run_id, gate = gated_run(ledger, tmp_path)
-    work_dir = work_dir_of(ledger, run_id)
-    service = DistributorService(ledger, run_id)
-    service.start()
-    try:
-        wait_for(
-            lambda: service.round() and letters(ledger, run_id) == "DDER",
-            "every task but the held one over",
-        )
-    finally:
-        service.close()
+    service, run_id, gate, work_dir = start_until_only_held_runs(ledger, tmp_path)
+    service.close()
     # As if the service had stopped between an attempt's end and its spec's removal.
     done = next(row for row in instances(ledger, run_id) if row.state == "D")
     leftover = TaskSpec(done.id, "true", "quick", run_id=run_id, environment={"TOKEN": SECRET})
