@@ -222,11 +222,11 @@ def _first(found: Callable[[], list[T]], what: str, timeout: float) -> T:
 
 
 def hold_session_lock(root: Path) -> object:
-    """Lock `root/lock` while the returned descriptor is open (a test session's server).
+    """Lock `root/lock` for as long as the returned handle is open (a test session's server).
 
     `abandoned_directories` passes over directories locked so: their session still runs.
     """
-    return owned_dirs.hold_lock(root)
+    return open(owned_dirs.hold_lock(root), "rb")  # held open for the whole session
 
 
 def abandoned_directories(pattern: str) -> Iterator[Path]:
