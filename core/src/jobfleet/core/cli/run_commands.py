@@ -319,17 +319,26 @@ def _detach(ledger: Ledger, run_id: int, as_json: bool) -> None:
     with ledger.read_session() as session:
         work_dir = queries.run_work_dir(session, run_id)
     log_path = Path(work_dir or ".", "service.log")
+    argv = [
+        sys.executable,
+        "-m",
+        "jobfleet.core.cli",
+        "run",
+        "--resume",
+        str(run_id),
+        "--ledger",
+        STDIN_URL,
+    ]
     # The ledger URL may hold a password: it goes through a pipe (`--ledger -`), never on the
     # command line (which anyone on the machine may read) nor in an environment variable
     # (which every task would inherit).
-    argv = [
-        sys.executable,
-        *("-m", "jobfleet.core.cli", "run", "--resume", str(run_id)),
-        *("--ledger", STDIN_URL),
-    ]
     with open(open_private(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "ab") as log:
         process = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=log, stderr=log, start_new_session=True
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
         )
     assert process.stdin is not None
     with process.stdin:
