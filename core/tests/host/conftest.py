@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -148,3 +149,13 @@ def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'ledger.db'}"
     server: PostgresServer = request.getfixturevalue("postgres")
     return server.create_database()
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[Any]:
+    """A new SQLite ledger in the test's directory (modules that test both backends, or want
+    another, define their own)."""
+    from jobfleet.core.host.ledger import Ledger
+
+    with Ledger.open(tmp_path / "ledger.db") as opened:
+        yield opened

@@ -107,7 +107,7 @@ def test_open_applies_the_migrations(ledger: Ledger) -> None:
     tables = set(inspect(ledger.engine).get_table_names())
     assert tables == {*Base.metadata.tables, "alembic_version"}
     with ledger.engine.connect() as connection:
-        assert current_revision(connection) == head_revision() == "0004"
+        assert current_revision(connection) == head_revision() == "0005"
 
 
 def test_migrated_schema_is_the_models_schema(ledger: Ledger) -> None:

@@ -6,7 +6,7 @@ import os
 import signal
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -36,13 +36,6 @@ FAST = ServiceOptions(
     heartbeat_interval=0.5,
     triage_interval=0.01,
 )
-
-
-@pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[Ledger]:
-    opened = Ledger.open(str(tmp_path / "ledger.db"))
-    yield opened
-    opened.close()
 
 
 def tasks(*commands: str, **fields: Any) -> list[TaskDefinition]:
@@ -291,6 +284,8 @@ def test_a_silent_running_instance_goes_to_triage(ledger: Ledger) -> None:
         with service.channel.open_writer(instance.id) as writer:
             from jobfleet.core.channel import EventKind
 
+            # As a wrapper does: its reports carry the run token of the spec it read.
+            writer.run_token = service.channel.get_spec(instance.id).run_token
             writer.send(EventKind.RUNNING, {"hostname": "node1"})
         wait_for(lambda: service.round() and instances(ledger, run_id)[0].state == "T", "triage")
         states = [e.to_state for e in events(ledger, run_id, "transition")]

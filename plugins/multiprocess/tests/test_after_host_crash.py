@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -357,3 +358,22 @@ def test_each_call_scans_proc_once_however_many_ids(tmp_path, host, restarted, s
     scans.clear()
     restarted.terminate_task_instances(foreign)  # no process: nothing to wait for
     assert scans == [foreign]
+
+
+def test_a_restarted_host_removes_the_crashed_ones_work_directory_and_no_live_one(
+    tmp_path, host, crash, monkeypatch
+):
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))  # the crashing host's temp dir, and this one's
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    with restarted_distributor(host) as live:
+        assert live._workdir is not None
+        assert live._workdir.parent == temp
+        crash(["true"])
+        (dead,) = [path for path in temp.iterdir() if path != live._workdir]
+        with restarted_distributor(host) as restarted:
+            assert restarted._workdir is not None
+            assert sorted(temp.iterdir()) == sorted([live._workdir, restarted._workdir])
+        assert not dead.exists()
+        assert live._workdir.is_dir()  # its owner lives

@@ -18,6 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from jobfleet.core.exit_info import RemoteExitInfo
 from jobfleet.core.naming import safe_file_name
+from jobfleet.core.private import make_private_dirs, open_private
 
 
 class ClusterQueue(Protocol):
@@ -188,9 +189,9 @@ class ClusterWorkerNode(Protocol):
             return os.devnull
         suffix = f".{log_type}.{self.distributor_id or 'local'}"
         path = os.path.join(log_dir, safe_file_name(name, suffix))
-        os.makedirs(log_dir, exist_ok=True)
-        with open(path, "a", encoding="utf-8"):
-            pass
+        # Owner-only: a task's output may show its secrets.
+        make_private_dirs(log_dir)
+        os.close(open_private(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT))
         return path
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from typing import Final
 
 from jobfleet.core.exit_info import ErrorState, ExitReason, ExitRecord, RemoteExitInfo
@@ -73,6 +74,12 @@ DEFAULT_KILL_GRACE: Final = 10.0
 HOST_URL_VARIABLE: Final = "JOBFLEET_HOST_URL"
 """Where a distributor or wrapper given no `host_url` looks for the host channel's address."""
 
+HOST_ONLY_VARIABLES: Final = frozenset({"JOBFLEET_LEDGER", HOST_URL_VARIABLE, "PGPASSWORD"})
+"""The host's own variables, which no task gets (nor a local backend's wrapper): the ledger's
+URL, which may hold its password; the channel's address, which the wrapper gets on its command
+line; and libpq's password variable, which the host's PostgreSQL connection may read. A task
+that needs one of them names it in its own `env`."""
+
 ENTRY_POINT_VARIABLE: Final = "JOBFLEET_WORKER_NODE"
 """A command (shell words) that starts the wrapper on the nodes, when it is not the one
 installed beside this Python: e.g. another virtual environment's on a cluster's shared disk."""
@@ -94,6 +101,11 @@ def entry_point_argv() -> list[str]:
         return [str(beside)]
     found = shutil.which("jobfleet-worker-node")
     return [found] if found else [sys.executable, "-m", "jobfleet.worker_node.cli"]
+
+
+def without_host_variables(environ: Mapping[str, str]) -> dict[str, str]:
+    """A copy of `environ` without the host's own variables (`HOST_ONLY_VARIABLES`)."""
+    return {name: value for name, value in environ.items() if name not in HOST_ONLY_VARIABLES}
 
 
 def check_cgroup_mode(mode: str) -> None:

@@ -147,6 +147,8 @@ def _run(args: argparse.Namespace, channel: Channel) -> int:
             writer = channel.open_writer(spec.task_instance_id)
         else:
             spec = channel.get_spec(args.task_instance_id)
+        # Every report from now on says which run's spec it ran: the host refuses the rest.
+        writer.run_token = spec.run_token
         from jobfleet.worker_node.runner import RunOptions, TaskRunner
 
         options = RunOptions(kill_grace=args.kill_grace, array_step=step, cgroup=args.cgroup)

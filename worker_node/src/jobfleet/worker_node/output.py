@@ -13,6 +13,8 @@ import os
 import select
 import threading
 
+from jobfleet.core.private import open_private
+
 CHUNK = 64 * 1024
 TAIL_CHARACTERS = 10_000
 
@@ -85,7 +87,8 @@ class OutputPump(threading.Thread):
         if self._log_path is None:
             return None
         try:
-            return os.open(self._log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            # Owner-only: a task's output may show its secrets.
+            return open_private(self._log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         except OSError as exc:
             self.log_error = f"cannot open the log {self._log_path}: {exc}"
             return None

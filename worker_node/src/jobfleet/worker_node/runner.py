@@ -30,7 +30,7 @@ from jobfleet.core.channel import (
 from jobfleet.core.cluster_protocol import ClusterWorkerNode
 from jobfleet.core.errors import ChannelError, JobfleetError
 from jobfleet.core.exit_info import ErrorState, ExitRecord
-from jobfleet.core.wrapper import DEFAULT_CGROUP, DEFAULT_KILL_GRACE
+from jobfleet.core.wrapper import DEFAULT_CGROUP, DEFAULT_KILL_GRACE, without_host_variables
 from jobfleet.worker_node.cgroup import TaskCgroup, current_memory_cgroup
 from jobfleet.worker_node.outcome import Observation, classify
 from jobfleet.worker_node.output import OutputPump
@@ -181,7 +181,9 @@ class TaskRunner:
     # -- starting -----------------------------------------------------------------------------
 
     def _environment(self) -> dict[str, str]:
-        env = dict(os.environ)
+        """The wrapper's environment without the host's own variables, the task's `env`, and
+        the variables that tell the task who it is (docs/security.md lists them)."""
+        env = without_host_variables(os.environ)
         env.update(self.spec.environment)
         env["JOBFLEET_TASK_INSTANCE_ID"] = str(self.spec.task_instance_id)
         env["JOBFLEET_RUN_ID"] = "" if self.spec.run_id is None else str(self.spec.run_id)

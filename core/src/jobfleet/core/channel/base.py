@@ -86,6 +86,9 @@ class EventWriter(ABC):
     def __init__(self, task_instance_id: int, writer: str | None = None) -> None:
         self.task_instance_id = task_instance_id
         self.writer = writer or new_writer_token()
+        self.run_token: str | None = None
+        """Put in every event sent from now on: the wrapper sets it to its spec's `run_token`
+        as soon as it has read the spec."""
         self._sequence = 0
         self._lock = threading.Lock()
         self._closed = False
@@ -117,6 +120,7 @@ class EventWriter(ABC):
                 sequence=self._sequence,
                 time=time.time(),
                 data=dict(data or {}),
+                run_token=self.run_token,
             )
             # Both fail before the number is used: data that is not JSON, or not a report.
             line = event.to_line()
@@ -206,9 +210,20 @@ class Channel(ABC):
     def remove(self, task_instance_id: int) -> None:
         """Delete the spec and events of a task instance whose final report is ingested."""
 
+    def remove_spec(self, task_instance_id: int) -> None:
+        """Delete the spec of a task instance whose attempt has ended, keeping its events.
+
+        A spec holds the task's `env`; once the attempt is over nothing may run it again (a
+        retry is a new instance). Its events stay, so that a wrapper's late report still
+        arrives. Removing what is not there is not an error. This default removes the events
+        too (`remove`): a transport that can keep them overrides it.
+        """
+        self.remove(task_instance_id)
+
     @abstractmethod
     def remove_array(self, array_id: int, batch_number: int) -> None:
-        """Delete the step map of an array batch whose steps are all ingested."""
+        """Delete the step map (and the specs stored with it) of an array batch whose steps
+        have all ended."""
 
     # Worker side.
 

@@ -12,6 +12,9 @@ File names come only from integers and sanitised writer tokens, never from task 
 events file has exactly one writer, so records can never interleave, even on NFS where
 O_APPEND is not atomic across clients; readers consume only complete lines, so a record still
 being written (or torn by a killed writer) is never parsed.
+
+Everything is created owner-only (directories 0700, files 0600): specs hold the tasks' `env`,
+and events the tails of their output.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
 from jobfleet.core.errors import ChannelError, ProtocolVersionError
+from jobfleet.core.private import make_private_dirs, open_private
 
 from .base import Channel, EventCursor, EventWriter
 from .messages import PROTOCOL_VERSION, Event, TaskSpec
@@ -110,7 +114,7 @@ def _write_atomically(path: str, payload: bytes, *, durable: bool = True) -> Non
     """
     directory, name = os.path.split(path)
     temporary = os.path.join(directory, f".{name}.{os.urandom(8).hex()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    fd = open_private(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     try:
         try:
             _write_all(fd, payload)
@@ -160,9 +164,9 @@ class FileEventWriter(EventWriter):
         self.path = os.path.join(directory, f"{task_instance_id}.{self.writer}{_EVENTS_SUFFIX}")
         # O_EXCL: should two runs ever draw the same token, the second fails here instead of
         # interleaving its records with the first one's.
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL
         try:
-            self._fd = os.open(self.path, flags, 0o666)
+            self._fd = open_private(self.path, flags)
         except OSError as exc:
             raise ChannelError(
                 f"Could not create the events file {self.path} of task instance "
@@ -217,7 +221,7 @@ class FileChannel(Channel):
         path = os.path.abspath(os.fspath(root))
         try:
             for sub in (_SPECS, _ARRAYS, _EVENTS):
-                os.makedirs(os.path.join(path, sub), exist_ok=True)
+                make_private_dirs(os.path.join(path, sub))
             marker = os.path.join(path, _CHANNEL_FILE)
             if not os.path.exists(marker):
                 _write_atomically(marker, _dump({"protocol": PROTOCOL_VERSION}))
@@ -427,6 +431,17 @@ class FileChannel(Channel):
         except OSError as exc:
             raise ChannelError(
                 f"Could not remove task instance {task_instance_id} from {self._url}: {exc}."
+            ) from exc
+
+    def remove_spec(self, task_instance_id: int) -> None:
+        try:
+            os.unlink(self._spec_path(task_instance_id))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise ChannelError(
+                f"Could not remove the spec of task instance {task_instance_id} from "
+                f"{self._url}: {exc}."
             ) from exc
 
     def remove_array(self, array_id: int, batch_number: int) -> None:

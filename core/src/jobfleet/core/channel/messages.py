@@ -114,6 +114,9 @@ class TaskSpec:
     command: str
     name: str
     run_id: int | None = None
+    run_token: str | None = None
+    """The host's token of the run: the wrapper puts it in every report, and the host
+    refuses reports without its run's token (None: a host that keeps no token)."""
     stdout_dir: str | None = None
     stderr_dir: str | None = None
     environment: Mapping[str, str] = field(default_factory=dict, hash=False)
@@ -129,6 +132,7 @@ class TaskSpec:
         _check_str(what, "command", self.command)
         _check_str(what, "name", self.name)
         _check_int(what, "run_id", self.run_id, nullable=True)
+        _check_str(what, "run_token", self.run_token, nullable=True)
         _check_str(what, "stdout_dir", self.stdout_dir, nullable=True)
         _check_str(what, "stderr_dir", self.stderr_dir, nullable=True)
         _check_int(what, "protocol_version", self.protocol_version)
@@ -152,6 +156,7 @@ class TaskSpec:
             "command": self.command,
             "name": self.name,
             "run_id": self.run_id,
+            "run_token": self.run_token,
             "stdout_dir": self.stdout_dir,
             "stderr_dir": self.stderr_dir,
             "environment": dict(self.environment),
@@ -448,6 +453,9 @@ class Event:
     sequence: int
     time: float
     data: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    run_token: str | None = None
+    """The `run_token` of the spec the wrapper ran (None before it read one, or when the spec
+    had none): a host refuses a report that does not carry its run's token."""
     _report: Report | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -472,6 +480,8 @@ class Event:
             "sequence": self.sequence,
             "time": self.time,
             "data": dict(self.data),
+            # Left out when there is none, so that such a record reads as it always did.
+            **({} if self.run_token is None else {"run_token": self.run_token}),
         }
 
     def to_line(self) -> bytes:
@@ -515,6 +525,7 @@ class Event:
         payload = data.get("data", {})
         if not isinstance(payload, Mapping):
             raise _field_error(what, "data", "an object", payload)
+        _check_str(what, "run_token", data.get("run_token"), nullable=True)
         event = cls(
             kind=parse_kind(data["kind"]),
             task_instance_id=data["task_instance_id"],
@@ -522,6 +533,7 @@ class Event:
             sequence=data["sequence"],
             time=float(data["time"]),
             data=payload,
+            run_token=data.get("run_token"),
         )
         _ = event.report  # checked now, so that a reader skips a malformed report
         return event

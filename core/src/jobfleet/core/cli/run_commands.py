@@ -29,6 +29,7 @@ from jobfleet.core.errors import JobfleetError
 from jobfleet.core.host import kills, queries
 from jobfleet.core.host.ledger import (
     FINAL_RUN_STATUSES,
+    STDIN_URL,
     InstanceState,
     LeaseError,
     Ledger,
@@ -44,6 +45,7 @@ from jobfleet.core.host.taskfile import (
     task_from_command,
 )
 from jobfleet.core.plugins import PluginStatus, default_registry
+from jobfleet.core.private import open_private
 from jobfleet.core.settings import SettingOption
 
 _STATE_NAMES = {state.value: state.name.lower() for state in InstanceState}
@@ -325,21 +327,22 @@ def _detach(ledger: Ledger, run_id: int, as_json: bool) -> None:
         "--resume",
         str(run_id),
         "--ledger",
-        ledger.url.render_as_string(hide_password=False),
+        STDIN_URL,
     ]
-    environ = dict(os.environ)
-    # The ledger URL may hold a password: give it through the environment, not argv.
-    environ["JOBFLEET_LEDGER"] = argv.pop()
-    argv.pop()
-    with open(log_path, "ab") as log:
+    # The ledger URL may hold a password: it goes through a pipe (`--ledger -`), never on the
+    # command line (which anyone on the machine may read) nor in an environment variable
+    # (which every task would inherit).
+    with open(open_private(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "ab") as log:
         process = subprocess.Popen(
             argv,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,
             stdout=log,
             stderr=log,
-            env=environ,
             start_new_session=True,
         )
+    assert process.stdin is not None
+    with process.stdin:
+        process.stdin.write(ledger.url.render_as_string(hide_password=False).encode() + b"\n")
     if as_json:
         print_json({"run": run_id, "pid": process.pid, "log": str(log_path)})
         return

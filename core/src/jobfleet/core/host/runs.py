@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -41,6 +42,7 @@ from jobfleet.core.host.queues import (
 )
 from jobfleet.core.host.taskfile import TaskDefinition
 from jobfleet.core.plugins import ClusterPlugin, PluginRegistry, default_registry
+from jobfleet.core.private import make_private_dirs
 from jobfleet.core.queue import DEFAULT_QUEUE
 
 
@@ -126,16 +128,20 @@ def create_run(
             name=name or _default_name(tasks),
             cluster_id=cluster_row.id,
             status=RunStatus.CREATED.value,
+            token=secrets.token_hex(8),
             options={"service": options.to_dict(), "cluster_settings": settings_values},
         )
         session.add(run)
         session.flush()
-        work_dir = root / f"run-{run.id}"
+        # The token keeps apart the runs of two ledgers that share a work root (both number
+        # their runs from 1): a run's directory, and so its channel, is its own.
+        work_dir = root / f"run-{run.id}-{run.token}"
         run.work_dir = str(work_dir)
         run.host_url = f"file://{work_dir / 'channel'}"
         _insert_tasks(session, run.id, tasks)
         # The directory is made inside the transaction: if it cannot be, nothing is written.
-        (work_dir / "logs").mkdir(parents=True, exist_ok=True)
+        # Owner-only, like everything in it: the specs and logs may hold the tasks' secrets.
+        make_private_dirs(work_dir / "logs")
         open_channel(run.host_url, create=True).close()
         return run.id
 

@@ -17,6 +17,10 @@ channel. A new distributor (new id prefix) asked about such ids finds their proc
 `JOBFLEET_DISTRIBUTOR_ID` tag they carry (one scan of /proc per call) and answers for them:
 running while a tagged process lives, killable (SIGTERM to the wrapper, SIGKILL after the
 grace period). It "adopts" them in that sense only: their resources are not in its pool.
+
+Its work directory (the wrappers' own logs) is a `jobfleet-local-*` directory of the temp dir,
+locked as its own while it lives (`jobfleet.core.owned_dirs`): a distributor starting removes
+those of distributors that died without stopping (a host killed with SIGKILL), never a live one.
 """
 
 from __future__ import annotations
@@ -27,7 +31,6 @@ import re
 import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 import uuid
@@ -42,8 +45,10 @@ from jobfleet.core.errors import BackendError
 from jobfleet.core.exit_info import ErrorState, ExitReason, ExitRecord, RemoteExitInfo
 from jobfleet.core.local.pool import Need, ResourcePool, machine_cores, machine_memory
 from jobfleet.core.local.settings import LocalSettings, gpu_ids
+from jobfleet.core.owned_dirs import OwnedDirectory, make_owned_directory, remove_abandoned
+from jobfleet.core.private import open_private
 from jobfleet.core.resources import ResourceRequest, parse_cores, parse_memory
-from jobfleet.core.wrapper import WRAPPER_FAILED, exit_info_from_wrapper
+from jobfleet.core.wrapper import WRAPPER_FAILED, exit_info_from_wrapper, without_host_variables
 
 _QUEUED, _RUNNING, _FINISHED, _KILLED = "queued", "running", "finished", "killed"
 
@@ -52,6 +57,8 @@ _TAG = "JOBFLEET_DISTRIBUTOR_ID"
 
 _ID_SHAPE = re.compile(r"[0-9a-f]{8}-[0-9]+", re.ASCII)
 """The ids every instance hands out: its own random prefix, a dash, a counter."""
+
+_WORKDIR_PREFIX = "jobfleet-local-"
 
 _POLL = 0.02
 """Seconds between two looks at /proc while waiting for processes that are not our children."""
@@ -94,6 +101,7 @@ class LocalDistributor(BaseClusterDistributor):
         self._running = 0
         self._lock = threading.RLock()
         self._workdir: Path | None = None
+        self._workdir_owned: OwnedDirectory | None = None
         self._stopped = False
         # Ids of an earlier distributor (a host that was restarted) whose processes this one
         # has seen running (_RUNNING) or has killed (_KILLED).
@@ -116,7 +124,10 @@ class LocalDistributor(BaseClusterDistributor):
     def start(self) -> None:
         with self._lock:
             if self._workdir is None:
-                self._workdir = Path(tempfile.mkdtemp(prefix="jobfleet-local-"))
+                # Those of hosts that crashed: their lock died with them.
+                remove_abandoned(f"{_WORKDIR_PREFIX}*")
+                self._workdir_owned = make_owned_directory(_WORKDIR_PREFIX)
+                self._workdir = self._workdir_owned.path
             self._stopped = False
 
     def stop(self) -> None:
@@ -139,6 +150,9 @@ class LocalDistributor(BaseClusterDistributor):
             if self._workdir is not None:
                 shutil.rmtree(self._workdir, ignore_errors=True)
                 self._workdir = None
+            if self._workdir_owned is not None:
+                self._workdir_owned.release()
+                self._workdir_owned = None
 
     def submit_to_batch_distributor(
         self, command: str, name: str, requested_resources: dict[str, Any]
@@ -355,7 +369,7 @@ class LocalDistributor(BaseClusterDistributor):
         assert self._workdir is not None
         log = self._workdir / f"{job.distributor_id}.wrapper.log"
         try:
-            with open(log, "wb") as stderr:
+            with open(open_private(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as stderr:
                 job.process = subprocess.Popen(
                     job.argv,
                     env=self._environment(job),
@@ -373,7 +387,9 @@ class LocalDistributor(BaseClusterDistributor):
         ).start()
 
     def _environment(self, job: _Job) -> dict[str, str]:
-        env = dict(os.environ)
+        # The host's own variables (the ledger's URL and password) stay with the host: a
+        # wrapper's environment is what its task inherits.
+        env = without_host_variables(os.environ)
         env[_TAG] = job.distributor_id
         env["JOBFLEET_ARRAY_STEP_ID"] = "" if job.step is None else str(job.step)
         if self.pool.total.gpus:

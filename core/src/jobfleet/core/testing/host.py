@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import fcntl
 import itertools
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from jobfleet.core import owned_dirs
 from jobfleet.core.channel import (
     Channel,
     Event,
@@ -222,13 +222,11 @@ def _first(found: Callable[[], list[T]], what: str, timeout: float) -> T:
 
 
 def hold_session_lock(root: Path) -> object:
-    """Lock `root/lock` for as long as the returned handle lives (a test session's server).
+    """Lock `root/lock` for as long as the returned handle is open (a test session's server).
 
     `abandoned_directories` passes over directories locked so: their session still runs.
     """
-    handle = open(root / "lock", "a")  # noqa: SIM115 - held open for the whole session
-    fcntl.flock(handle, fcntl.LOCK_EX)
-    return handle
+    return open(owned_dirs.hold_lock(root), "rb")  # held open for the whole session
 
 
 def abandoned_directories(pattern: str) -> Iterator[Path]:
@@ -237,16 +235,7 @@ def abandoned_directories(pattern: str) -> Iterator[Path]:
     Servers that test sessions start (PostgreSQL, Slurm) live in such directories; a session
     killed before it could stop its server leaves one behind, for the next session to stop
     and remove. Each directory is yielded while its lock is held, so two sweepers never
-    handle the same one.
+    handle the same one (see `jobfleet.core.owned_dirs`, which the local backends' work
+    directories use alike).
     """
-    for root in Path(tempfile.gettempdir()).glob(pattern):
-        try:
-            handle = open(root / "lock", "a")  # noqa: SIM115 - closed below
-        except OSError:
-            continue
-        with handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # its session is alive
-            yield root
+    yield from owned_dirs.abandoned_directories(pattern)

@@ -4,7 +4,13 @@ A SQLAlchemy 2 database (SQLite in WAL mode by default, PostgreSQL for shared us
 by Alembic to the newest schema whenever it is opened. See docs/ledger.md.
 """
 
-from jobfleet.core.host.ledger.engine import DEFAULT_PATH, ENV_VAR, resolve_url, safe_url
+from jobfleet.core.host.ledger.engine import (
+    DEFAULT_PATH,
+    ENV_VAR,
+    STDIN_URL,
+    resolve_url,
+    safe_url,
+)
 from jobfleet.core.host.ledger.errors import LeaseError, LedgerError, TransitionError
 from jobfleet.core.host.ledger.leases import (
     DEFAULT_LEASE,
@@ -53,6 +59,7 @@ __all__ = [
     "ENV_VAR",
     "FINAL_RUN_STATUSES",
     "RETRYABLE_STATES",
+    "STDIN_URL",
     "TERMINAL_STATES",
     "TRANSITIONS",
     "Array",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any, Final
 
@@ -11,10 +12,14 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from jobfleet.core.host.ledger.errors import LedgerError
+from jobfleet.core.private import create_private_file, make_private_dirs
 
 ENV_VAR: Final = "JOBFLEET_LEDGER"
 DEFAULT_PATH: Final = Path(".jobfleet") / "ledger.db"
 DEFAULT_BUSY_TIMEOUT: Final = 30.0
+STDIN_URL: Final = "-"
+"""Given as the URL: read the URL from the first line of standard input. How a detached run
+hands its ledger URL (and password) to its service, where no other process can see it."""
 # Set on a connection (execution option) to open a deferred transaction instead of IMMEDIATE.
 READ_ONLY_OPTION: Final = "jobfleet_read_only"
 
@@ -31,10 +36,15 @@ def safe_url(url: str | URL) -> str:
 def resolve_url(url: str | os.PathLike[str] | URL | None = None, *, cwd: Path | None = None) -> URL:
     """The ledger URL: the one given, else $JOBFLEET_LEDGER, else ./.jobfleet/ledger.db.
 
-    A value without `://` is a path to a SQLite file, so that `--ledger runs.db` works.
+    A value without `://` is a path to a SQLite file, so that `--ledger runs.db` works; `-`
+    (`STDIN_URL`) reads the URL from the first line of standard input.
     """
     if isinstance(url, os.PathLike):
         url = os.fspath(url)
+    if url == STDIN_URL:
+        url = sys.stdin.readline().strip()
+        if not url:
+            raise LedgerError("The ledger URL was to come on standard input, which gave none.")
     raw: str | URL = url if url is not None else os.environ.get(ENV_VAR) or ""
     if isinstance(raw, str) and "://" not in raw:
         path = Path(raw) if raw else DEFAULT_PATH
@@ -70,7 +80,7 @@ def _sqlite_engine(url: URL, busy_timeout: float) -> Engine:
             f"The ledger URL {safe_url(url)} names no file: the ledger needs a SQLite file "
             "(WAL mode and several processes sharing it), such as sqlite:///.jobfleet/ledger.db."
         )
-    Path(database).parent.mkdir(parents=True, exist_ok=True)
+    _create_private_database(Path(database))
     engine = create_engine(
         url,
         # Pooled connections move between threads; each is used by one thread at a time.
@@ -81,6 +91,22 @@ def _sqlite_engine(url: URL, busy_timeout: float) -> Engine:
     event.listen(engine, "connect", _sqlite_on_connect(busy_timeout))
     event.listen(engine, "begin", _sqlite_on_begin)
     return engine
+
+
+def _create_private_database(path: Path) -> None:
+    """Create a new ledger file (and its missing directories) readable by its owner only.
+
+    The ledger holds every task's command and `env`. SQLite would create the file with the
+    umask's mode (0644 under the usual 022); made first as an empty 0600 file (which SQLite
+    takes for an empty database), it keeps 0600, and SQLite gives its -wal and -shm files the
+    database's mode. An existing file is left as it is, and so is a file that cannot be
+    made here: SQLite then says why it cannot open it.
+    """
+    try:
+        make_private_dirs(path.parent)
+        create_private_file(path)
+    except OSError:
+        pass
 
 
 def _sqlite_on_connect(busy_timeout: float) -> Any:

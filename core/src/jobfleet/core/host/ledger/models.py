@@ -108,6 +108,9 @@ class Run(Base):
     # The service that owns the run, and until when: a crashed owner stops renewing and loses it.
     owner_token: Mapped[str | None] = mapped_column(String(100))
     lease_expires_at: Mapped[datetime | None]
+    # A random token of this run alone (None for runs older than migration 0005): in its work
+    # directory's name and in every spec and report, so that runs of two ledgers never mix.
+    token: Mapped[str | None] = mapped_column(String(64))
     # Where the run's channel and logs live, and the options a resumed service must reuse.
     work_dir: Mapped[str | None] = mapped_column(Text)
     host_url: Mapped[str | None] = mapped_column(Text)

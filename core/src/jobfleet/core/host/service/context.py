@@ -9,7 +9,7 @@ imports never go in a circle.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Final
@@ -57,6 +57,8 @@ class RunContext:
     cursor: EventCursor | None = None
     """How far the channel has been read; saved in the ledger with the changes it caused."""
     work_dir: str | None = None
+    run_token: str | None = None
+    """The run's token (`runs.token`): in every spec, and required in every report."""
     started_at: datetime = field(default_factory=utcnow)
     """When this service started: attempts submitted earlier were submitted by a crashed one."""
     lease_renewed: float = 0.0
@@ -65,6 +67,8 @@ class RunContext:
     """Triage: when (monotonic) the backend was last asked about each silent instance."""
     fits: dict[str, QueueFit] = field(default_factory=dict)
     """Submission: each distinct request checked against its queue once, by its JSON text."""
+    ended: set[int] = field(default_factory=set)
+    """Attempts that ended since their specs were last withdrawn from the channel."""
 
     def started_distributor(self) -> ClusterDistributor:
         if self.distributor is None:
@@ -77,11 +81,15 @@ class RunContext:
         return self.channel
 
 
+def chunks(ids: Sequence[int]) -> Iterator[Sequence[int]]:
+    """`ids` in slices small enough for one `IN (…)` each."""
+    for start in range(0, len(ids), _ID_CHUNK):
+        yield ids[start : start + _ID_CHUNK]
+
+
 def load_instances(session: Session, ids: Iterable[int]) -> list[TaskInstance]:
     """The task instances with these ids, as ORM objects (in chunks of ids)."""
     found: list[TaskInstance] = []
-    ids = list(ids)
-    for start in range(0, len(ids), _ID_CHUNK):
-        chunk = ids[start : start + _ID_CHUNK]
+    for chunk in chunks(list(ids)):
         found.extend(session.scalars(select(TaskInstance).where(TaskInstance.id.in_(chunk))).all())
     return found

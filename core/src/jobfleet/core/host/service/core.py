@@ -28,6 +28,7 @@ from jobfleet.core.host.service.reports import ingest_events
 from jobfleet.core.host.service.status import query_backend
 from jobfleet.core.host.service.submission import submit_queued
 from jobfleet.core.host.service.triage import triage
+from jobfleet.core.host.service.withdrawal import withdraw_all_ended, withdraw_ended
 from jobfleet.core.plugins import PluginRegistry, default_registry
 
 
@@ -106,6 +107,7 @@ class DistributorService:
             raise ServiceError(f"Run {self.run_id} has no channel; it was not made by create_run.")
         self._connect(stored, stored.host_url)
         recover_unsubmitted(self._run)
+        withdraw_all_ended(self._run)
 
     def _connect(self, stored: StoredRun, host_url: str) -> None:
         """The run's options, the backend's queue objects, the channel and the distributor."""
@@ -124,6 +126,8 @@ class DistributorService:
 
     def close(self) -> None:
         """Stop the backend connection and give the run up (a clean stop, not a kill)."""
+        if self._run.channel is not None:
+            withdraw_ended(self._run)
         if self._run.distributor is not None:
             self._run.distributor.stop()
             self._run.distributor = None
@@ -134,7 +138,9 @@ class DistributorService:
 
     def kill_requested(self) -> bool:
         """Carry out the kill requests in the ledger, and nothing else (no submission)."""
-        return handle_kills(self._run)
+        changed = handle_kills(self._run)
+        withdraw_ended(self._run)
+        return changed
 
     def request_stop(self) -> None:
         """Make `run_until_done` return after the current round (from another thread or a
@@ -172,4 +178,5 @@ class DistributorService:
         changed |= ingest_events(run)
         changed |= triage(run, view)
         changed |= submit_queued(run)
+        withdraw_ended(run)
         return take_stock(run, changed)

@@ -59,6 +59,7 @@ def claim_run(context: RunContext) -> StoredRun:
         run.status = RunStatus.RUNNING.value
         cluster = session.get_one(Cluster, run.cluster_id)
         context.work_dir = run.work_dir
+        context.run_token = run.token
         context.cursor = EventCursor.from_dict(run.event_cursor) if run.event_cursor else None
         stored = StoredRun(
             cluster.name,

@@ -60,6 +60,7 @@ def ingest_events(context: RunContext) -> bool:
     events, cursor = context.started_channel().read_events(context.cursor)
     for problem in cursor.problems:
         log.warning("run %s: %s", context.run_id, problem)
+    events = _of_this_run(context, events)
     if not events:
         context.cursor = cursor
         return False
@@ -81,6 +82,30 @@ def ingest_events(context: RunContext) -> bool:
         _save_cursor(context, session, cursor)
     context.cursor = cursor
     return True
+
+
+def _of_this_run(context: RunContext, events: Sequence[Event]) -> list[Event]:
+    """The events that carry the run's token; the others are logged as problems, never read.
+
+    A report of another run (another ledger's run of the same number, a wrapper of an older
+    run left in a reused directory) would otherwise be taken for one of this run's instances,
+    which have the same ids.
+    """
+    ours = []
+    for event in events:
+        if event.run_token == context.run_token:
+            ours.append(event)
+            continue
+        log.warning(
+            "run %s: ignored a %s report of task instance %s (writer %s): it carries %s, "
+            "not this run's token",
+            context.run_id,
+            event.kind.value,
+            event.task_instance_id,
+            event.writer,
+            "no run token" if event.run_token is None else f"the run token {event.run_token!r}",
+        )
+    return ours
 
 
 def _write_notes(session: Session, notes: Sequence[dict[str, Any]]) -> None:

@@ -108,6 +108,7 @@ def commit(context: RunContext, session: Session, work: Round) -> None:
     apply_changes(session, work.changes)
     if not work.ended:
         return
+    context.ended.update(ended.instance_id for ended in work.ended)  # specs to withdraw
     tasks = _tasks_of(session, work.ended)
     limits = queue_limits(context.queues)
     retries: list[_Retry] = []

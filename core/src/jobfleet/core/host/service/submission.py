@@ -281,6 +281,7 @@ def _spec(context: RunContext, row: Any, request: ResourceRequest) -> TaskSpec:
         command=row.command,
         name=row.name,
         run_id=context.run_id,
+        run_token=context.run_token,
         stdout_dir=logs,
         stderr_dir=logs,
         environment=dict(row.env),
