@@ -188,7 +188,8 @@ def test_jobfleet_run_a_single_job_and_a_100_task_array(slurm_cluster: Any, tmp_
     assert array.returncode == 0, array.stderr
     summary = json.loads(array.stdout)
     assert summary["state_counts"] == {"D": 100}
-    outputs = list((tmp_path / ".jobfleet" / "runs" / "run-2" / "slurm").iterdir())
+    [run_dir] = (tmp_path / ".jobfleet" / "runs").glob("run-2-*")  # run-N-<the run's token>
+    outputs = list((run_dir / "slurm").iterdir())
     assert len(outputs) == 100
     assert len({path.name.split("_")[0] for path in outputs}) == 1  # one array job
 
