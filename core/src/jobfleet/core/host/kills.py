@@ -23,6 +23,7 @@ from jobfleet.core.host.ledger import (
     Ledger,
     Run,
     TaskInstance,
+    in_batches,
     lease_is_live,
     utcnow,
 )
@@ -153,12 +154,15 @@ def _kill_done(session: Session, run_id: int, instance_ids: Sequence[int]) -> bo
     """Every instance asked for is over; for a run's kill, the run is."""
     if not instance_ids:
         return queries.run_status(session, run_id) in FINAL_RUN_STATUSES
-    pending = session.scalar(
-        select(TaskInstance.id).where(
-            TaskInstance.id.in_(instance_ids), TaskInstance.state.not_in(_FINAL_INSTANCE_STATES)
+    for batch in in_batches(instance_ids):
+        pending = session.scalar(
+            select(TaskInstance.id).where(
+                TaskInstance.id.in_(batch), TaskInstance.state.not_in(_FINAL_INSTANCE_STATES)
+            )
         )
-    )
-    return pending is None
+        if pending is not None:
+            return False
+    return True
 
 
 def _killed(session: Session, run_id: int, instance_ids: Sequence[int]) -> list[int]:
@@ -166,8 +170,10 @@ def _killed(session: Session, run_id: int, instance_ids: Sequence[int]) -> list[
     query = select(TaskInstance.id).where(
         TaskInstance.run_id == run_id, TaskInstance.state == InstanceState.KILL_SELF.value
     )
-    if instance_ids:
-        query = query.where(
-            TaskInstance.id.in_(instance_ids), TaskInstance.kill_requested_at.is_not(None)
-        )
-    return sorted(session.scalars(query))
+    if not instance_ids:
+        return sorted(session.scalars(query))
+    killed: list[int] = []
+    asked = query.where(TaskInstance.kill_requested_at.is_not(None))
+    for batch in in_batches(instance_ids):
+        killed.extend(session.scalars(asked.where(TaskInstance.id.in_(batch))))
+    return sorted(killed)

@@ -19,7 +19,7 @@ from sqlalchemy import ColumnElement, Select, and_, func, select
 from sqlalchemy.orm import Session
 
 from jobfleet.core.errors import JobfleetError, ResourceError
-from jobfleet.core.host.ledger.engine import safe_url
+from jobfleet.core.host.ledger.engine import in_batches, safe_url
 from jobfleet.core.host.ledger.leases import lease_is_live
 from jobfleet.core.host.ledger.models import (
     Cluster,
@@ -270,13 +270,14 @@ def _summaries(session: Session, runs: Sequence[tuple[Run, str]]) -> list[RunSum
         return []
     counts: dict[int, dict[str, int]] = {}
     # Counts kept by the database (run_counts), not a count over every task of each run.
-    rows = session.execute(
-        select(RunCount.run_id, RunCount.state, RunCount.n).where(
-            RunCount.run_id.in_([run.id for run, _ in runs]), RunCount.kind == "task"
+    for batch in in_batches(run.id for run, _ in runs):
+        rows = session.execute(
+            select(RunCount.run_id, RunCount.state, RunCount.n).where(
+                RunCount.run_id.in_(batch), RunCount.kind == "task"
+            )
         )
-    )
-    for run_id, state, count in rows:
-        counts.setdefault(run_id, {})[state] = count
+        for run_id, state, count in rows:
+            counts.setdefault(run_id, {})[state] = count
     now = utcnow()
     summaries = []
     for run, cluster in runs:

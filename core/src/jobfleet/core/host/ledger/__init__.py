@@ -4,7 +4,14 @@ A SQLAlchemy 2 database (SQLite in WAL mode by default, PostgreSQL for shared us
 by Alembic to the newest schema whenever it is opened. See docs/ledger.md.
 """
 
-from jobfleet.core.host.ledger.engine import DEFAULT_PATH, ENV_VAR, resolve_url, safe_url
+from jobfleet.core.host.ledger.engine import (
+    DEFAULT_PATH,
+    ENV_VAR,
+    IN_BATCH,
+    in_batches,
+    resolve_url,
+    safe_url,
+)
 from jobfleet.core.host.ledger.errors import LeaseError, LedgerError, TransitionError
 from jobfleet.core.host.ledger.leases import (
     DEFAULT_LEASE,
@@ -52,6 +59,7 @@ __all__ = [
     "DEFAULT_PATH",
     "ENV_VAR",
     "FINAL_RUN_STATUSES",
+    "IN_BATCH",
     "RETRYABLE_STATES",
     "TERMINAL_STATES",
     "TRANSITIONS",
@@ -76,6 +84,7 @@ __all__ = [
     "add_instance",
     "apply_changes",
     "check_transition",
+    "in_batches",
     "lease_is_live",
     "record_event",
     "release_lease",
