@@ -94,6 +94,20 @@ def test_a_malformed_task_file_writes_nothing(tmp_path: Path) -> None:
     assert as_json(jobfleet(tmp_path, "status", "--json"))["runs"] == []
 
 
+def test_an_endless_file_and_an_overlong_command_are_refused_before_anything_is_written(
+    tmp_path: Path,
+) -> None:
+    endless = jobfleet(tmp_path, "run", "/dev/zero")
+    assert endless.returncode == 1
+    assert "/dev/zero: The file is larger than 64 MiB" in endless.stderr
+    half = "x" * 40_000  # each argument fits Linux's 128 KiB; the command they make does not
+    overlong = jobfleet(tmp_path, "run", "--", "echo", half, half, half, half)
+    assert overlong.returncode == 1
+    assert "bytes long; the most is 65,536 bytes (64 KiB)" in overlong.stderr
+    assert "Traceback" not in endless.stderr + overlong.stderr
+    assert as_json(jobfleet(tmp_path, "status", "--json"))["runs"] == []
+
+
 def test_detach_then_kill(tmp_path: Path) -> None:
     lock = tmp_path / "held"
     started = as_json(
