@@ -132,6 +132,49 @@ def test_detach_then_kill(tmp_path: Path) -> None:
     assert status["task_counts"] == {"killed": 1}
 
 
+def test_kill_after_the_detached_service_died_carries_the_kill_out(tmp_path: Path) -> None:
+    lock, pid_file = tmp_path / "held", tmp_path / "task.pid"
+    task = f"echo $$ > {pid_file}; exec sleep 300"
+    started = as_json(
+        jobfleet(tmp_path, "run", "--detach", "--json", "--", "flock", str(lock), "sh", "-c", task)
+    )
+    run_id, service = str(started["run"]), int(started["pid"])
+    wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), "the task to start")
+    task_pid = int(pid_file.read_text())
+    os.kill(service, signal.SIGKILL)
+    wait_for(lambda: not _alive(service), "the service to die")
+
+    status = as_json(jobfleet(tmp_path, "status", run_id, "--json"))
+    assert (status["run"]["owner_active"], status["run"]["owner_orphaned"]) == (False, True)
+    assert "(orphaned: owner dead)" in jobfleet(tmp_path, "status", run_id).stdout
+    assert "(orphaned: owner dead)" in jobfleet(tmp_path, "status").stdout
+
+    killed = jobfleet(tmp_path, "kill", run_id, "--json")
+    assert killed.returncode == 0, killed.stderr
+    result = json.loads(killed.stdout)
+    # Carried out here, at once: not waited for from a service that is gone.
+    assert (result["status"], result["carried_out_here"], len(result["killed"])) == (
+        "killed",
+        True,
+        1,
+    )
+    assert not _alive(task_pid)
+    assert not is_locked(lock)
+    after = as_json(jobfleet(tmp_path, "status", run_id, "--json"))
+    assert after["task_counts"] == {"killed": 1}
+    assert after["run"]["owner_orphaned"] is False
+
+
+def _alive(pid: int) -> bool:
+    """Whether the process runs: neither gone nor a zombie (a killed process whose parent, here
+    perhaps a PID 1 that reaps nobody, has not reaped it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(b")")[2].split()[0] not in (b"Z", b"X")
+
+
 def test_resume_of_a_finished_run_says_so(tmp_path: Path) -> None:
     assert jobfleet(tmp_path, "run", "--", "true").returncode == 0
     again = jobfleet(tmp_path, "run", "--resume", "1")

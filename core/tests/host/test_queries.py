@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import socket
+import subprocess
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,6 +32,7 @@ from jobfleet.core.host.ledger import (
 )
 from jobfleet.core.host.queries import NotFoundError
 from jobfleet.core.resources import MIB
+from jobfleet.core.testing.host import wait_for
 
 LIVE_OWNER = "host:1"
 CRASHED_OWNER = "host:2"
@@ -207,6 +213,39 @@ def test_run_summaries_newest_first_with_counts_and_owner(ledger: Ledger) -> Non
     with ledger.read_session() as session:
         assert [s.name for s in queries.run_summaries(session, limit=2)] == ["orphan", "live"]
         assert queries.run_summary(session, session.get_one(Run, old_id)) == old_summary
+
+
+def test_a_run_whose_owner_on_this_machine_is_dead_is_orphaned_not_active(ledger: Ledger) -> None:
+    here = socket.gethostname()
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # reaped: no process has its pid (until the pid is used again)
+    zombie = subprocess.Popen(["sleep", "300"])
+    zombie.send_signal(signal.SIGKILL)  # dead, but not reaped yet: still in the process table
+    stat = Path(f"/proc/{zombie.pid}/stat")
+    wait_for(lambda: stat.read_bytes().rpartition(b")")[2].split()[0] == b"Z", "a zombie")
+    owners = {
+        "gone": f"{here}:{gone.pid}:0000",
+        "zombie": f"{here}:{zombie.pid}:0000",
+        "alive": f"{here}:{os.getpid()}:0000",
+        "elsewhere": f"{here}-other:{gone.pid}:0000",  # another machine's pid says nothing
+    }
+    lease = utcnow() + timedelta(minutes=1)
+    try:
+        with ledger.session() as session:
+            for name, owner in owners.items():
+                new_run(session, name, owner_token=owner, lease_expires_at=lease)
+        with ledger.read_session() as session:
+            summaries = {s.name: s for s in queries.run_summaries(session)}
+    finally:
+        zombie.wait()
+    found = {name: (s.owner_active, s.owner_orphaned) for name, s in summaries.items()}
+    assert found == {
+        "gone": (False, True),
+        "zombie": (False, True),
+        "alive": (True, False),
+        "elsewhere": (True, False),
+    }
+    assert summaries["gone"].to_dict()["owner_orphaned"] is True
 
 
 def test_state_and_task_counts(ledger: Ledger) -> None:

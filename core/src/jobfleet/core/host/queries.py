@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from jobfleet.core.errors import JobfleetError, ResourceError
 from jobfleet.core.host.ledger.engine import in_batches, safe_url
-from jobfleet.core.host.ledger.leases import lease_is_live
+from jobfleet.core.host.ledger.leases import lease_is_live, lease_is_orphaned
 from jobfleet.core.host.ledger.models import (
     Cluster,
     Event,
@@ -116,6 +116,10 @@ class RunSummary(_Row):
     owner_token: str | None
     lease_expires_at: datetime | None
     owner_active: bool
+    """Whether a live service holds an unexpired lease on the run (is working on it now)."""
+    owner_orphaned: bool
+    """Whether the lease is unexpired but its owner, a service of this machine, is dead:
+    nobody drives the run (`jobfleet run --resume` finishes it, `jobfleet kill` kills it)."""
 
     def task_counts(self) -> dict[str, int]:
         """Tasks per state, as `task_counts` gives them (states with none left out)."""
@@ -126,8 +130,6 @@ class RunSummary(_Row):
             TaskState.KILLED.value: self.tasks_killed,
         }
         return _ordered(counts, [state.value for state in TaskState])
-
-    """Whether a service holds an unexpired lease on the run (is working on it now)."""
 
 
 @dataclass(frozen=True)
@@ -298,6 +300,7 @@ def _summaries(session: Session, runs: Sequence[tuple[Run, str]]) -> list[RunSum
                 owner_token=run.owner_token,
                 lease_expires_at=run.lease_expires_at,
                 owner_active=lease_is_live(run, now),
+                owner_orphaned=lease_is_orphaned(run, now),
             )
         )
     return summaries

@@ -26,6 +26,7 @@ from jobfleet.core.host.ledger import (
     Run,
     RunStatus,
     acquire_lease,
+    owner_is_gone,
     release_lease,
     renew_lease,
     take_over_lease,
@@ -79,7 +80,7 @@ def _take_lease(context: RunContext, session: Session) -> None:
     try:
         acquire_lease(session, context.run_id, context.owner, duration=context.lease)
     except LeaseError as error:
-        if error.owner is None or not _dead_local_owner(error.owner):
+        if error.owner is None or not owner_is_gone(error.owner):
             raise
         take_over_lease(
             session, context.run_id, context.owner, previous=error.owner, duration=context.lease
@@ -105,18 +106,3 @@ def give_up(context: RunContext) -> None:
 def owner_token() -> str:
     """A new owner token, "host:pid:nonce": the host and pid tell whether its process lives."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def _dead_local_owner(owner: str) -> bool:
-    """Whether `owner` (a token "host:pid:nonce") is a service of this machine that is gone."""
-    host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return False
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False  # alive, someone else's
-    return False
