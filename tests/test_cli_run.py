@@ -123,6 +123,11 @@ def test_detach_then_kill(tmp_path: Path) -> None:
     second = jobfleet(tmp_path, "run", "--resume", run_id)
     assert second.returncode == 1
     assert "being run by another service" in second.stderr
+    # Detached, the same refusal comes before detaching, not only in a log nobody reads.
+    detached = jobfleet(tmp_path, "run", "--detach", "--resume", run_id)
+    assert detached.returncode == 1
+    assert "being run by another service" in detached.stderr
+    assert "continues in the background" not in detached.stdout
 
     killed = as_json(jobfleet(tmp_path, "kill", run_id, "--json"))
     assert killed["status"] == "killed"
@@ -173,6 +178,15 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return stat.rpartition(b")")[2].split()[0] not in (b"Z", b"X")
+
+
+def test_detach_resume_of_a_finished_run_is_refused_before_detaching(tmp_path: Path) -> None:
+    assert jobfleet(tmp_path, "run", "--", "true").returncode == 0
+    again = jobfleet(tmp_path, "run", "--detach", "--resume", "1")
+    assert again.returncode == 1
+    assert "already over (done)" in again.stderr
+    assert "continues in the background" not in again.stdout
+    assert not (tmp_path / ".jobfleet" / "runs" / "run-1" / "service.log").exists()
 
 
 def test_resume_of_a_finished_run_says_so(tmp_path: Path) -> None:

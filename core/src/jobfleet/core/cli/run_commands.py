@@ -35,7 +35,7 @@ from jobfleet.core.host.ledger import (
     RunStatus,
 )
 from jobfleet.core.host.runs import ServiceOptions, create_run
-from jobfleet.core.host.service import DistributorService
+from jobfleet.core.host.service import DistributorService, check_claimable
 from jobfleet.core.host.service import Progress as RunProgress
 from jobfleet.core.host.taskfile import (
     TaskDefaults,
@@ -143,6 +143,8 @@ def run(ctx: click.Context, /, task_file: Path | None, **flags: Any) -> None:
         else:
             run_id = _create(ledger, task_file, command, ctx, flags)
         if flags["detach"]:
+            if flags["resume"] is not None:
+                _check_resumable(ledger, run_id)
             _detach(ledger, run_id, flags["as_json"])
             return
         status = _drive(ledger, run_id, flags["as_json"])
@@ -205,10 +207,7 @@ def _drive(ledger: Ledger, run_id: int, as_json: bool) -> RunStatus:
     try:
         service.start()
     except LeaseError as exc:
-        raise JobfleetError(
-            f"Run {run_id} is being run by another service ({exc}). Follow it with "
-            f"`jobfleet status {run_id}` or `jobfleet events {run_id} --follow`."
-        ) from None
+        raise _taken(run_id, exc) from None
     try:
         with _interrupts(service) as received, _progress_bar(as_json) as show:
             final = service.run_until_done(show)
@@ -220,6 +219,13 @@ def _drive(ledger: Ledger, run_id: int, as_json: bool) -> RunStatus:
         service.close()
     _summary(ledger, run_id, final, as_json)
     return final.status
+
+
+def _taken(run_id: int, error: LeaseError) -> JobfleetError:
+    return JobfleetError(
+        f"Run {run_id} is being run by another service ({error}). Follow it with "
+        f"`jobfleet status {run_id}` or `jobfleet events {run_id} --follow`."
+    )
 
 
 @contextmanager
@@ -310,6 +316,15 @@ def _summary(ledger: Ledger, run_id: int, final: RunProgress, as_json: bool) -> 
 
 
 # -- detached runs -----------------------------------------------------------------------------
+
+
+def _check_resumable(ledger: Ledger, run_id: int) -> None:
+    """What the detached service would refuse (the run is over, a live service has it), said
+    here: after detaching, a refusal would only reach its log."""
+    try:
+        check_claimable(ledger, run_id)
+    except LeaseError as exc:
+        raise _taken(run_id, exc) from None
 
 
 def _detach(ledger: Ledger, run_id: int, as_json: bool) -> None:

@@ -22,10 +22,12 @@ from jobfleet.core.host.ledger import (
     FINAL_RUN_STATUSES,
     Cluster,
     LeaseError,
+    Ledger,
     Queue,
     Run,
     RunStatus,
     acquire_lease,
+    lease_is_live,
     owner_is_gone,
     release_lease,
     renew_lease,
@@ -51,11 +53,7 @@ class StoredRun:
 def claim_run(context: RunContext) -> StoredRun:
     """Take the run's lease and mark it running; where it stands goes into `context`."""
     with context.ledger.session() as session:
-        run = session.get(Run, context.run_id)
-        if run is None:
-            raise ServiceError(f"There is no run {context.run_id} in {context.ledger.safe_url}.")
-        if RunStatus(run.status) in FINAL_RUN_STATUSES:
-            raise ServiceError(f"Run {context.run_id} is already over ({run.status}).")
+        run = _run_to_drive(context.ledger, session, context.run_id)
         _take_lease(context, session)
         run.status = RunStatus.RUNNING.value
         cluster = session.get_one(Cluster, run.cluster_id)
@@ -70,6 +68,25 @@ def claim_run(context: RunContext) -> StoredRun:
         )
     context.lease_renewed = time.monotonic()
     return stored
+
+
+def check_claimable(ledger: Ledger, run_id: int) -> None:
+    """Refuse as `claim_run` would, without taking the run: it is over, or a live service owns
+    it (`LeaseError`). For `run --detach --resume`, which must say so before it detaches."""
+    with ledger.read_session() as session:
+        run = _run_to_drive(ledger, session, run_id)
+        if lease_is_live(run):
+            raise LeaseError(run_id, run.owner_token, run.lease_expires_at, "cannot be taken")
+
+
+def _run_to_drive(ledger: Ledger, session: Session, run_id: int) -> Run:
+    """The run, unless there is none or it is over (`ServiceError`)."""
+    run = session.get(Run, run_id)
+    if run is None:
+        raise ServiceError(f"There is no run {run_id} in {ledger.safe_url}.")
+    if RunStatus(run.status) in FINAL_RUN_STATUSES:
+        raise ServiceError(f"Run {run_id} is already over ({run.status}).")
+    return run
 
 
 def _take_lease(context: RunContext, session: Session) -> None:
