@@ -108,6 +108,26 @@ def test_an_endless_file_and_an_overlong_command_are_refused_before_anything_is_
     assert as_json(jobfleet(tmp_path, "status", "--json"))["runs"] == []
 
 
+def test_a_large_run_ends_with_a_bounded_summary(tmp_path: Path) -> None:
+    tasks = tmp_path / "tasks.txt"
+    tasks.write_text("".join(f"echo {n}\n" for n in range(1000)))
+    argv = ["run", "--cluster", "dummy", "--dummy-fail-every", "7", "--max-attempts", "1"]
+    result = jobfleet(tmp_path, *argv, str(tasks))
+    assert result.returncode == 1, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) < 40, result.stdout[-2000:]  # not a line per task
+    assert "run 1: failed; 1000 tasks: done 858, failed 142" in lines[0]
+    assert "not done: 10 of 142" in result.stdout
+    assert "line-7 " in result.stdout  # the first failure is named
+    assert "jobfleet status 1 --all" in result.stdout
+    every = as_json(jobfleet(tmp_path, "status", "1", "--all", "--json"))
+    assert len(every["tasks"]) == 1000
+    # --json keeps every task.
+    as_data = as_json(jobfleet(tmp_path, *argv, "--json", str(tasks)))
+    assert len(as_data["tasks"]) == 1000
+    assert as_data["task_counts"] == {"done": 858, "failed": 142}
+
+
 def test_detach_then_kill(tmp_path: Path) -> None:
     lock = tmp_path / "held"
     started = as_json(

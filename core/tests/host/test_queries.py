@@ -335,6 +335,29 @@ def test_task_rows_exit_reason_and_paging(ledger: Ledger) -> None:
     assert [row.name for row in rest] == ["t5", "t6"]
 
 
+def test_run_highlights_rank_latest_attempts_and_cut_every_list(ledger: Ledger) -> None:
+    with ledger.session() as session:
+        run = new_run(session)
+        for index in range(12):
+            task = new_task(session, run, f"t{index}", state="done")
+            attempt(session, task, "D", wallclock=float(index), maxrss=(12 - index) * MIB)
+        slow_first = new_task(session, run, "was-slow", state="done")
+        attempt(session, slow_first, "E", wallclock=1000.0, maxrss=1000 * MIB)
+        attempt(session, slow_first, "D", wallclock=0.5, maxrss=MIB // 2)  # the latest counts
+        for index in range(4):
+            new_task(session, run, f"bad{index}", state="failed" if index % 2 else "killed")
+        attempt(session, new_task(session, run, "pending"), "R")
+        run_id = run.id
+    with ledger.read_session() as session:
+        found = queries.run_highlights(session, run_id, limit=3)
+    assert [row.name for row in found.not_done] == ["bad0", "bad1", "bad2"]
+    assert found.not_done_total == 5
+    assert [row.name for row in found.slowest] == ["t11", "t10", "t9"]
+    assert [row.name for row in found.hungriest] == ["t0", "t1", "t2"]
+    assert [row.wallclock for row in found.slowest] == [11.0, 10.0, 9.0]
+    assert json.loads(json.dumps(found.to_dict()))["not_done_total"] == 5
+
+
 def test_unreadable_requested_memory_is_none(ledger: Ledger) -> None:
     with ledger.session() as session:
         run = new_run(session)

@@ -10,7 +10,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Final
 
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -47,6 +47,11 @@ from jobfleet.core.plugins import PluginStatus, default_registry
 from jobfleet.core.settings import SettingOption
 
 _STATE_NAMES = {state.value: state.name.lower() for state in InstanceState}
+# A run of at most this many tasks ends with a table of every task; a larger one with a
+# summary (counts, then at most HIGHLIGHT_ROWS tasks not done, slowest and hungriest): drawing
+# a table of 100,000 rows took longer than the run. `status RUN --all` shows every task.
+FULL_TABLE_TASKS: Final = 50
+HIGHLIGHT_ROWS: Final = 10
 
 
 class _RunCommand(click.Command):
@@ -291,6 +296,9 @@ def _progress_bar(as_json: bool) -> Iterator[Any]:
 
 
 def _summary(ledger: Ledger, run_id: int, final: RunProgress, as_json: bool) -> None:
+    if not as_json and final.tasks_total > FULL_TABLE_TASKS:
+        _highlights(ledger, run_id, final)
+        return
     with ledger.read_session() as session:
         rows = queries.task_rows(session, run_id)
     if as_json:
@@ -306,8 +314,45 @@ def _summary(ledger: Ledger, run_id: int, final: RunProgress, as_json: bool) -> 
         return
     out = console()
     out.print(task_table(rows, title=f"run {run_id}: {final.status.value}"))
+    _not_all_done(run_id, final)
+
+
+def _highlights(ledger: Ledger, run_id: int, final: RunProgress) -> None:
+    """A large run's end: its counts, then a few tasks worth a look, never every task."""
+    with ledger.read_session() as session:
+        found = queries.run_highlights(session, run_id, limit=HIGHLIGHT_ROWS)
+    out = console()
+    tasks = ", ".join(f"{state} {count}" for state, count in final.task_counts.items())
+    instances = ", ".join(
+        f"{letter} {_STATE_NAMES.get(letter, letter)} {count}"
+        for letter, count in final.state_counts.items()
+    )
+    for line in (
+        f"run {run_id}: {final.status.value}; {final.tasks_total} tasks: {tasks}",
+        f"attempts: {instances}",
+    ):
+        out.print(line, highlight=False, markup=False)
+    if found.not_done:
+        shown = len(found.not_done)
+        title = f"not done: {shown}" + (
+            f" of {found.not_done_total}" if found.not_done_total > shown else ""
+        )
+        out.print(task_table(found.not_done, title=title))
+    if found.slowest:
+        out.print(task_table(found.slowest, title=f"slowest {len(found.slowest)}"))
+    if found.hungriest:
+        out.print(task_table(found.hungriest, title=f"most memory {len(found.hungriest)}"))
+    out.print(
+        f"Every task: jobfleet status {run_id} --all (or run with --json).",
+        highlight=False,
+        markup=False,
+    )
+    _not_all_done(run_id, final)
+
+
+def _not_all_done(run_id: int, final: RunProgress) -> None:
     if final.status is not RunStatus.DONE:
-        out.print(
+        console().print(
             f"Not every task is done. See `jobfleet status {run_id}`, "
             f"`jobfleet events {run_id}` and `jobfleet logs INSTANCE --stderr`.",
             highlight=False,
