@@ -132,13 +132,15 @@ def owner_is_gone(owner: str) -> bool:
 
 
 def _is_zombie(pid: int) -> bool:
+    if not os.path.isdir("/proc/self"):
+        return False  # no /proc here (macOS): a process that answers signals counts as alive
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
             stat = handle.read()
     except FileNotFoundError:
         return True  # it went between the two looks
     except OSError:
-        return False  # no /proc here: a process that answers signals is alive
+        return False
     # "pid (comm) S …": the name may hold spaces and parentheses; the state follows the last ")".
     return stat.rpartition(b")")[2].split()[:1] in ([b"Z"], [b"X"])
 
