@@ -94,6 +94,40 @@ def test_a_malformed_task_file_writes_nothing(tmp_path: Path) -> None:
     assert as_json(jobfleet(tmp_path, "status", "--json"))["runs"] == []
 
 
+def test_an_endless_file_and_an_overlong_command_are_refused_before_anything_is_written(
+    tmp_path: Path,
+) -> None:
+    endless = jobfleet(tmp_path, "run", "/dev/zero")
+    assert endless.returncode == 1
+    assert "/dev/zero: The file is larger than 64 MiB" in endless.stderr
+    half = "x" * 40_000  # each argument fits Linux's 128 KiB; the command they make does not
+    overlong = jobfleet(tmp_path, "run", "--", "echo", half, half, half, half)
+    assert overlong.returncode == 1
+    assert "bytes long; the most is 65,536 bytes (64 KiB)" in overlong.stderr
+    assert "Traceback" not in endless.stderr + overlong.stderr
+    assert as_json(jobfleet(tmp_path, "status", "--json"))["runs"] == []
+
+
+def test_a_large_run_ends_with_a_bounded_summary(tmp_path: Path) -> None:
+    tasks = tmp_path / "tasks.txt"
+    tasks.write_text("".join(f"echo {n}\n" for n in range(1000)))
+    argv = ["run", "--cluster", "dummy", "--dummy-fail-every", "7", "--max-attempts", "1"]
+    result = jobfleet(tmp_path, *argv, str(tasks))
+    assert result.returncode == 1, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) < 40, result.stdout[-2000:]  # not a line per task
+    assert "run 1: failed; 1000 tasks: done 858, failed 142" in lines[0]
+    assert "not done: 10 of 142" in result.stdout
+    assert "line-7 " in result.stdout  # the first failure is named
+    assert "jobfleet status 1 --all" in result.stdout
+    every = as_json(jobfleet(tmp_path, "status", "1", "--all", "--json"))
+    assert len(every["tasks"]) == 1000
+    # --json keeps every task.
+    as_data = as_json(jobfleet(tmp_path, *argv, "--json", str(tasks)))
+    assert len(as_data["tasks"]) == 1000
+    assert as_data["task_counts"] == {"done": 858, "failed": 142}
+
+
 def test_detach_then_kill(tmp_path: Path) -> None:
     lock = tmp_path / "held"
     started = as_json(
@@ -109,6 +143,11 @@ def test_detach_then_kill(tmp_path: Path) -> None:
     second = jobfleet(tmp_path, "run", "--resume", run_id)
     assert second.returncode == 1
     assert "being run by another service" in second.stderr
+    # Detached, the same refusal comes before detaching, not only in a log nobody reads.
+    detached = jobfleet(tmp_path, "run", "--detach", "--resume", run_id)
+    assert detached.returncode == 1
+    assert "being run by another service" in detached.stderr
+    assert "continues in the background" not in detached.stdout
 
     killed = as_json(jobfleet(tmp_path, "kill", run_id, "--json"))
     assert killed["status"] == "killed"
@@ -116,6 +155,58 @@ def test_detach_then_kill(tmp_path: Path) -> None:
     assert not is_locked(lock)
     status = as_json(jobfleet(tmp_path, "status", run_id, "--json"))
     assert status["task_counts"] == {"killed": 1}
+
+
+def test_kill_after_the_detached_service_died_carries_the_kill_out(tmp_path: Path) -> None:
+    lock, pid_file = tmp_path / "held", tmp_path / "task.pid"
+    task = f"echo $$ > {pid_file}; exec sleep 300"
+    started = as_json(
+        jobfleet(tmp_path, "run", "--detach", "--json", "--", "flock", str(lock), "sh", "-c", task)
+    )
+    run_id, service = str(started["run"]), int(started["pid"])
+    wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), "the task to start")
+    task_pid = int(pid_file.read_text())
+    os.kill(service, signal.SIGKILL)
+    wait_for(lambda: not _alive(service), "the service to die")
+
+    status = as_json(jobfleet(tmp_path, "status", run_id, "--json"))
+    assert (status["run"]["owner_active"], status["run"]["owner_orphaned"]) == (False, True)
+    assert "(orphaned: owner dead)" in jobfleet(tmp_path, "status", run_id).stdout
+    assert "(orphaned: owner dead)" in jobfleet(tmp_path, "status").stdout
+
+    killed = jobfleet(tmp_path, "kill", run_id, "--json")
+    assert killed.returncode == 0, killed.stderr
+    result = json.loads(killed.stdout)
+    # Carried out here, at once: not waited for from a service that is gone.
+    assert (result["status"], result["carried_out_here"], len(result["killed"])) == (
+        "killed",
+        True,
+        1,
+    )
+    assert not _alive(task_pid)
+    assert not is_locked(lock)
+    after = as_json(jobfleet(tmp_path, "status", run_id, "--json"))
+    assert after["task_counts"] == {"killed": 1}
+    assert after["run"]["owner_orphaned"] is False
+
+
+def _alive(pid: int) -> bool:
+    """Whether the process runs: neither gone nor a zombie (a killed process whose parent, here
+    perhaps a PID 1 that reaps nobody, has not reaped it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(b")")[2].split()[0] not in (b"Z", b"X")
+
+
+def test_detach_resume_of_a_finished_run_is_refused_before_detaching(tmp_path: Path) -> None:
+    assert jobfleet(tmp_path, "run", "--", "true").returncode == 0
+    again = jobfleet(tmp_path, "run", "--detach", "--resume", "1")
+    assert again.returncode == 1
+    assert "already over (done)" in again.stderr
+    assert "continues in the background" not in again.stdout
+    assert not (tmp_path / ".jobfleet" / "runs" / "run-1" / "service.log").exists()
 
 
 def test_resume_of_a_finished_run_says_so(tmp_path: Path) -> None:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from jobfleet.core.errors import JobfleetError
-from jobfleet.core.host import kills
+from jobfleet.core.host import kills, queries
 from jobfleet.core.host.ledger import Ledger, TaskInstance
 from jobfleet.core.host.runs import ServiceOptions, create_run
 from jobfleet.core.host.taskfile import TaskDefinition
@@ -64,3 +66,25 @@ def test_a_run_that_is_over_is_not_killed(ledger: Ledger) -> None:
     kills.kill(ledger, str(run_id))
     with pytest.raises(JobfleetError, match="already over"):
         kills.kill(ledger, str(run_id))
+
+
+# SQLite's limit on bound parameters before 3.32, the smallest in use (Debian's build allows
+# 250000, which is why a run of 40,000 tasks was killed fine and one of 250,000 was not).
+OLD_SQLITE_VARIABLE_LIMIT = 999
+
+
+@pytest.mark.slow
+def test_a_run_of_over_100_000_pending_instances_is_killed(ledger: Ledger) -> None:
+    @event.listens_for(ledger.engine, "connect")
+    def _few_variables(connection: Any, _record: Any) -> None:
+        connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, OLD_SQLITE_VARIABLE_LIMIT)
+
+    ledger.engine.dispose()  # every connection from now on has the limit
+    size = 110_000
+    tasks = [TaskDefinition(name=f"t{n}", command="true") for n in range(size)]
+    run_id = create_run(ledger, tasks, cluster="dummy", options=FAST)  # bulk INSERTs
+    result = kills.kill(ledger, str(run_id))
+    assert (result.status, len(result.killed), result.carried_out_here) == ("killed", size, True)
+    with ledger.read_session() as session:
+        assert queries.task_counts(session, run_id) == {"killed": size}
+        assert queries.state_counts(session, run_id) == {"K": size}

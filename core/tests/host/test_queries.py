@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import socket
+import subprocess
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,6 +32,7 @@ from jobfleet.core.host.ledger import (
 )
 from jobfleet.core.host.queries import NotFoundError
 from jobfleet.core.resources import MIB
+from jobfleet.core.testing.host import wait_for
 
 LIVE_OWNER = "host:1"
 CRASHED_OWNER = "host:2"
@@ -209,6 +215,39 @@ def test_run_summaries_newest_first_with_counts_and_owner(ledger: Ledger) -> Non
         assert queries.run_summary(session, session.get_one(Run, old_id)) == old_summary
 
 
+def test_a_run_whose_owner_on_this_machine_is_dead_is_orphaned_not_active(ledger: Ledger) -> None:
+    here = socket.gethostname()
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # reaped: no process has its pid (until the pid is used again)
+    zombie = subprocess.Popen(["sleep", "300"])
+    zombie.send_signal(signal.SIGKILL)  # dead, but not reaped yet: still in the process table
+    stat = Path(f"/proc/{zombie.pid}/stat")
+    wait_for(lambda: stat.read_bytes().rpartition(b")")[2].split()[0] == b"Z", "a zombie")
+    owners = {
+        "gone": f"{here}:{gone.pid}:0000",
+        "zombie": f"{here}:{zombie.pid}:0000",
+        "alive": f"{here}:{os.getpid()}:0000",
+        "elsewhere": f"{here}-other:{gone.pid}:0000",  # another machine's pid says nothing
+    }
+    lease = utcnow() + timedelta(minutes=1)
+    try:
+        with ledger.session() as session:
+            for name, owner in owners.items():
+                new_run(session, name, owner_token=owner, lease_expires_at=lease)
+        with ledger.read_session() as session:
+            summaries = {s.name: s for s in queries.run_summaries(session)}
+    finally:
+        zombie.wait()
+    found = {name: (s.owner_active, s.owner_orphaned) for name, s in summaries.items()}
+    assert found == {
+        "gone": (False, True),
+        "zombie": (False, True),
+        "alive": (True, False),
+        "elsewhere": (True, False),
+    }
+    assert summaries["gone"].to_dict()["owner_orphaned"] is True
+
+
 def test_state_and_task_counts(ledger: Ledger) -> None:
     with ledger.session() as session:
         run = new_run(session)
@@ -294,6 +333,29 @@ def test_task_rows_exit_reason_and_paging(ledger: Ledger) -> None:
     assert [row.name for row in page] == ["t2", "t3", "t4"]
     assert (page[1].attempts, page[1].instance_state, page[1].exit_reason) == (2, "Z", "oom")
     assert [row.name for row in rest] == ["t5", "t6"]
+
+
+def test_run_highlights_rank_latest_attempts_and_cut_every_list(ledger: Ledger) -> None:
+    with ledger.session() as session:
+        run = new_run(session)
+        for index in range(12):
+            task = new_task(session, run, f"t{index}", state="done")
+            attempt(session, task, "D", wallclock=float(index), maxrss=(12 - index) * MIB)
+        slow_first = new_task(session, run, "was-slow", state="done")
+        attempt(session, slow_first, "E", wallclock=1000.0, maxrss=1000 * MIB)
+        attempt(session, slow_first, "D", wallclock=0.5, maxrss=MIB // 2)  # the latest counts
+        for index in range(4):
+            new_task(session, run, f"bad{index}", state="failed" if index % 2 else "killed")
+        attempt(session, new_task(session, run, "pending"), "R")
+        run_id = run.id
+    with ledger.read_session() as session:
+        found = queries.run_highlights(session, run_id, limit=3)
+    assert [row.name for row in found.not_done] == ["bad0", "bad1", "bad2"]
+    assert found.not_done_total == 5
+    assert [row.name for row in found.slowest] == ["t11", "t10", "t9"]
+    assert [row.name for row in found.hungriest] == ["t0", "t1", "t2"]
+    assert [row.wallclock for row in found.slowest] == [11.0, 10.0, 9.0]
+    assert json.loads(json.dumps(found.to_dict()))["not_done_total"] == 5
 
 
 def test_unreadable_requested_memory_is_none(ledger: Ledger) -> None:

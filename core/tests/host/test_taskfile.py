@@ -16,6 +16,8 @@ from jobfleet.core.host import located_tree
 from jobfleet.core.host.taskfile import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_RESOURCE_SCALE,
+    MAX_COMMAND_BYTES,
+    MAX_TASK_FILE_BYTES,
     TaskDefaults,
     TaskDefinition,
     TaskFileError,
@@ -652,6 +654,43 @@ def test_non_utf8_bytes_are_refused_with_their_line(tmp_path: Path, suffix: str)
 
 
 # --- hostile input -----------------------------------------------------------------------
+
+
+def test_a_file_above_the_size_limit_is_refused_naming_the_limit(tmp_path: Path) -> None:
+    path = tmp_path / "tasks.txt"
+    with open(path, "wb") as handle:  # sparse: nothing is written to the disk but its size
+        handle.truncate(MAX_TASK_FILE_BYTES + 1)
+    with pytest.raises(TaskFileError) as caught:
+        load_task_file(path)
+    assert_error(caught.value, None, None, "larger than 64 MiB, the most a task file may be")
+
+
+def test_an_endless_file_is_refused_after_the_limit() -> None:
+    with pytest.raises(TaskFileError) as caught:
+        load_task_file("/dev/zero")
+    assert_error(caught.value, None, None, "larger than 64 MiB")
+
+
+@pytest.mark.parametrize("file_format", ["yaml", "json", "text"])
+def test_a_command_above_the_argument_limit_is_refused_naming_it(file_format: str) -> None:
+    longest = "echo " + "x" * (MAX_COMMAND_BYTES - 5)
+    texts = {
+        "yaml": "- command: {}\n",
+        "json": '[{{"command": "{}"}}]',
+        "text": "{}\n",
+    }
+    assert parse(texts[file_format].format(longest), file_format)[0].command == longest
+    error = error_of(texts[file_format].format(longest + "x"), file_format)
+    assert error.line == 1
+    assert f"{MAX_COMMAND_BYTES + 1:,} bytes long; the most is 65,536 bytes (64 KiB)" in str(error)
+    # Counted in bytes, as the kernel counts: 2 bytes each in UTF-8.
+    error_of(texts[file_format].format("echo " + "é" * (MAX_COMMAND_BYTES // 2)), file_format)
+
+
+def test_a_command_line_above_the_argument_limit_is_refused() -> None:
+    half = "x" * (MAX_COMMAND_BYTES // 2)
+    with pytest.raises(TaskFileError, match="the most is 65,536 bytes"):
+        task_from_command(["echo", half, half])
 
 
 def test_recursive_and_exponential_aliases_are_refused_quickly() -> None:

@@ -169,6 +169,8 @@ def _owner(summary: queries.RunSummary) -> Text:
         return Text("-")
     if summary.owner_active:
         return Text(f"{summary.owner_token} (active)", style="green")
+    if summary.owner_orphaned:
+        return Text(f"{summary.owner_token} (orphaned: owner dead)", style="red")
     return Text(f"{summary.owner_token} (expired)", style="dim")
 
 
@@ -225,6 +227,13 @@ def _print_run(
         )
         + _owner(summary)
     )
+    if summary.owner_orphaned:
+        out.print(
+            f"Its service is gone: `jobfleet run --resume {summary.id}` finishes the run, "
+            f"`jobfleet kill {summary.id}` kills it.",
+            highlight=False,
+            markup=False,
+        )
     instances = ", ".join(
         f"{letter} {_state_name(letter).lower().replace('_', ' ')} {count}"
         for letter, count in states.items()

@@ -10,7 +10,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Final
 
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -36,7 +36,7 @@ from jobfleet.core.host.ledger import (
     RunStatus,
 )
 from jobfleet.core.host.runs import ServiceOptions, create_run
-from jobfleet.core.host.service import DistributorService
+from jobfleet.core.host.service import DistributorService, check_claimable
 from jobfleet.core.host.service import Progress as RunProgress
 from jobfleet.core.host.taskfile import (
     TaskDefaults,
@@ -49,6 +49,11 @@ from jobfleet.core.private import open_private
 from jobfleet.core.settings import SettingOption
 
 _STATE_NAMES = {state.value: state.name.lower() for state in InstanceState}
+# A run of at most this many tasks ends with a table of every task; a larger one with a
+# summary (counts, then at most HIGHLIGHT_ROWS tasks not done, slowest and hungriest): drawing
+# a table of 100,000 rows took longer than the run. `status RUN --all` shows every task.
+FULL_TABLE_TASKS: Final = 50
+HIGHLIGHT_ROWS: Final = 10
 
 
 class _RunCommand(click.Command):
@@ -145,6 +150,8 @@ def run(ctx: click.Context, /, task_file: Path | None, **flags: Any) -> None:
         else:
             run_id = _create(ledger, task_file, command, ctx, flags)
         if flags["detach"]:
+            if flags["resume"] is not None:
+                _check_resumable(ledger, run_id)
             _detach(ledger, run_id, flags["as_json"])
             return
         status = _drive(ledger, run_id, flags["as_json"])
@@ -207,10 +214,7 @@ def _drive(ledger: Ledger, run_id: int, as_json: bool) -> RunStatus:
     try:
         service.start()
     except LeaseError as exc:
-        raise JobfleetError(
-            f"Run {run_id} is being run by another service ({exc}). Follow it with "
-            f"`jobfleet status {run_id}` or `jobfleet events {run_id} --follow`."
-        ) from None
+        raise _taken(run_id, exc) from None
     try:
         with _interrupts(service) as received, _progress_bar(as_json) as show:
             final = service.run_until_done(show)
@@ -222,6 +226,13 @@ def _drive(ledger: Ledger, run_id: int, as_json: bool) -> RunStatus:
         service.close()
     _summary(ledger, run_id, final, as_json)
     return final.status
+
+
+def _taken(run_id: int, error: LeaseError) -> JobfleetError:
+    return JobfleetError(
+        f"Run {run_id} is being run by another service ({error}). Follow it with "
+        f"`jobfleet status {run_id}` or `jobfleet events {run_id} --follow`."
+    )
 
 
 @contextmanager
@@ -287,6 +298,9 @@ def _progress_bar(as_json: bool) -> Iterator[Any]:
 
 
 def _summary(ledger: Ledger, run_id: int, final: RunProgress, as_json: bool) -> None:
+    if not as_json and final.tasks_total > FULL_TABLE_TASKS:
+        _highlights(ledger, run_id, final)
+        return
     with ledger.read_session() as session:
         rows = queries.task_rows(session, run_id)
     if as_json:
@@ -302,8 +316,45 @@ def _summary(ledger: Ledger, run_id: int, final: RunProgress, as_json: bool) -> 
         return
     out = console()
     out.print(task_table(rows, title=f"run {run_id}: {final.status.value}"))
+    _not_all_done(run_id, final)
+
+
+def _highlights(ledger: Ledger, run_id: int, final: RunProgress) -> None:
+    """A large run's end: its counts, then a few tasks worth a look, never every task."""
+    with ledger.read_session() as session:
+        found = queries.run_highlights(session, run_id, limit=HIGHLIGHT_ROWS)
+    out = console()
+    tasks = ", ".join(f"{state} {count}" for state, count in final.task_counts.items())
+    instances = ", ".join(
+        f"{letter} {_STATE_NAMES.get(letter, letter)} {count}"
+        for letter, count in final.state_counts.items()
+    )
+    for line in (
+        f"run {run_id}: {final.status.value}; {final.tasks_total} tasks: {tasks}",
+        f"attempts: {instances}",
+    ):
+        out.print(line, highlight=False, markup=False)
+    if found.not_done:
+        shown = len(found.not_done)
+        title = f"not done: {shown}" + (
+            f" of {found.not_done_total}" if found.not_done_total > shown else ""
+        )
+        out.print(task_table(found.not_done, title=title))
+    if found.slowest:
+        out.print(task_table(found.slowest, title=f"slowest {len(found.slowest)}"))
+    if found.hungriest:
+        out.print(task_table(found.hungriest, title=f"most memory {len(found.hungriest)}"))
+    out.print(
+        f"Every task: jobfleet status {run_id} --all (or run with --json).",
+        highlight=False,
+        markup=False,
+    )
+    _not_all_done(run_id, final)
+
+
+def _not_all_done(run_id: int, final: RunProgress) -> None:
     if final.status is not RunStatus.DONE:
-        out.print(
+        console().print(
             f"Not every task is done. See `jobfleet status {run_id}`, "
             f"`jobfleet events {run_id}` and `jobfleet logs INSTANCE --stderr`.",
             highlight=False,
@@ -312,6 +363,15 @@ def _summary(ledger: Ledger, run_id: int, final: RunProgress, as_json: bool) -> 
 
 
 # -- detached runs -----------------------------------------------------------------------------
+
+
+def _check_resumable(ledger: Ledger, run_id: int) -> None:
+    """What the detached service would refuse (the run is over, a live service has it), said
+    here: after detaching, a refusal would only reach its log."""
+    try:
+        check_claimable(ledger, run_id)
+    except LeaseError as exc:
+        raise _taken(run_id, exc) from None
 
 
 def _detach(ledger: Ledger, run_id: int, as_json: bool) -> None:

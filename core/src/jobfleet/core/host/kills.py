@@ -2,7 +2,9 @@
 
 A kill is only a request written to the ledger (`runs.kill_requested_at`,
 `task_instances.kill_requested_at`): the service that owns the run carries it out in its next
-round (see service/kills.py). When no service owns the run, `kill` starts one to carry it out.
+round (see service/kills.py). When no service owns the run — none has it, its lease expired, or
+its owner was a service of this machine whose process is gone (an orphaned run) — `kill` starts
+one to carry it out.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from jobfleet.core.host import queries
 from jobfleet.core.host.ledger import (
     FINAL_RUN_STATUSES,
     InstanceState,
+    LeaseError,
     Ledger,
     Run,
     TaskInstance,
+    in_batches,
     lease_is_live,
     utcnow,
 )
@@ -57,13 +61,17 @@ def kill(
     """Kill the run `run_ref`, or only the instances `instance_ids` (of one run).
 
     The run's owner, if it has a live one, carries the kill out (waited for with `wait`, up to
-    `timeout` seconds); otherwise it is carried out here, before this returns.
+    `timeout` seconds); otherwise (also when the owner is known dead) it is carried out here,
+    before this returns.
     """
     run_id = request_kill(ledger, run_ref, instance_ids)
     owned = owner_is_alive(ledger, run_id)
     if not owned:
-        carry_out_kill(ledger, run_id, whole_run=not instance_ids)
-    elif wait:
+        try:
+            carry_out_kill(ledger, run_id, whole_run=not instance_ids)
+        except LeaseError:
+            owned = True  # a service took the run meanwhile (`--resume`): it carries it out
+    if owned and wait:
         wait_killed(ledger, run_id, instance_ids, timeout)
     with ledger.read_session() as session:
         killed = _killed(session, run_id, instance_ids)
@@ -114,13 +122,20 @@ def request_run_kill(ledger: Ledger, run_id: int) -> None:
 
 
 def owner_is_alive(ledger: Ledger, run_id: int) -> bool:
-    """Whether a service holds an unexpired lease on the run (and so carries out its kills)."""
+    """Whether a live service holds an unexpired lease on the run (and so carries out its
+    kills); an owner of this machine whose process is gone is not alive."""
     with ledger.read_session() as session:
         return lease_is_live(session.get_one(Run, run_id))
 
 
 def carry_out_kill(ledger: Ledger, run_id: int, *, whole_run: bool) -> None:
-    """Take the run (nobody owns it) and carry the kill requests out; a run's kill to its end."""
+    """Take the run (nobody owns it, or its owner is dead) and carry the kill requests out; a
+    run's kill to its end.
+
+    The service started here is the run's own: its backend and settings come from the run's
+    saved options, and it stops what the dead owner had launched (the `multiprocess` backend
+    finds its orphaned wrappers by their distributor-id tag).
+    """
     with ledger.read_session() as session:
         if queries.run_status(session, run_id) in FINAL_RUN_STATUSES:
             return
@@ -153,12 +168,15 @@ def _kill_done(session: Session, run_id: int, instance_ids: Sequence[int]) -> bo
     """Every instance asked for is over; for a run's kill, the run is."""
     if not instance_ids:
         return queries.run_status(session, run_id) in FINAL_RUN_STATUSES
-    pending = session.scalar(
-        select(TaskInstance.id).where(
-            TaskInstance.id.in_(instance_ids), TaskInstance.state.not_in(_FINAL_INSTANCE_STATES)
+    for batch in in_batches(instance_ids):
+        pending = session.scalar(
+            select(TaskInstance.id).where(
+                TaskInstance.id.in_(batch), TaskInstance.state.not_in(_FINAL_INSTANCE_STATES)
+            )
         )
-    )
-    return pending is None
+        if pending is not None:
+            return False
+    return True
 
 
 def _killed(session: Session, run_id: int, instance_ids: Sequence[int]) -> list[int]:
@@ -166,8 +184,10 @@ def _killed(session: Session, run_id: int, instance_ids: Sequence[int]) -> list[
     query = select(TaskInstance.id).where(
         TaskInstance.run_id == run_id, TaskInstance.state == InstanceState.KILL_SELF.value
     )
-    if instance_ids:
-        query = query.where(
-            TaskInstance.id.in_(instance_ids), TaskInstance.kill_requested_at.is_not(None)
-        )
-    return sorted(session.scalars(query))
+    if not instance_ids:
+        return sorted(session.scalars(query))
+    killed: list[int] = []
+    asked = query.where(TaskInstance.kill_requested_at.is_not(None))
+    for batch in in_batches(instance_ids):
+        killed.extend(session.scalars(asked.where(TaskInstance.id.in_(batch))))
+    return sorted(killed)

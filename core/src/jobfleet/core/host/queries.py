@@ -19,8 +19,8 @@ from sqlalchemy import ColumnElement, Select, and_, func, select
 from sqlalchemy.orm import Session
 
 from jobfleet.core.errors import JobfleetError, ResourceError
-from jobfleet.core.host.ledger.engine import safe_url
-from jobfleet.core.host.ledger.leases import lease_is_live
+from jobfleet.core.host.ledger.engine import in_batches, safe_url
+from jobfleet.core.host.ledger.leases import lease_is_live, lease_is_orphaned
 from jobfleet.core.host.ledger.models import (
     Cluster,
     Event,
@@ -40,6 +40,7 @@ __all__ = [
     "RESOURCE_RETRIED",
     "EventRow",
     "NotFoundError",
+    "RunHighlights",
     "RunSummary",
     "TaskRow",
     "UsageRow",
@@ -47,6 +48,7 @@ __all__ = [
     "find_instance",
     "find_run",
     "run_count",
+    "run_highlights",
     "run_status",
     "run_summaries",
     "run_summary",
@@ -78,6 +80,8 @@ class NotFoundError(JobfleetError, LookupError):
 
 
 def _jsonable(value: Any) -> Any:
+    if isinstance(value, _Row):
+        return value.to_dict()
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, Mapping):
@@ -116,6 +120,10 @@ class RunSummary(_Row):
     owner_token: str | None
     lease_expires_at: datetime | None
     owner_active: bool
+    """Whether a live service holds an unexpired lease on the run (is working on it now)."""
+    owner_orphaned: bool
+    """Whether the lease is unexpired but its owner, a service of this machine, is dead:
+    nobody drives the run (`jobfleet run --resume` finishes it, `jobfleet kill` kills it)."""
 
     def task_counts(self) -> dict[str, int]:
         """Tasks per state, as `task_counts` gives them (states with none left out)."""
@@ -126,8 +134,6 @@ class RunSummary(_Row):
             TaskState.KILLED.value: self.tasks_killed,
         }
         return _ordered(counts, [state.value for state in TaskState])
-
-    """Whether a service holds an unexpired lease on the run (is working on it now)."""
 
 
 @dataclass(frozen=True)
@@ -270,13 +276,14 @@ def _summaries(session: Session, runs: Sequence[tuple[Run, str]]) -> list[RunSum
         return []
     counts: dict[int, dict[str, int]] = {}
     # Counts kept by the database (run_counts), not a count over every task of each run.
-    rows = session.execute(
-        select(RunCount.run_id, RunCount.state, RunCount.n).where(
-            RunCount.run_id.in_([run.id for run, _ in runs]), RunCount.kind == "task"
+    for batch in in_batches(run.id for run, _ in runs):
+        rows = session.execute(
+            select(RunCount.run_id, RunCount.state, RunCount.n).where(
+                RunCount.run_id.in_(batch), RunCount.kind == "task"
+            )
         )
-    )
-    for run_id, state, count in rows:
-        counts.setdefault(run_id, {})[state] = count
+        for run_id, state, count in rows:
+            counts.setdefault(run_id, {})[state] = count
     now = utcnow()
     summaries = []
     for run, cluster in runs:
@@ -297,6 +304,7 @@ def _summaries(session: Session, runs: Sequence[tuple[Run, str]]) -> list[RunSum
                 owner_token=run.owner_token,
                 lease_expires_at=run.lease_expires_at,
                 owner_active=lease_is_live(run, now),
+                owner_orphaned=lease_is_orphaned(run, now),
             )
         )
     return summaries
@@ -340,12 +348,18 @@ def _json_text(column: Any, key: str) -> ColumnElement[str]:
 
 
 def task_rows_statement(
-    run_id: int, *, limit: int | None = None, offset: int = 0
+    run_id: int,
+    *,
+    limit: int | None = None,
+    offset: int = 0,
+    task_states: Sequence[str] | None = None,
 ) -> Select[tuple[Any, ...]]:
     """The statement behind `task_rows` (exposed so that tests can `EXPLAIN` it)."""
     page_query = (
         select(Task.id, Task.name, Task.state).where(Task.run_id == run_id).order_by(Task.id)
     )
+    if task_states is not None:
+        page_query = page_query.where(Task.state.in_(task_states))
     if limit is not None:
         page_query = page_query.limit(limit)
     if offset:
@@ -387,15 +401,25 @@ def task_rows_statement(
 
 
 def task_rows(
-    session: Session, run_id: int, *, limit: int | None = None, offset: int = 0
+    session: Session,
+    run_id: int,
+    *,
+    limit: int | None = None,
+    offset: int = 0,
+    task_states: Sequence[str] | None = None,
 ) -> list[TaskRow]:
-    """The run's tasks in id order, each with its latest instance, in one statement.
+    """The run's tasks in id order (only those in `task_states`, if given), each with its
+    latest instance, in one statement.
 
     The page of tasks is chosen first (through the `tasks.run_id` index); only those tasks'
     instances are then read, through the unique (task_id, attempt) index: a page of 20 tasks
     costs the same in a run of a million instances as in a run of a hundred.
     """
-    statement = task_rows_statement(run_id, limit=limit, offset=offset)
+    statement = task_rows_statement(run_id, limit=limit, offset=offset, task_states=task_states)
+    return _task_rows(session, statement)
+
+
+def _task_rows(session: Session, statement: Select[tuple[Any, ...]]) -> list[TaskRow]:
     return [
         TaskRow(
             task_id=task_id,
@@ -426,6 +450,40 @@ def task_rows(
             hostname,
         ) in session.execute(statement)
     ]
+
+
+@dataclass(frozen=True)
+class RunHighlights(_Row):
+    """What a large run's final summary shows instead of every task: the tasks that did not
+    end done, the slowest and the hungriest (by their latest attempt), at most `limit` each."""
+
+    not_done: tuple[TaskRow, ...]
+    """The first tasks (in id order) that failed, were killed or are still pending."""
+    not_done_total: int
+    slowest: tuple[TaskRow, ...]
+    """By wall-clock time, longest first."""
+    hungriest: tuple[TaskRow, ...]
+    """By peak memory (maxrss), largest first."""
+
+
+def run_highlights(session: Session, run_id: int, *, limit: int = 10) -> RunHighlights:
+    """The run's highlights: a bounded number of rows, read by four statements whatever the
+    size of the run (the rankings sort the run's latest attempts in the database)."""
+    not_done = [state.value for state in TaskState if state is not TaskState.DONE]
+    counts = task_counts(session, run_id)
+    every = task_rows_statement(run_id)
+    task_id = every.selected_columns[0]
+
+    def top(column: Any) -> tuple[TaskRow, ...]:
+        ranked = every.where(column.is_not(None)).order_by(None).order_by(column.desc(), task_id)
+        return tuple(_task_rows(session, ranked.limit(limit)))
+
+    return RunHighlights(
+        not_done=tuple(task_rows(session, run_id, limit=limit, task_states=not_done)),
+        not_done_total=sum(counts.get(state, 0) for state in not_done),
+        slowest=top(TaskInstance.wallclock),
+        hungriest=top(TaskInstance.maxrss),
+    )
 
 
 def _memory_bytes(value: object) -> int | None:

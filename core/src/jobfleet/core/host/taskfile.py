@@ -23,7 +23,6 @@ import shlex
 import unicodedata
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, TypeVar
 
@@ -45,8 +44,10 @@ __all__ = [
     "DEFAULT_RESOURCE_SCALE",
     "FILE_FORMATS",
     "MAX_ATTEMPTS_LIMIT",
+    "MAX_COMMAND_BYTES",
     "MAX_NAME_LENGTH",
     "MAX_RESOURCE_SCALE",
+    "MAX_TASK_FILE_BYTES",
     "TaskDefaults",
     "TaskDefinition",
     "TaskFileError",
@@ -61,6 +62,13 @@ MAX_ATTEMPTS_LIMIT: Final = 100
 # Beyond ten times per retry, a resource error would jump straight past any queue's limits.
 MAX_RESOURCE_SCALE: Final = 10.0
 MAX_NAME_LENGTH: Final = 200
+# The largest task file read: a million short tasks fit; a file beyond it (or /dev/zero) is
+# refused after reading this much, not read until memory runs out.
+MAX_TASK_FILE_BYTES: Final = 64 * 1024 * 1024
+# The longest command, in UTF-8 bytes. The wrapper hands a command to `/bin/sh -c` as one
+# argument, and Linux refuses any single argument of 128 KiB or more (MAX_ARG_STRLEN) with
+# "Argument list too long" at launch: refused here instead, with room to spare.
+MAX_COMMAND_BYTES: Final = 64 * 1024
 FILE_FORMATS: Final = ("yaml", "json", "text")
 
 # Where errors in `TaskDefaults` are reported: they come from flags, not from the file.
@@ -139,10 +147,18 @@ def load_task_file(
     source = os.fspath(path)
     chosen = _checked_format(source, file_format or _format_of(source))
     try:
-        data = Path(source).read_bytes()
+        with open(source, "rb") as handle:
+            # One byte more than the limit tells a file at the limit from a larger one.
+            data = handle.read(MAX_TASK_FILE_BYTES + 1)
     except OSError as error:
         problem = f"The file cannot be read: {error.strerror or error}."
         raise TaskFileError(source, None, None, problem) from error
+    if len(data) > MAX_TASK_FILE_BYTES:
+        problem = (
+            f"The file is larger than {MAX_TASK_FILE_BYTES // 2**20} MiB, the most a task file "
+            "may be; split the tasks into several runs."
+        )
+        raise TaskFileError(source, None, None, problem)
     return parse_task_text(_decoded(data, source), source, chosen, defaults)
 
 
@@ -435,6 +451,14 @@ def _read_command(node: Node) -> str:
         raise Invalid(node.line, node.path, "The command is empty.")
     if "\0" in value:
         raise Invalid(node.line, node.path, "The command holds a NUL character.")
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > MAX_COMMAND_BYTES:
+        problem = (
+            f"The command is {size:,} bytes long; the most is {MAX_COMMAND_BYTES:,} bytes "
+            f"({MAX_COMMAND_BYTES // 1024} KiB), as the shell gets it as one argument, which "
+            "Linux limits to 128 KiB. Put a long script in a file and run the file."
+        )
+        raise Invalid(node.line, node.path, problem)
     return value
 
 

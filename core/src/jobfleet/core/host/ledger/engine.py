@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
@@ -22,6 +23,24 @@ STDIN_URL: Final = "-"
 hands its ledger URL (and password) to its service, where no other process can see it."""
 # Set on a connection (execution option) to open a deferred transaction instead of IMMEDIATE.
 READ_ONLY_OPTION: Final = "jobfleet_read_only"
+# Values per `IN (…)` list: every list of ids the host sends is cut into batches of this many,
+# far below each database's limit on bound parameters (SQLite: 999 before 3.32, 32766 since,
+# 250000 in some distributions' builds; PostgreSQL: 65535), whatever the size of the run.
+IN_BATCH: Final = 500
+
+_T = TypeVar("_T")
+
+
+def in_batches(values: Iterable[_T], size: int = IN_BATCH) -> Iterator[list[_T]]:
+    """`values` in lists of at most `size`, one per statement with an `IN (…)` of them."""
+    batch: list[_T] = []
+    for value in values:
+        batch.append(value)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def safe_url(url: str | URL) -> str:

@@ -22,6 +22,7 @@ owns it and runs the steps.
 
 from jobfleet.core.host.service.context import ServiceError
 from jobfleet.core.host.service.core import DistributorService
+from jobfleet.core.host.service.lease import check_claimable
 from jobfleet.core.host.service.progress import Progress
 
-__all__ = ["DistributorService", "Progress", "ServiceError"]
+__all__ = ["DistributorService", "Progress", "ServiceError", "check_claimable"]

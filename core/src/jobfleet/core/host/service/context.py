@@ -9,7 +9,7 @@ imports never go in a circle.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Final
@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from jobfleet.core.channel import Channel, EventCursor
 from jobfleet.core.cluster_protocol import ClusterDistributor, ClusterQueue
 from jobfleet.core.errors import JobfleetError
-from jobfleet.core.host.ledger import InstanceState, Ledger, TaskInstance, utcnow
+from jobfleet.core.host.ledger import InstanceState, Ledger, TaskInstance, in_batches, utcnow
 from jobfleet.core.host.queues import QueueFit
 from jobfleet.core.host.runs import ServiceOptions
 
@@ -30,8 +30,6 @@ LAUNCHED_STATES: Final = (S.LAUNCHED, S.RUNNING, S.TRIAGING, S.NO_HEARTBEAT)
 # Bulk UPDATEs by id: the ORM need not look for the rows among the objects it has loaded
 # (which costs time quadratic in the number of rows).
 NO_SYNC: Final = {"synchronize_session": False}
-# Ids per `IN (…)` when loading instances: far below every database's parameter limit.
-_ID_CHUNK: Final = 500
 
 
 class ServiceError(JobfleetError):
@@ -81,15 +79,9 @@ class RunContext:
         return self.channel
 
 
-def chunks(ids: Sequence[int]) -> Iterator[Sequence[int]]:
-    """`ids` in slices small enough for one `IN (…)` each."""
-    for start in range(0, len(ids), _ID_CHUNK):
-        yield ids[start : start + _ID_CHUNK]
-
-
 def load_instances(session: Session, ids: Iterable[int]) -> list[TaskInstance]:
-    """The task instances with these ids, as ORM objects (in chunks of ids)."""
+    """The task instances with these ids, as ORM objects (in batches of ids)."""
     found: list[TaskInstance] = []
-    for chunk in chunks(list(ids)):
-        found.extend(session.scalars(select(TaskInstance).where(TaskInstance.id.in_(chunk))).all())
+    for batch in in_batches(ids):
+        found.extend(session.scalars(select(TaskInstance).where(TaskInstance.id.in_(batch))).all())
     return found

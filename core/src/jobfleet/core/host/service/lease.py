@@ -22,10 +22,13 @@ from jobfleet.core.host.ledger import (
     FINAL_RUN_STATUSES,
     Cluster,
     LeaseError,
+    Ledger,
     Queue,
     Run,
     RunStatus,
     acquire_lease,
+    lease_is_live,
+    owner_is_gone,
     release_lease,
     renew_lease,
     take_over_lease,
@@ -50,11 +53,7 @@ class StoredRun:
 def claim_run(context: RunContext) -> StoredRun:
     """Take the run's lease and mark it running; where it stands goes into `context`."""
     with context.ledger.session() as session:
-        run = session.get(Run, context.run_id)
-        if run is None:
-            raise ServiceError(f"There is no run {context.run_id} in {context.ledger.safe_url}.")
-        if RunStatus(run.status) in FINAL_RUN_STATUSES:
-            raise ServiceError(f"Run {context.run_id} is already over ({run.status}).")
+        run = _run_to_drive(context.ledger, session, context.run_id)
         _take_lease(context, session)
         run.status = RunStatus.RUNNING.value
         cluster = session.get_one(Cluster, run.cluster_id)
@@ -72,6 +71,25 @@ def claim_run(context: RunContext) -> StoredRun:
     return stored
 
 
+def check_claimable(ledger: Ledger, run_id: int) -> None:
+    """Refuse as `claim_run` would, without taking the run: it is over, or a live service owns
+    it (`LeaseError`). For `run --detach --resume`, which must say so before it detaches."""
+    with ledger.read_session() as session:
+        run = _run_to_drive(ledger, session, run_id)
+        if lease_is_live(run):
+            raise LeaseError(run_id, run.owner_token, run.lease_expires_at, "cannot be taken")
+
+
+def _run_to_drive(ledger: Ledger, session: Session, run_id: int) -> Run:
+    """The run, unless there is none or it is over (`ServiceError`)."""
+    run = session.get(Run, run_id)
+    if run is None:
+        raise ServiceError(f"There is no run {run_id} in {ledger.safe_url}.")
+    if RunStatus(run.status) in FINAL_RUN_STATUSES:
+        raise ServiceError(f"Run {run_id} is already over ({run.status}).")
+    return run
+
+
 def _take_lease(context: RunContext, session: Session) -> None:
     """Acquire the run; an owner on this machine whose process is gone loses it at once.
 
@@ -80,7 +98,7 @@ def _take_lease(context: RunContext, session: Session) -> None:
     try:
         acquire_lease(session, context.run_id, context.owner, duration=context.lease)
     except LeaseError as error:
-        if error.owner is None or not _dead_local_owner(error.owner):
+        if error.owner is None or not owner_is_gone(error.owner):
             raise
         take_over_lease(
             session, context.run_id, context.owner, previous=error.owner, duration=context.lease
@@ -106,18 +124,3 @@ def give_up(context: RunContext) -> None:
 def owner_token() -> str:
     """A new owner token, "host:pid:nonce": the host and pid tell whether its process lives."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def _dead_local_owner(owner: str) -> bool:
-    """Whether `owner` (a token "host:pid:nonce") is a service of this machine that is gone."""
-    host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return False
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False  # alive, someone else's
-    return False

@@ -23,6 +23,7 @@ from jobfleet.core.host.ledger import (
     TaskInstance,
     TaskState,
     apply_changes,
+    in_batches,
     utcnow,
 )
 from jobfleet.core.host.ledger.models import Event as LedgerEvent
@@ -109,15 +110,17 @@ def commit(context: RunContext, session: Session, work: Round) -> None:
     if not work.ended:
         return
     context.ended.update(ended.instance_id for ended in work.ended)  # specs to withdraw
-    tasks = _tasks_of(session, work.ended)
+    # Only the attempts whose follow-up must be decided need their task's row: a run's kill
+    # of a hundred thousand attempts loads none.
+    tasks = _tasks_of(session, [e for e in work.ended if e.state not in _TASK_OVER])
     limits = queue_limits(context.queues)
     retries: list[_Retry] = []
     over: dict[TaskState, list[int]] = defaultdict(list)
     for ended in work.ended:
-        task = tasks[ended.task_id]
         if ended.state in _TASK_OVER:
-            over[_TASK_OVER[ended.state]].append(task.id)
+            over[_TASK_OVER[ended.state]].append(ended.task_id)
             continue
+        task = tasks[ended.task_id]
         decision = _decide(task, ended, limits)
         if decision.retry:
             retries.append((ended, task, decision))
@@ -129,8 +132,12 @@ def commit(context: RunContext, session: Session, work: Round) -> None:
 
 
 def _tasks_of(session: Session, ended: Sequence[Ended]) -> dict[int, Task]:
-    query = select(Task).where(Task.id.in_({e.task_id for e in ended}))
-    return {task.id: task for task in session.scalars(query)}
+    tasks: dict[int, Task] = {}
+    for batch in in_batches({e.task_id for e in ended}):
+        tasks.update(
+            (task.id, task) for task in session.scalars(select(Task).where(Task.id.in_(batch)))
+        )
+    return tasks
 
 
 def _decide(task: Task, ended: Ended, limits: Mapping[str, QueueLimits]) -> RetryDecision:
@@ -155,10 +162,11 @@ def _decide(task: Task, ended: Ended, limits: Mapping[str, QueueLimits]) -> Retr
 
 def _mark_tasks(session: Session, over: Mapping[TaskState, list[int]]) -> None:
     for task_state, ids in over.items():
-        session.execute(
-            update(Task).where(Task.id.in_(ids)).values(state=task_state.value),
-            execution_options=NO_SYNC,
-        )
+        for batch in in_batches(ids):
+            session.execute(
+                update(Task).where(Task.id.in_(batch)).values(state=task_state.value),
+                execution_options=NO_SYNC,
+            )
 
 
 def _add_retries(context: RunContext, session: Session, retries: Sequence[_Retry]) -> None:

@@ -19,7 +19,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from jobfleet.core.exit_info import RemoteExitInfo
-from jobfleet.core.host.ledger import Change, TaskInstance, apply_changes, utcnow
+from jobfleet.core.host.ledger import Change, TaskInstance, apply_changes, in_batches, utcnow
 from jobfleet.core.host.service.context import LAUNCHED_STATES, NO_SYNC, RunContext, S
 from jobfleet.core.host.service.reports import backend_usage_values
 from jobfleet.core.host.service.retries import Round, commit, end
@@ -158,10 +158,10 @@ def _remote_exit_info(context: RunContext, distributor_id: str | None) -> Remote
 
 
 def _count_questions(session: Session, undecided: Sequence[int]) -> None:
-    if undecided:
+    for batch in in_batches(undecided):
         session.execute(
             update(TaskInstance)
-            .where(TaskInstance.id.in_(undecided))
+            .where(TaskInstance.id.in_(batch))
             .values(triage_count=TaskInstance.triage_count + 1),
             execution_options=NO_SYNC,
         )

@@ -19,8 +19,8 @@ from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
 from jobfleet.core.errors import JobfleetError
-from jobfleet.core.host.ledger import TaskInstance
-from jobfleet.core.host.service.context import RunContext, S, chunks
+from jobfleet.core.host.ledger import TaskInstance, in_batches
+from jobfleet.core.host.service.context import RunContext, S
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def withdraw_ended(context: RunContext) -> None:
     noted = sorted(context.ended)
     context.ended.clear()
     # Only those whose end is committed: a step that failed half way rolled its ends back.
-    _withdraw(context, [TaskInstance.id.in_(chunk) for chunk in chunks(noted)])
+    _withdraw(context, [TaskInstance.id.in_(chunk) for chunk in in_batches(noted)])
 
 
 def withdraw_all_ended(context: RunContext) -> None:
@@ -65,7 +65,7 @@ def _arrays_over(session: Session, arrays: set[int]) -> list[int]:
     """The arrays among `arrays` none of whose steps is still to end."""
     live = {
         array_id
-        for chunk in chunks(sorted(arrays))
+        for chunk in in_batches(sorted(arrays))
         for array_id in session.scalars(
             select(TaskInstance.array_id)
             .where(TaskInstance.array_id.in_(chunk), TaskInstance.state.not_in(_ENDED))
