@@ -43,7 +43,13 @@ from jobfleet.core.host.ledger import (
     transition,
     utcnow,
 )
-from jobfleet.core.host.ledger.migrate import current_revision, head_revision
+from jobfleet.core.host.ledger.migrate import (
+    alembic_config,
+    current_revision,
+    head_revision,
+    known_revisions,
+    quick_head,
+)
 
 S = InstanceState
 # A path through the table to each state, from a fresh (Q) instance.
@@ -108,6 +114,18 @@ def test_open_applies_the_migrations(ledger: Ledger) -> None:
     assert tables == {*Base.metadata.tables, "alembic_version"}
     with ledger.engine.connect() as connection:
         assert current_revision(connection) == head_revision() == "0004"
+
+
+def test_the_migration_files_are_read_as_alembic_reads_them() -> None:
+    # Opening a current ledger compares with `quick_head`, which reads the files' text instead
+    # of importing Alembic: it must agree with Alembic on every revision.
+    from alembic.script import ScriptDirectory
+
+    scripts = ScriptDirectory.from_config(alembic_config())
+    assert known_revisions() == {
+        script.revision: script.down_revision for script in scripts.walk_revisions()
+    }
+    assert quick_head() == head_revision()
 
 
 def test_migrated_schema_is_the_models_schema(ledger: Ledger) -> None:

@@ -3,23 +3,30 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.table import Table
 
-from jobfleet.core import __version__
 from jobfleet.core.cli.common import console, print_json
 from jobfleet.core.errors import JobfleetError
-from jobfleet.core.plugins import PluginInfo, PluginRegistry, PluginStatus, default_registry
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from jobfleet.core.plugins import PluginInfo, PluginRegistry
 
 
 def _registry() -> PluginRegistry:
+    from jobfleet.core.plugins import default_registry
+
     return default_registry()
 
 
 def version_report() -> dict[str, Any]:
     """The core's version and every plugin's, as `jobfleet version --json` prints it."""
+    from jobfleet.core import __version__
+    from jobfleet.core.plugins import PluginStatus
+
     registry = _registry()
     plugins = []
     for info in registry.list_plugins():
@@ -98,6 +105,10 @@ def plugins(name: str | None, as_json: bool) -> None:
 
 
 def _plugins_table(infos: list[PluginInfo]) -> Table:
+    from rich.table import Table
+
+    from jobfleet.core.plugins import PluginStatus
+
     table = Table(title="jobfleet plugins", title_justify="left")
     for column in ("name", "distribution", "version", "status"):
         table.add_column(column, no_wrap=column != "status")
@@ -116,6 +127,8 @@ def _plugins_table(infos: list[PluginInfo]) -> Table:
 
 
 def _show_plugin(registry: PluginRegistry, name: str, as_json: bool) -> None:
+    from rich.table import Table
+
     plugin = registry.get_cluster(name)
     options = plugin.setting_options()
     detail = {

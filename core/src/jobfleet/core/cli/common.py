@@ -1,26 +1,39 @@
-"""What every `jobfleet` command shares: the ledger option, JSON output, the console."""
+"""What every `jobfleet` command shares: the ledger option, JSON output, the console.
+
+Nothing here (nor at the top of a command module) imports the ledger, SQLAlchemy or rich:
+`jobfleet --help` and `jobfleet version` must start fast, so each command imports what it needs
+when it runs (docs/performance.md, "Command-line start-up").
+"""
 
 from __future__ import annotations
 
 import json
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from rich.console import Console
 
-from jobfleet.core.host.ledger import ENV_VAR, Ledger
+from jobfleet.core.host.defaults import ENV_VAR
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from jobfleet.core.host.ledger import Ledger
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def console() -> Console:
+    from rich.console import Console
+
     # Tables must not be cut to 80 columns when the output goes to a file or a pipe.
     return Console(width=None if sys.stdout.isatty() else 160)
 
 
 def error_console() -> Console:
+    from rich.console import Console
+
     return Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
@@ -48,4 +61,6 @@ def ledger_option(function: F) -> F:
 
 def open_ledger(url: str | None) -> Ledger:
     """Open the ledger named by `--ledger` (or its defaults); errors name it without password."""
+    from jobfleet.core.host.ledger import Ledger
+
     return Ledger.open(url)

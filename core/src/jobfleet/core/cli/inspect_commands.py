@@ -17,26 +17,23 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, TYPE_CHECKING, Any, Final
 
 import click
-from rich.table import Table
-from rich.text import Text
 
 from jobfleet.core.cli.common import console, json_option, ledger_option, open_ledger, print_json
 from jobfleet.core.errors import JobfleetError, ResourceError
-from jobfleet.core.host import queries
-from jobfleet.core.host import queues as queue_admin
-from jobfleet.core.host.ledger import FINAL_RUN_STATUSES, InstanceState, Ledger, resolve_url
-from jobfleet.core.host.queries import NotFoundError
-from jobfleet.core.host.queues import QueueError
-from jobfleet.core.plugins import default_registry
-from jobfleet.core.resources import (
-    QueueLimits,
-    format_memory,
-    format_runtime,
-    memory_text,
-)
+from jobfleet.core.resources import format_memory, format_runtime, memory_text
+
+if TYPE_CHECKING:
+    from rich.table import Table
+    from rich.text import Text
+
+    from jobfleet.core.host import queries
+    from jobfleet.core.host.ledger import Ledger
+
+# The ledger, SQLAlchemy and rich are imported inside the commands, when they run: `jobfleet
+# --help` must not pay for them (see common.py).
 
 # How often `events --follow` looks for new events.
 FOLLOW_INTERVAL: Final = 0.5
@@ -45,11 +42,6 @@ EVENT_PAGE: Final = 1000
 # Bytes copied at a time by `logs`.
 CHUNK: Final = 64 * 1024
 
-_FLAG_STYLES: Final = {
-    queries.OVER_REQUESTED: "yellow",
-    queries.RESOURCE_RETRIED: "magenta",
-    queries.NEAR_LIMIT: "bold red",
-}
 _TASK_STATE_STYLES: Final = {
     "done": "green",
     "failed": "red",
@@ -65,6 +57,9 @@ _RUN_STATUS_STYLES: Final = {**_TASK_STATE_STYLES, "running": "cyan", "created":
 @contextmanager
 def _existing_ledger(url: str | None) -> Iterator[Ledger]:
     """The ledger, for a command that only reads it: a missing SQLite file is an error."""
+    from jobfleet.core.host.ledger import resolve_url
+    from jobfleet.core.host.queries import NotFoundError
+
     resolved = resolve_url(url)
     if resolved.get_backend_name() == "sqlite" and resolved.database:
         path = Path(resolved.database)
@@ -97,11 +92,15 @@ def _memory(value: int | None) -> str:
 
 
 def _text(value: object, style: str = "") -> Text:
+    from rich.text import Text
+
     # User data (task names, messages) goes into tables as Text, never as rich markup.
     return Text("-" if value is None else str(value), style=style)
 
 
 def _state_name(letter: str) -> str:
+    from jobfleet.core.host.ledger import InstanceState
+
     try:
         return InstanceState(letter).name
     except ValueError:
@@ -133,6 +132,8 @@ def status(
     are in each state (Q queued … D done), how many tasks are done, failed or pending, and the
     first tasks with their latest attempt. `jobfleet logs INSTANCE` shows an attempt's output.
     """
+    from jobfleet.core.host import queries
+
     with _existing_ledger(ledger_url) as ledger, ledger.read_session() as session:
         if run_ref is None:
             total = queries.run_count(session)
@@ -165,6 +166,8 @@ def status(
 
 
 def _owner(summary: queries.RunSummary) -> Text:
+    from rich.text import Text
+
     if summary.owner_token is None:
         return Text("-")
     if summary.owner_active:
@@ -173,6 +176,8 @@ def _owner(summary: queries.RunSummary) -> Text:
 
 
 def _print_runs(summaries: Sequence[queries.RunSummary], total: int, where: str) -> None:
+    from rich.table import Table
+
     out = console()
     if not summaries:
         out.print(f"No runs in the ledger at {where}.", highlight=False)
@@ -210,6 +215,8 @@ def _print_run(
     rows: Sequence[queries.TaskRow],
     hidden: int,
 ) -> None:
+    from rich.text import Text
+
     out = console()
     header = Text.assemble(
         ("Run ", "bold"),
@@ -242,6 +249,8 @@ def _print_run(
 
 def task_table(rows: Sequence[queries.TaskRow], title: str | None = None) -> Table:
     """One line per task with its latest attempt (names shown as text, never as markup)."""
+    from rich.table import Table
+
     table = Table(title=title, title_justify="left")
     for column in ("task", "state", "instance", "attempts", "exit", "wall", "maxrss", "cpu"):
         numeric = column in ("attempts", "wall", "maxrss", "cpu")
@@ -276,6 +285,9 @@ def logs(instance_id: int, use_stderr: bool, tail: int | None, ledger_url: str |
     byte for byte (binary output too), from the path the ledger recorded when the attempt
     started; the file must be readable from this machine.
     """
+    from jobfleet.core.host import queries
+    from jobfleet.core.host.queries import NotFoundError
+
     stream = "stderr" if use_stderr else "stdout"
     with _existing_ledger(ledger_url) as ledger, ledger.read_session() as session:
         instance = queries.find_instance(session, instance_id)
@@ -313,6 +325,8 @@ def logs(instance_id: int, use_stderr: bool, tail: int | None, ledger_url: str |
 
 
 def _has_started(letter: str) -> bool:
+    from jobfleet.core.host.ledger import InstanceState
+
     return letter not in (InstanceState.QUEUED, InstanceState.INSTANTIATED, InstanceState.LAUNCHED)
 
 
@@ -369,6 +383,16 @@ def usage(run_ref: str, as_json: bool, ledger_url: str | None) -> None:
     resource-retried (an earlier attempt was killed for memory or time), near limit (the peak
     reached 90% of the request).
     """
+    from rich.table import Table
+    from rich.text import Text
+
+    from jobfleet.core.host import queries
+
+    flag_styles = {
+        queries.OVER_REQUESTED: "yellow",
+        queries.RESOURCE_RETRIED: "magenta",
+        queries.NEAR_LIMIT: "bold red",
+    }
     with _existing_ledger(ledger_url) as ledger, ledger.read_session() as session:
         run = queries.find_run(session, run_ref)
         run_id, run_name = run.id, run.name
@@ -408,7 +432,7 @@ def usage(run_ref: str, as_json: bool, ledger_url: str | None) -> None:
             _seconds(row.cpu),
             _seconds(row.wallclock),
             _text(" → ".join(memory or "-" for memory in row.memory_by_attempt)),
-            _text(row.flag or "", _FLAG_STYLES.get(row.flag or "", "")),
+            _text(row.flag or "", flag_styles.get(row.flag or "", "")),
         )
     out.print(table)
     out.print(
@@ -448,6 +472,9 @@ def events(
     the kind of event, and its message. With --json, one JSON object per line, so that
     `--follow --json` can be read as a stream.
     """
+    from jobfleet.core.host import queries
+    from jobfleet.core.host.queries import NotFoundError
+
     with _existing_ledger(ledger_url) as ledger:
         with ledger.read_session() as session:
             run_id = queries.find_run(session, run_ref).id
@@ -486,6 +513,9 @@ def _print_events(
     as_json: bool,
     stop: Sequence[int] = (),
 ) -> None:
+    from jobfleet.core.host import queries
+    from jobfleet.core.host.ledger import FINAL_RUN_STATUSES
+
     last = 0
     while not stop:
         with ledger.read_session() as session:
@@ -550,6 +580,11 @@ def queues() -> None:
 @ledger_option
 def list_queues(cluster_name: str | None, as_json: bool, ledger_url: str | None) -> None:
     """List the queues of every cluster (or of one) with their parameters."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from jobfleet.core.host import queues as queue_admin
+
     with _existing_ledger(ledger_url) as ledger, ledger.read_session() as session:
         found = [entry.to_dict() for entry in queue_admin.list_queues(session, cluster_name)]
         where = ledger.safe_url
@@ -612,6 +647,8 @@ def add_queue(
     is added when CLUSTER names an installed backend (`jobfleet plugins`), which becomes its
     type. An existing queue is only changed with --replace, which replaces all its parameters.
     """
+    from jobfleet.core.host import queues as queue_admin
+
     parameters = _queue_parameters(limits, params)
     with open_ledger(ledger_url) as ledger, ledger.session() as session:
         added = queue_admin.add_queue(
@@ -625,6 +662,8 @@ def add_queue(
 
 def _queue_parameters(limits: dict[str, str | None], params: Sequence[str]) -> dict[str, Any]:
     """The queue's parameters, limits checked and written in canonical units."""
+    from jobfleet.core.resources import QueueLimits
+
     parameters: dict[str, Any] = {key: value for key, value in limits.items() if value is not None}
     for item in params:
         key, sep, raw = item.partition("=")
@@ -659,6 +698,8 @@ def _canonical(key: str, value: float | int) -> Any:
 @ledger_option
 def remove_queue(cluster_name: str, queue_name: str, ledger_url: str | None) -> None:
     """Remove QUEUE from CLUSTER; refused while arrays of past runs refer to it."""
+    from jobfleet.core.host import queues as queue_admin
+
     with _existing_ledger(ledger_url) as ledger, ledger.session() as session:
         queue_admin.remove_queue(session, cluster_name, queue_name)
     click.echo(f"Removed the queue {queue_name!r} of cluster {cluster_name!r}.")
@@ -675,6 +716,10 @@ def sync_queues(cluster_name: str, as_json: bool, ledger_url: str | None) -> Non
     report are left as they are. The backend's settings come from its environment variables
     (`jobfleet plugins NAME` lists them).
     """
+    from jobfleet.core.host import queues as queue_admin
+    from jobfleet.core.host.queues import QueueError
+    from jobfleet.core.plugins import default_registry
+
     registry = default_registry()
     plugin = registry.get_cluster(cluster_name)
     found = registry.cluster_queues(cluster_name, plugin.settings(None, os.environ))
@@ -697,6 +742,8 @@ def sync_queues(cluster_name: str, as_json: bool, ledger_url: str | None) -> Non
 
 
 def _synced_parameters(queue: str, parameters: Mapping[str, Any]) -> dict[str, Any]:
+    from jobfleet.core.host.queues import QueueError
+
     try:
         limits = {k: str(v) for k, v in parameters.items() if k in _LIMIT_KEYS and v is not None}
         others = [f"{k}={json.dumps(v)}" for k, v in parameters.items() if k not in _LIMIT_KEYS]

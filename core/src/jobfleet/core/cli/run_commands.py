@@ -10,10 +10,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from jobfleet.core.cli.common import (
     console,
@@ -23,30 +22,17 @@ from jobfleet.core.cli.common import (
     open_ledger,
     print_json,
 )
-from jobfleet.core.cli.inspect_commands import task_table
-from jobfleet.core.cli.options import add_setting_options, setting_values
 from jobfleet.core.errors import JobfleetError
-from jobfleet.core.host import kills, queries
-from jobfleet.core.host.ledger import (
-    FINAL_RUN_STATUSES,
-    InstanceState,
-    LeaseError,
-    Ledger,
-    RunStatus,
-)
-from jobfleet.core.host.runs import ServiceOptions, create_run
-from jobfleet.core.host.service import DistributorService
-from jobfleet.core.host.service import Progress as RunProgress
-from jobfleet.core.host.taskfile import (
-    TaskDefaults,
-    TaskDefinition,
-    load_task_file,
-    task_from_command,
-)
-from jobfleet.core.plugins import PluginStatus, default_registry
-from jobfleet.core.settings import SettingOption
 
-_STATE_NAMES = {state.value: state.name.lower() for state in InstanceState}
+if TYPE_CHECKING:
+    from jobfleet.core.host.ledger import Ledger, RunStatus
+    from jobfleet.core.host.service import DistributorService
+    from jobfleet.core.host.service import Progress as RunProgress
+    from jobfleet.core.host.taskfile import TaskDefinition
+    from jobfleet.core.settings import SettingOption
+
+# The host (ledger, service, task files) and rich are imported inside the commands, when they
+# run: `jobfleet --help` must not pay for them (see common.py).
 
 
 class _RunCommand(click.Command):
@@ -60,6 +46,9 @@ class _RunCommand(click.Command):
 
     def plugin_options(self) -> list[SettingOption]:
         if self._plugin_options is None:
+            from jobfleet.core.cli.options import add_setting_options
+            from jobfleet.core.plugins import PluginStatus, default_registry
+
             registry = default_registry()
             found: list[SettingOption] = []
             for info in registry.list_plugins():
@@ -132,6 +121,9 @@ def run(ctx: click.Context, /, task_file: Path | None, **flags: Any) -> None:
     kills the run's tasks; use --detach to leave the run working in the background. The exit
     status is 0 only when every task is done.
     """
+    from jobfleet.core.host import queries
+    from jobfleet.core.host.ledger import RunStatus
+
     command = ctx.meta.get("jobfleet_command")
     ledger = open_ledger(flags["ledger_url"])
     with ledger:
@@ -156,6 +148,9 @@ def _create(
     ctx: click.Context,
     flags: Mapping[str, Any],
 ) -> int:
+    from jobfleet.core.cli.options import setting_values
+    from jobfleet.core.host.runs import ServiceOptions, create_run
+
     definitions = _tasks(task_file, command, flags)
     command_spec = ctx.command
     assert isinstance(command_spec, _RunCommand)
@@ -182,6 +177,8 @@ def _create(
 def _tasks(
     task_file: Path | None, command: Sequence[str] | None, flags: Mapping[str, Any]
 ) -> list[TaskDefinition]:
+    from jobfleet.core.host.taskfile import TaskDefaults, load_task_file, task_from_command
+
     resources = {
         key: flags[key]
         for key in ("queue", "cores", "memory", "runtime", "gpus")
@@ -201,6 +198,9 @@ def _tasks(
 
 
 def _drive(ledger: Ledger, run_id: int, as_json: bool) -> RunStatus:
+    from jobfleet.core.host.ledger import FINAL_RUN_STATUSES, LeaseError
+    from jobfleet.core.host.service import DistributorService
+
     service = DistributorService(ledger, run_id)
     try:
         service.start()
@@ -244,6 +244,8 @@ def _interrupts(service: DistributorService) -> Iterator[list[int]]:
 
 
 def _request_run_kill(ledger: Ledger, run_id: int, signum: int) -> None:
+    from jobfleet.core.host import kills
+
     error_console().print(
         f"\n{signal.Signals(signum).name}: killing the tasks of run {run_id} …",
         highlight=False,
@@ -255,6 +257,17 @@ def _request_run_kill(ledger: Ledger, run_id: int, signum: int) -> None:
 @contextmanager
 def _progress_bar(as_json: bool) -> Iterator[Any]:
     """A progress bar on stderr (none for --json or when stderr is not a terminal)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    from jobfleet.core.host.ledger import InstanceState
+
+    state_names = {state.value: state.name.lower() for state in InstanceState}
     err = error_console()
     if as_json or not err.is_terminal:
         yield None
@@ -271,7 +284,7 @@ def _progress_bar(as_json: bool) -> Iterator[Any]:
 
         def show(progress: RunProgress) -> None:
             states = "  ".join(
-                f"{_STATE_NAMES.get(k, k)} {v}" for k, v in sorted(progress.state_counts.items())
+                f"{state_names.get(k, k)} {v}" for k, v in sorted(progress.state_counts.items())
             )
             bar.update(
                 task,
@@ -285,6 +298,10 @@ def _progress_bar(as_json: bool) -> Iterator[Any]:
 
 
 def _summary(ledger: Ledger, run_id: int, final: RunProgress, as_json: bool) -> None:
+    from jobfleet.core.cli.inspect_commands import task_table
+    from jobfleet.core.host import queries
+    from jobfleet.core.host.ledger import RunStatus
+
     with ledger.read_session() as session:
         rows = queries.task_rows(session, run_id)
     if as_json:
@@ -314,6 +331,8 @@ def _summary(ledger: Ledger, run_id: int, final: RunProgress, as_json: bool) -> 
 
 def _detach(ledger: Ledger, run_id: int, as_json: bool) -> None:
     """Start `jobfleet run --resume RUN` in its own session, its output in the run's directory."""
+    from jobfleet.core.host import queries
+
     with ledger.read_session() as session:
         work_dir = queries.run_work_dir(session, run_id)
     log_path = Path(work_dir or ".", "service.log")
@@ -386,6 +405,8 @@ def kill(
     service owns the run (it was stopped, or crashed), this command carries it out itself.
     Killed tasks are not retried.
     """
+    from jobfleet.core.host import kills
+
     if run_ref is None and not instance_ids:
         raise click.UsageError("Name a RUN, or --instance ID.")
     with open_ledger(ledger_url) as ledger:

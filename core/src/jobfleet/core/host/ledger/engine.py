@@ -10,10 +10,19 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from jobfleet.core.host.defaults import DEFAULT_PATH, ENV_VAR
 from jobfleet.core.host.ledger.errors import LedgerError
 
-ENV_VAR: Final = "JOBFLEET_LEDGER"
-DEFAULT_PATH: Final = Path(".jobfleet") / "ledger.db"
+__all__ = [
+    "DEFAULT_BUSY_TIMEOUT",
+    "DEFAULT_PATH",
+    "ENV_VAR",
+    "READ_ONLY_OPTION",
+    "create_ledger_engine",
+    "resolve_url",
+    "safe_url",
+]
+
 DEFAULT_BUSY_TIMEOUT: Final = 30.0
 # Set on a connection (execution option) to open a deferred transaction instead of IMMEDIATE.
 READ_ONLY_OPTION: Final = "jobfleet_read_only"

@@ -8,7 +8,6 @@ from contextlib import contextmanager
 from types import TracebackType
 from typing import Self
 
-from alembic.util.exc import CommandError
 from sqlalchemy import Engine, event
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
@@ -68,7 +67,7 @@ class Ledger:
         engine = create_ledger_engine(resolved, busy_timeout=busy_timeout)
         try:
             migrate.upgrade(engine)
-        except (SQLAlchemyError, CommandError) as exc:
+        except (SQLAlchemyError, LedgerError) as exc:
             engine.dispose()
             raise LedgerError(
                 f"The ledger at {safe_url(resolved)} could not be opened: {_describe(exc)}"
