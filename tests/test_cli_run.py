@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -154,3 +155,20 @@ def test_ctrl_c_kills_the_runs_tasks(tmp_path: Path) -> None:
     assert "SIGINT: killing the tasks of run 1" in err
     assert json.loads(out)["status"] == "killed"
     assert not is_locked(lock)
+
+
+def test_a_database_of_another_application_is_not_made_a_ledger(tmp_path: Path) -> None:
+    other = tmp_path / "notes.db"
+    with sqlite3.connect(other) as connection:
+        connection.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+    connection.close()
+    for command in (["run"], ["status"], ["queues", "add", "dummy", "q"]):
+        args = [*command, "--ledger", str(other), *(["--", "true"] if command == ["run"] else [])]
+        result = jobfleet(tmp_path, *args)
+        assert result.returncode == 1, (args, result.stdout)
+        assert f"The database file {other} is not a jobfleet ledger" in result.stderr
+        assert "Traceback" not in result.stderr
+    with sqlite3.connect(other) as connection:
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+    connection.close()
+    assert tables == {"notes"}

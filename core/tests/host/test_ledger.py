@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import delete, func, inspect, select, update
+from sqlalchemy import create_engine, delete, func, inspect, select, text, update
 from sqlalchemy.orm import Session
 
 from jobfleet.core.exit_info import ExitReason, ExitRecord
@@ -141,6 +141,32 @@ def test_hot_query_indexes_exist(ledger: Ledger) -> None:
     }
     assert ("run_id", "state") in indexes
     assert ("distributor_id",) in indexes
+
+
+def test_a_database_of_another_application_is_refused(ledger_url: str) -> None:
+    engine = create_engine(ledger_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)"))
+        with pytest.raises(LedgerError, match=r"is not a jobfleet ledger: it has tables \(notes\)"):
+            Ledger.open(ledger_url)
+        # Nothing was added to it.
+        assert set(inspect(engine).get_table_names()) == {"notes"}
+    finally:
+        engine.dispose()
+
+
+def test_a_schema_revision_jobfleet_does_not_know_is_refused(ledger_url: str) -> None:
+    engine = create_engine(ledger_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32))"))
+            connection.execute(text("INSERT INTO alembic_version VALUES ('f00d')"))
+        with pytest.raises(LedgerError, match="revision 'f00d', which this jobfleet does not"):
+            Ledger.open(ledger_url)
+        assert set(inspect(engine).get_table_names()) == {"alembic_version"}
+    finally:
+        engine.dispose()
 
 
 def test_reopening_is_idempotent_and_keeps_data(ledger_url: str) -> None:

@@ -61,12 +61,15 @@ class Ledger:
 
         `url` defaults to $JOBFLEET_LEDGER, then to the SQLite file ./.jobfleet/ledger.db; a
         path (no `://`) names a SQLite file. Raises `LedgerError`, with any password hidden,
-        when the database cannot be reached or migrated.
+        when the database cannot be reached or migrated, or belongs to another application.
         """
         resolved = resolve_url(url)
         engine = create_ledger_engine(resolved, busy_timeout=busy_timeout)
         try:
             migrate.upgrade(engine)
+        except migrate.ForeignDatabaseError:
+            engine.dispose()
+            raise
         except (SQLAlchemyError, LedgerError) as exc:
             engine.dispose()
             raise LedgerError(

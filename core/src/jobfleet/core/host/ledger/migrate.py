@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Final
 
 from sqlalchemy import Connection, Engine, inspect, text
 
-from jobfleet.core.host.ledger.engine import READ_ONLY_OPTION
+from jobfleet.core.host.ledger.engine import READ_ONLY_OPTION, safe_url
 from jobfleet.core.host.ledger.errors import LedgerError
 
 if TYPE_CHECKING:
@@ -29,6 +29,10 @@ _REVISION_RE: Final = re.compile(r"^revision(?:\s*:[^=\n]*)?\s*=\s*[\"']([^\"']+
 _DOWN_RE: Final = re.compile(
     r"^down_revision(?:\s*:[^=\n]*)?\s*=\s*(?:[\"']([^\"']+)[\"']|None)\s*$", re.M
 )
+
+
+class ForeignDatabaseError(LedgerError):
+    """The database holds tables, but not a jobfleet ledger: it belongs to something else."""
 
 
 def alembic_config() -> Config:
@@ -80,16 +84,55 @@ def current_revision(connection: Connection) -> str | None:
     if not inspect(connection).has_table(VERSION_TABLE):
         return None
     found = sorted(connection.execute(text("SELECT version_num FROM alembic_version")).scalars())
-    return found[0] if len(found) == 1 else None
+    # Several rows are branches jobfleet never makes: shown as they are, they are refused as
+    # unknown by `check_is_a_ledger`.
+    return " ".join(found) or None
+
+
+def check_is_a_ledger(connection: Connection, current: str | None) -> None:
+    """Refuse a database that belongs to another application, before anything is written.
+
+    A database without jobfleet's version table must be empty: jobfleet's tables are never
+    added to another application's database. A version jobfleet does not know was written by
+    a newer jobfleet, or by another application that uses Alembic.
+    """
+    where = _where(connection)
+    if current is None:
+        tables = sorted(set(inspect(connection).get_table_names()) - {VERSION_TABLE})
+        if tables:
+            shown = ", ".join(tables[:5]) + (f" and {len(tables) - 5} more" if tables[5:] else "")
+            raise ForeignDatabaseError(
+                f"{where} is not a jobfleet ledger: it has tables ({shown}) but no jobfleet "
+                "schema. Name another ledger with --ledger (a new file is created), or "
+                "$JOBFLEET_LEDGER."
+            )
+        return
+    if current not in known_revisions():
+        raise ForeignDatabaseError(
+            f"{where} is at schema revision {current!r}, which this jobfleet does not know "
+            f"(its newest is {quick_head() or head_revision()!r}): it was written by a newer "
+            "jobfleet, or it is another application's database."
+        )
+
+
+def _where(connection: Connection) -> str:
+    url = connection.engine.url
+    if url.get_backend_name() == "sqlite" and url.database:
+        return f"The database file {url.database}"
+    return f"The database {safe_url(url)}"
 
 
 def needs_upgrade(engine: Engine) -> bool:
-    """Whether the ledger's schema is behind this jobfleet's (reads only)."""
+    """Whether the ledger's schema is behind this jobfleet's (reads only; refuses a database
+    that is not a jobfleet ledger)."""
     head = quick_head() or head_revision()
     with engine.connect() as connection:
         connection.execution_options(**{READ_ONLY_OPTION: True})
-        # The common case, at head: one query, no lock, no write, no Alembic.
-        return current_revision(connection) != head
+        current = current_revision(connection)
+        if current is not None and current == head:
+            return False  # the common case: one query, no lock, no write, no Alembic
+        check_is_a_ledger(connection, current)
+    return True
 
 
 def upgrade(engine: Engine) -> None:
@@ -107,6 +150,8 @@ def upgrade(engine: Engine) -> None:
     with engine.begin() as connection:
         if connection.dialect.name == "postgresql":
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
+        # Again under the lock: another process may have changed the database meanwhile.
+        check_is_a_ledger(connection, current_revision(connection))
         config = alembic_config()
         config.attributes["connection"] = connection
         try:
