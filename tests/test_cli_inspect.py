@@ -299,6 +299,53 @@ def test_a_missing_ledger_file_is_not_created(tmp_path: Path) -> None:
     assert not path.exists()
 
 
+def as_a_user_who_may_only_read() -> list[str]:
+    """The argv prefix that makes file permissions bind: none for a normal user; for root,
+    `setpriv` without the capabilities that override them."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    prefix = [setpriv or "setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
+    if setpriv is None or subprocess.run([*prefix, "true"], check=False).returncode != 0:
+        pytest.skip("as root, only setpriv (dropping CAP_DAC_OVERRIDE) makes a file read-only")
+    return prefix
+
+
+def test_a_read_only_ledger_can_be_looked_into(filled: Filled, tmp_path: Path) -> None:
+    shelf = tmp_path / "read-only"
+    shelf.mkdir()
+    path = shelf / "ledger.db"
+    shutil.copyfile(filled.path, path)
+    before = path.read_bytes()
+    path.chmod(0o444)
+    shelf.chmod(0o555)  # not even a -shm file can be made beside it
+    prefix = as_a_user_who_may_only_read()
+    assert JOBFLEET
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*prefix, JOBFLEET, *args, "--ledger", str(path)], capture_output=True, text=True,
+            errors="replace", env=environment(), check=False, timeout=120,
+        )  # fmt: skip
+
+    try:
+        assert "demo" in ok(run("status")).stdout
+        assert json.loads(ok(run("status", "demo", "--json")).stdout)["run"]["name"] == "demo"
+        assert "alpha" in ok(run("usage", "demo")).stdout
+        assert "attempt 1 queued" in ok(run("events", "demo")).stdout
+        assert ok(run("logs", str(filled.alpha_d))).stdout.startswith("first line")
+        assert json.loads(ok(run("queues", "list", "--json")).stdout) == []
+        refused = run("queues", "add", "dummy", "short")  # a command that writes
+        assert refused.returncode == 1
+        assert "could not be opened" in refused.stderr
+        assert "Traceback" not in refused.stderr
+    finally:
+        shelf.chmod(0o755)
+        path.chmod(0o644)
+    assert path.read_bytes() == before
+    assert [p.name for p in shelf.iterdir()] == ["ledger.db"]
+
+
 # --- logs -----------------------------------------------------------------------------------
 
 

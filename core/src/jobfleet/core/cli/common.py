@@ -59,8 +59,12 @@ def ledger_option(function: F) -> F:
     )(function)
 
 
-def open_ledger(url: str | None) -> Ledger:
-    """Open the ledger named by `--ledger` (or its defaults); errors name it without password."""
+def open_ledger(url: str | None, *, read_only: bool = False) -> Ledger:
+    """Open the ledger named by `--ledger` (or its defaults); errors name it without password.
+
+    A command that only reads opens it `read_only`: it then works on a ledger the user may
+    only read, and never writes to it.
+    """
     from jobfleet.core.host.ledger import Ledger
 
-    return Ledger.open(url)
+    return Ledger.open(url, read_only=read_only)

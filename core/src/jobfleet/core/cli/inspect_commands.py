@@ -1,8 +1,9 @@
 """`jobfleet status`, `logs`, `usage`, `events` and `queues`: looking into the ledger.
 
-Every command but `queues add/remove` only reads the ledger (through read sessions, which on
-SQLite never block the service writing it), and refuses a ledger file that does not exist
-rather than creating an empty one.
+Every command but `queues add/remove/sync` only reads the ledger: it opens it read-only
+(through read sessions, which on SQLite never block the service writing it; a ledger the user
+may only read works too), and refuses a ledger file that does not exist rather than creating an
+empty one.
 """
 
 from __future__ import annotations
@@ -55,8 +56,11 @@ _RUN_STATUS_STYLES: Final = {**_TASK_STATE_STYLES, "running": "cyan", "created":
 
 
 @contextmanager
-def _existing_ledger(url: str | None) -> Iterator[Ledger]:
-    """The ledger, for a command that only reads it: a missing SQLite file is an error."""
+def _existing_ledger(url: str | None, *, write: bool = False) -> Iterator[Ledger]:
+    """The ledger, for a command that does not create one: a missing SQLite file is an error.
+
+    It is opened read-only unless the command writes (`write`).
+    """
     from jobfleet.core.host.ledger import resolve_url
     from jobfleet.core.host.queries import NotFoundError
 
@@ -68,7 +72,7 @@ def _existing_ledger(url: str | None) -> Iterator[Ledger]:
                 f"There is no ledger at {path}: nothing has run with it yet. Name another "
                 "with --ledger URL or $JOBFLEET_LEDGER."
             )
-    ledger = open_ledger(url)
+    ledger = open_ledger(url, read_only=not write)
     try:
         yield ledger
     finally:
@@ -700,7 +704,7 @@ def remove_queue(cluster_name: str, queue_name: str, ledger_url: str | None) -> 
     """Remove QUEUE from CLUSTER; refused while arrays of past runs refer to it."""
     from jobfleet.core.host import queues as queue_admin
 
-    with _existing_ledger(ledger_url) as ledger, ledger.session() as session:
+    with _existing_ledger(ledger_url, write=True) as ledger, ledger.session() as session:
         queue_admin.remove_queue(session, cluster_name, queue_name)
     click.echo(f"Removed the queue {queue_name!r} of cluster {cluster_name!r}.")
 
