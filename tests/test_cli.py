@@ -61,6 +61,17 @@ def test_broken_plugin_shows_as_broken_while_dummy_works(install_plugin):
     assert json.loads(dummy.stdout)["name"] == "dummy"
 
 
+def test_a_plugin_error_with_brackets_is_shown_as_text(install_plugin):
+    site = install_plugin(
+        "jobfleet-brackets",
+        {"brackets_plugin": "raise ImportError('[/] no [bold]x')"},
+        {"brackets": "brackets_plugin"},
+    )
+    table = jobfleet("plugins", extra_path=site)
+    assert table.returncode == 0, table.stderr
+    assert "[/] no [bold]x" in table.stdout
+
+
 def test_plugin_detail_lists_settings_as_options_and_variables():
     result = jobfleet("plugins", "dummy", "--json")
     assert result.returncode == 0, result.stderr

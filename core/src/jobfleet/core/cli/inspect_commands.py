@@ -22,7 +22,16 @@ from typing import IO, TYPE_CHECKING, Any, Final
 
 import click
 
-from jobfleet.core.cli.common import console, json_option, ledger_option, open_ledger, print_json
+from jobfleet.core.cli.common import (
+    LEDGER_ID,
+    MAX_ID,
+    RUN_REF,
+    console,
+    json_option,
+    ledger_option,
+    open_ledger,
+    print_json,
+)
 from jobfleet.core.errors import JobfleetError, ResourceError
 from jobfleet.core.resources import format_memory, format_runtime, memory_text
 
@@ -115,10 +124,10 @@ def _state_name(letter: str) -> str:
 
 
 @click.command()
-@click.argument("run_ref", metavar="RUN", required=False)
+@click.argument("run_ref", metavar="RUN", type=RUN_REF, required=False)
 @click.option(
     "--limit",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, MAX_ID),
     default=20,
     show_default=True,
     help="How many tasks (with RUN) or runs (without) to show.",
@@ -181,12 +190,13 @@ def _owner(summary: queries.RunSummary) -> Text:
 
 def _print_runs(summaries: Sequence[queries.RunSummary], total: int, where: str) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     out = console()
     if not summaries:
-        out.print(f"No runs in the ledger at {where}.", highlight=False)
+        out.print(Text(f"No runs in the ledger at {where}."))
         return
-    table = Table(title=f"runs in {where}", title_justify="left")
+    table = Table(title=Text(f"runs in {where}"), title_justify="left")
     for column in ("id", "name", "cluster", "status", "done", "failed", "killed", "pending"):
         numeric = column in ("id", "done", "failed", "killed", "pending")
         table.add_column(column, justify="right" if numeric else "left")
@@ -254,8 +264,9 @@ def _print_run(
 def task_table(rows: Sequence[queries.TaskRow], title: str | None = None) -> Table:
     """One line per task with its latest attempt (names shown as text, never as markup)."""
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=title, title_justify="left")
+    table = Table(title=None if title is None else Text(title), title_justify="left")
     for column in ("task", "state", "instance", "attempts", "exit", "wall", "maxrss", "cpu"):
         numeric = column in ("attempts", "wall", "maxrss", "cpu")
         table.add_column(column, justify="right" if numeric else "left")
@@ -278,9 +289,11 @@ def task_table(rows: Sequence[queries.TaskRow], title: str | None = None) -> Tab
 
 
 @click.command()
-@click.argument("instance_id", metavar="INSTANCE", type=int)
+@click.argument("instance_id", metavar="INSTANCE", type=LEDGER_ID)
 @click.option("--stderr", "use_stderr", is_flag=True, help="Show standard error, not output.")
-@click.option("--tail", type=click.IntRange(min=0), metavar="N", help="Show only the last N lines.")
+@click.option(
+    "--tail", type=click.IntRange(0, MAX_ID), metavar="N", help="Show only the last N lines."
+)
 @ledger_option
 def logs(instance_id: int, use_stderr: bool, tail: int | None, ledger_url: str | None) -> None:
     """Print what a task instance (one attempt) wrote to its output or error.
@@ -374,7 +387,7 @@ def _copy_to_stdout(handle: IO[bytes]) -> None:
 
 
 @click.command()
-@click.argument("run_ref", metavar="RUN")
+@click.argument("run_ref", metavar="RUN", type=RUN_REF)
 @json_option
 @ledger_option
 def usage(run_ref: str, as_json: bool, ledger_url: str | None) -> None:
@@ -417,7 +430,7 @@ def usage(run_ref: str, as_json: bool, ledger_url: str | None) -> None:
     if peak is None:
         out.print(Text(f"No task of run {run_id} ({run_name}) has reported usage yet."))
         return
-    table = Table(title=f"usage of run {run_id} ({run_name})", title_justify="left")
+    table = Table(title=Text(f"usage of run {run_id} ({run_name})"), title_justify="left")
     columns = ("task", "attempt", "requested", "maxrss", "used", "cpu", "wall", "memory by attempt")
     for column in columns:
         numeric = column in ("requested", "maxrss", "used", "cpu", "wall")
@@ -451,9 +464,13 @@ def usage(run_ref: str, as_json: bool, ledger_url: str | None) -> None:
 
 
 @click.command()
-@click.argument("run_ref", metavar="RUN")
+@click.argument("run_ref", metavar="RUN", type=RUN_REF)
 @click.option(
-    "--instance", "instance_id", type=int, metavar="ID", help="Only this task instance's events."
+    "--instance",
+    "instance_id",
+    type=LEDGER_ID,
+    metavar="ID",
+    help="Only this task instance's events.",
 )
 @click.option(
     "--follow",
@@ -605,7 +622,10 @@ def list_queues(cluster_name: str | None, as_json: bool, ledger_url: str | None)
     for entry in found:
         shown = ", ".join(_parameter_text(k, v) for k, v in entry["parameters"].items())
         table.add_row(
-            _text(entry["cluster"]), _text(entry["cluster_type"]), _text(entry["queue"]), shown
+            _text(entry["cluster"]),
+            _text(entry["cluster_type"]),
+            _text(entry["queue"]),
+            _text(shown),
         )
     out.print(table)
 

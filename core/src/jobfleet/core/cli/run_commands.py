@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from jobfleet.core.cli.common import (
+    LEDGER_ID,
+    RUN_REF,
     console,
     error_console,
     json_option,
@@ -95,7 +97,9 @@ class _RunCommand(click.Command):
     help="Most tasks with the same resources submitted as one array.",
 )
 @click.option("--name", help="A name for the run (default: from the first task).")
-@click.option("--resume", "resume", metavar="RUN", help="Continue a run whose service stopped.")
+@click.option(
+    "--resume", "resume", metavar="RUN", type=RUN_REF, help="Continue a run whose service stopped."
+)
 @click.option(
     "--detach", is_flag=True, help="Run the service in the background; print the run id and exit."
 )
@@ -374,11 +378,11 @@ def _detach(ledger: Ledger, run_id: int, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("run_ref", metavar="RUN", required=False)
+@click.argument("run_ref", metavar="RUN", type=RUN_REF, required=False)
 @click.option(
     "--instance",
     "instance_ids",
-    type=int,
+    type=LEDGER_ID,
     multiple=True,
     help="Kill only this task instance (repeatable); RUN may then be left out.",
 )
