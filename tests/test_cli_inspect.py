@@ -611,3 +611,9 @@ def test_help_explains(command: str) -> None:
     assert result.returncode == 0
     assert f"Usage: jobfleet {command}" in result.stdout
     assert "--ledger" in result.stdout or command == "queues"
+
+
+@pytest.mark.parametrize("command", ["status", "kill"])
+def test_an_optional_run_shows_as_optional(command: str) -> None:
+    usage = ok(jobfleet(command, "--help")).stdout.splitlines()[0]
+    assert usage == f"Usage: jobfleet {command} [OPTIONS] [RUN]"

@@ -124,7 +124,7 @@ def _state_name(letter: str) -> str:
 
 
 @click.command()
-@click.argument("run_ref", metavar="RUN", type=RUN_REF, required=False)
+@click.argument("run_ref", metavar="[RUN]", type=RUN_REF, required=False)
 @click.option(
     "--limit",
     type=click.IntRange(1, MAX_ID),

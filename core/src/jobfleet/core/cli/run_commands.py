@@ -378,7 +378,7 @@ def _detach(ledger: Ledger, run_id: int, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("run_ref", metavar="RUN", type=RUN_REF, required=False)
+@click.argument("run_ref", metavar="[RUN]", type=RUN_REF, required=False)
 @click.option(
     "--instance",
     "instance_ids",
