@@ -6,6 +6,7 @@ Each test fills a SQLite ledger in tmp_path through the ledger API, then runs th
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -376,6 +377,24 @@ def test_logs_of_a_big_file_are_complete(filled: Filled) -> None:
     )
 
 
+def test_logs_as_json(filled: Filled) -> None:
+    data = json.loads(ok(filled.run("logs", str(filled.alpha_d), "--json")).stdout)
+    assert data["instance_id"] == filled.alpha_d
+    assert data["run_id"] == filled.demo
+    assert (data["stream"], data["path"]) == ("stdout", str(filled.stdout))
+    assert data["bytes"] == len(STDOUT_BYTES)
+    assert data["utf8"] is False  # STDOUT_BYTES holds bytes that are not UTF-8: kept in base64
+    assert base64.b64decode(data["base64"]) == STDOUT_BYTES
+    assert data["text"] == STDOUT_BYTES.decode("utf-8", "replace")
+    tail = json.loads(ok(filled.run("logs", str(filled.alpha_d), "--stderr", "--tail", "1",
+                                    "--json")).stdout)  # fmt: skip
+    assert tail["stream"] == "stderr"
+    assert tail["bytes"] == len(b"error: \xc3\x28 bad\n")
+    filled.stdout.write_bytes("caf\u00e9 ok\n".encode())
+    plain = json.loads(ok(filled.run("logs", str(filled.alpha_d), "--json")).stdout)
+    assert (plain["text"], plain["utf8"], "base64" in plain) == ("caf\u00e9 ok\n", True, False)
+
+
 def test_logs_of_an_instance_not_started(filled: Filled) -> None:
     result = filled.run("logs", str(filled.queued))
     assert result.returncode == 1
@@ -562,6 +581,18 @@ def test_queues_add_list_remove(tmp_path: Path) -> None:
     missing = jobfleet("queues", "remove", "dummy", "short", "--ledger", ledger)
     assert missing.returncode == 1
     assert "has no queue 'short' (its queues: long)" in missing.stderr
+
+
+def test_queues_add_and_remove_as_json(tmp_path: Path) -> None:
+    ledger = str(tmp_path / "queues.db")
+    added = ok(jobfleet("queues", "add", "dummy", "short", "--max-memory", "2048M", "--json",
+                        "--ledger", ledger))  # fmt: skip
+    assert json.loads(added.stdout) == {
+        "cluster": "dummy", "queue": "short", "parameters": {"max_memory": "2G"},
+        "replaced": False, "new_cluster": True, "cluster_type": "dummy",
+    }  # fmt: skip
+    removed = ok(jobfleet("queues", "remove", "dummy", "short", "--json", "--ledger", ledger))
+    assert json.loads(removed.stdout) == {"cluster": "dummy", "queue": "short", "removed": True}
 
 
 def test_queues_add_refuses_a_bare_memory_number(tmp_path: Path) -> None:

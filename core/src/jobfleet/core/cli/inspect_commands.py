@@ -8,6 +8,7 @@ empty one.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -294,13 +295,20 @@ def task_table(rows: Sequence[queries.TaskRow], title: str | None = None) -> Tab
 @click.option(
     "--tail", type=click.IntRange(0, MAX_ID), metavar="N", help="Show only the last N lines."
 )
+@json_option
 @ledger_option
-def logs(instance_id: int, use_stderr: bool, tail: int | None, ledger_url: str | None) -> None:
+def logs(
+    instance_id: int, use_stderr: bool, tail: int | None, as_json: bool, ledger_url: str | None
+) -> None:
     """Print what a task instance (one attempt) wrote to its output or error.
 
     INSTANCE is the instance id that `jobfleet status RUN` shows. The file is copied as it is,
     byte for byte (binary output too), from the path the ledger recorded when the attempt
     started; the file must be readable from this machine.
+
+    With --json: one object with the instance, run, stream, path, size in bytes and the text
+    (bytes that are not UTF-8 replaced by U+FFFD; `base64` then holds them exactly). It holds
+    the whole output (or its --tail) in memory, where the plain form streams it.
     """
     from jobfleet.core.host import queries
     from jobfleet.core.host.queries import NotFoundError
@@ -309,8 +317,8 @@ def logs(instance_id: int, use_stderr: bool, tail: int | None, ledger_url: str |
     with _existing_ledger(ledger_url) as ledger, ledger.read_session() as session:
         instance = queries.find_instance(session, instance_id)
         recorded = instance.stderr_path if use_stderr else instance.stdout_path
-        state = instance.state
-        work_dir = queries.run_work_dir(session, instance.run_id)
+        state, run_id = instance.state, instance.run_id
+        work_dir = queries.run_work_dir(session, run_id)
     if recorded is None:
         where = f"state {state} ({_state_name(state)})"
         if _has_started(state):
@@ -338,7 +346,32 @@ def logs(instance_id: int, use_stderr: bool, tail: int | None, ledger_url: str |
     with handle:
         if tail is not None:
             handle.seek(_tail_start(handle, tail))
-        _copy_to_stdout(handle)
+        if not as_json:
+            _copy_to_stdout(handle)
+            return
+        content = handle.read()
+    print_json(
+        {
+            "instance_id": instance_id,
+            "run_id": run_id,
+            "stream": stream,
+            "path": str(path),
+            "bytes": len(content),
+            **_json_text(content),
+        }
+    )
+
+
+def _json_text(content: bytes) -> dict[str, Any]:
+    """The output as JSON can carry it: text, and base64 as well when it is not UTF-8."""
+    try:
+        return {"text": content.decode("utf-8"), "utf8": True}
+    except UnicodeDecodeError:
+        return {
+            "text": content.decode("utf-8", "replace"),
+            "utf8": False,
+            "base64": base64.b64encode(content).decode("ascii"),
+        }
 
 
 def _has_started(letter: str) -> bool:
@@ -656,12 +689,14 @@ def _limit_options(function: Any) -> Any:
     "can be (5, true, [1,2]), else as text.",
 )
 @click.option("--replace", is_flag=True, help="Replace the parameters of an existing queue.")
+@json_option
 @ledger_option
 def add_queue(
     cluster_name: str,
     queue_name: str,
     params: tuple[str, ...],
     replace: bool,
+    as_json: bool,
     ledger_url: str | None,
     **limits: str | None,
 ) -> None:
@@ -678,6 +713,18 @@ def add_queue(
         added = queue_admin.add_queue(
             session, cluster_name, queue_name, parameters, replace=replace
         )
+    if as_json:
+        print_json(
+            {
+                "cluster": cluster_name,
+                "queue": queue_name,
+                "parameters": parameters,
+                "replaced": added.replaced,
+                "new_cluster": added.new_cluster,
+                "cluster_type": added.cluster_type,
+            }
+        )
+        return
     verb = "Replaced" if added.replaced else "Added"
     shown = ", ".join(_parameter_text(k, v) for k, v in parameters.items()) or "no limits"
     note = f" (new cluster of type {added.cluster_type})" if added.new_cluster else ""
@@ -719,13 +766,17 @@ def _canonical(key: str, value: float | int) -> Any:
 @queues.command("remove")
 @click.argument("cluster_name", metavar="CLUSTER")
 @click.argument("queue_name", metavar="QUEUE")
+@json_option
 @ledger_option
-def remove_queue(cluster_name: str, queue_name: str, ledger_url: str | None) -> None:
+def remove_queue(cluster_name: str, queue_name: str, as_json: bool, ledger_url: str | None) -> None:
     """Remove QUEUE from CLUSTER; refused while arrays of past runs refer to it."""
     from jobfleet.core.host import queues as queue_admin
 
     with _existing_ledger(ledger_url, write=True) as ledger, ledger.session() as session:
         queue_admin.remove_queue(session, cluster_name, queue_name)
+    if as_json:
+        print_json({"cluster": cluster_name, "queue": queue_name, "removed": True})
+        return
     click.echo(f"Removed the queue {queue_name!r} of cluster {cluster_name!r}.")
 
 
