@@ -613,6 +613,15 @@ def test_queues_add_refuses_a_bare_memory_number(tmp_path: Path) -> None:
     assert json.loads(ok(jobfleet("queues", "list", "--json", "--ledger", ledger)).stdout) == []
 
 
+def test_queues_add_refuses_memory_no_task_can_run_in(tmp_path: Path) -> None:
+    ledger = str(tmp_path / "queues.db")
+    for option in ("--max-memory", "--default-memory"):
+        result = jobfleet("queues", "add", "dummy", "q", option, "100K", "--ledger", ledger)
+        assert result.returncode == 1
+        assert "'100K' is below 1M, the least memory a task may have" in result.stderr
+    assert not Path(ledger).exists()  # refused before the ledger was even opened
+
+
 def test_queues_add_needs_an_installed_backend(tmp_path: Path) -> None:
     ledger = str(tmp_path / "queues.db")
     result = jobfleet("queues", "add", "nosuchbackend", "q", "--ledger", ledger)

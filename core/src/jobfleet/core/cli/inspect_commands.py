@@ -733,7 +733,7 @@ def add_queue(
 
 def _queue_parameters(limits: dict[str, str | None], params: Sequence[str]) -> dict[str, Any]:
     """The queue's parameters, limits checked and written in canonical units."""
-    from jobfleet.core.resources import QueueLimits
+    from jobfleet.core.resources import QueueLimits, check_task_memory
 
     parameters: dict[str, Any] = {key: value for key, value in limits.items() if value is not None}
     for item in params:
@@ -749,6 +749,10 @@ def _queue_parameters(limits: dict[str, str | None], params: Sequence[str]) -> d
             value = raw
         parameters[key] = value
     checked = QueueLimits.from_parameters(parameters)
+    for key in ("max_memory", "default_memory"):
+        size = getattr(checked, key)
+        if size is not None:
+            check_task_memory(size, field=key, value=parameters[key])
     for key in list(parameters):
         if key in {name for name, _, _ in _LIMIT_OPTIONS}:
             parameters[key] = _canonical(key, getattr(checked, key))
