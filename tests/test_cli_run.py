@@ -172,3 +172,17 @@ def test_a_database_of_another_application_is_not_made_a_ledger(tmp_path: Path) 
         tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
     connection.close()
     assert tables == {"notes"}
+
+
+def test_a_misspelt_queue_is_refused_unless_asked_for(tmp_path: Path) -> None:
+    refused = jobfleet(tmp_path, "run", "--queue", "shrot", "--", "true")
+    assert refused.returncode == 1
+    assert "names the queue 'shrot', which the cluster 'multiprocess' does not have" in (
+        refused.stderr
+    )
+    assert "jobfleet queues add multiprocess shrot" in refused.stderr
+    assert as_json(jobfleet(tmp_path, "status", "--json"))["runs"] == []
+    done = jobfleet(tmp_path, "run", "--queue", "shrot", "--new-queue", "--json", "--", "true")
+    assert done.returncode == 0, done.stderr
+    queues = as_json(jobfleet(tmp_path, "queues", "list", "--json"))
+    assert sorted(q["queue"] for q in queues) == ["default", "shrot"]

@@ -20,6 +20,7 @@ from jobfleet.core.host.ledger import (
     Event,
     LeaseError,
     Ledger,
+    Queue,
     Run,
     Task,
     TaskInstance,
@@ -241,6 +242,22 @@ def test_resources_a_queue_refuses_fail_before_anything_is_written(ledger: Ledge
         )
     with ledger.read_session() as session:
         assert session.scalar(select(func.count()).select_from(Run)) == 0
+
+
+def test_a_queue_the_ledger_does_not_have_is_refused_unless_asked_for(ledger: Ledger) -> None:
+    misspelt = tasks("true", resources={"queue": "shrot"})
+    with pytest.raises(RunDefinitionError, match=r"'t0' names the queue 'shrot'.*--new-queue"):
+        create_run(ledger, misspelt, cluster="dummy")
+    fallback = tasks("true", fallback_queues=("bigg",))
+    with pytest.raises(RunDefinitionError, match=r"queue 'bigg'.*\(its queues: none yet\)"):
+        create_run(ledger, fallback, cluster="dummy")
+    with ledger.read_session() as session:
+        assert session.scalar(select(func.count()).select_from(Run)) == 0
+        assert session.scalars(select(Queue.name)).all() == []
+    create_run(ledger, tasks("true"), cluster="dummy")  # the default queue needs no asking
+    create_run(ledger, misspelt, cluster="dummy", new_queues=True)
+    with ledger.read_session() as session:
+        assert sorted(session.scalars(select(Queue.name))) == ["default", "shrot"]
 
 
 # --- triage ----------------------------------------------------------------------------------

@@ -82,6 +82,13 @@ class _RunCommand(click.Command):
     help="The backend to run on (see `jobfleet plugins`).",
 )
 @click.option("--queue", help="Queue for tasks that name none (default: 'default').")
+@click.option(
+    "--new-queue",
+    "new_queues",
+    is_flag=True,
+    help="Create the queues the tasks name that the ledger does not have, without limits of "
+    "their own (otherwise refused: add them first with `jobfleet queues add`).",
+)
 @click.option("--cores", help="Cores per task unless the task says, e.g. 2 or 0.5.")
 @click.option("--memory", help="Memory per task unless the task says, e.g. 512M or 4G.")
 @click.option(
@@ -168,6 +175,7 @@ def _create(
         name=flags["name"],
         cluster_settings=settings,
         options=ServiceOptions(array_size=flags["array_size"]),
+        new_queues=flags["new_queues"],
     )
     error_console().print(
         f"run {run_id}: {len(definitions)} task(s) on {flags['cluster']} "
