@@ -186,3 +186,16 @@ def test_a_misspelt_queue_is_refused_unless_asked_for(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     queues = as_json(jobfleet(tmp_path, "queues", "list", "--json"))
     assert sorted(q["queue"] for q in queues) == ["default", "shrot"]
+
+
+def test_gpus_the_machine_does_not_have_are_refused_at_run(tmp_path: Path) -> None:
+    assert JOBFLEET
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("JOBFLEET_")}
+    environ.pop("CUDA_VISIBLE_DEVICES", None)  # the multiprocess pool then has no GPU
+    result = subprocess.run(
+        [JOBFLEET, "run", "--gpus", "750", "--", "true"],
+        cwd=tmp_path, capture_output=True, text=True, env=environ, check=False, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "gpus 750 is above the queue maximum of 0" in result.stderr
+    assert as_json(jobfleet(tmp_path, "status", "--json"))["runs"] == []

@@ -122,13 +122,13 @@ def create_run(
         raise RunDefinitionError("A run needs at least one task.")
     plugin = (registry or default_registry()).get_cluster(cluster)
     settings_values = dict(cluster_settings or {})
-    plugin.settings(settings_values, os.environ)  # bad settings fail here, before any write
+    settings = plugin.settings(settings_values, os.environ)  # bad ones fail before any write
     options = options or ServiceOptions()
     root = work_root or default_work_root(ledger)
     with ledger.session() as session:
         cluster_row = ensure_cluster(session, cluster)
         queues = _queue_rows(session, cluster_row, tasks, new_queues=new_queues)
-        _check_resources(plugin, queues, tasks)
+        _check_resources(plugin, queues, tasks, settings)
         run = Run(
             name=name or _default_name(tasks),
             cluster_id=cluster_row.id,
@@ -192,9 +192,9 @@ def _unknown_queue(
 
 
 def _check_resources(
-    plugin: ClusterPlugin, rows: Mapping[str, Queue], tasks: Sequence[TaskDefinition]
+    plugin: ClusterPlugin, rows: Mapping[str, Queue], tasks: Sequence[TaskDefinition], settings: Any
 ) -> None:
-    queues = queue_objects(plugin, rows)
+    queues = queue_objects(plugin, rows, settings)
     # Checked once per distinct request: a run of a million tasks has a handful.
     seen: dict[str, str | None] = {}
     for task in tasks:
