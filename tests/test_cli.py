@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,17 @@ def test_broken_plugin_shows_as_broken_while_dummy_works(install_plugin):
     dummy = jobfleet("plugins", "dummy", "--json", extra_path=site)
     assert dummy.returncode == 0, dummy.stderr
     assert json.loads(dummy.stdout)["name"] == "dummy"
+
+
+def test_a_plugin_error_with_brackets_is_shown_as_text(install_plugin):
+    site = install_plugin(
+        "jobfleet-brackets",
+        {"brackets_plugin": "raise ImportError('[/] no [bold]x')"},
+        {"brackets": "brackets_plugin"},
+    )
+    table = jobfleet("plugins", extra_path=site)
+    assert table.returncode == 0, table.stderr
+    assert "[/] no [bold]x" in table.stdout
 
 
 def test_plugin_detail_lists_settings_as_options_and_variables():
@@ -119,3 +131,43 @@ def test_bad_option_is_a_usage_error():
     result = jobfleet("plugins", "--jsn")
     assert result.returncode == 2
     assert "No such option" in result.stderr
+
+
+# A command run in this interpreter, then the names of the modules it imported (last line).
+IMPORT_PROBE = (
+    "import sys\n"
+    "from jobfleet.core.cli import main\n"
+    "code = main(sys.argv[1:])\n"
+    "sys.stdout.write('\\nMODULES ' + ' '.join(sorted(sys.modules)) + '\\n')\n"
+    "sys.exit(code)\n"
+)
+
+
+def imported_by(*args: str, cwd: Path | None = None) -> set[str]:
+    """The modules a `jobfleet ARGS` process imported, and their top-level packages."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("JOBFLEET_")}
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORT_PROBE, *args],
+        capture_output=True, text=True, env=environ, cwd=cwd, check=False, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    modules = result.stdout.rstrip().splitlines()[-1].removeprefix("MODULES ").split()
+    return {name.split(".")[0] for name in modules} | set(modules)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["version"], ["status", "--help"], ["run", "--help"]])
+def test_help_and_version_import_no_database_library(args: list[str]) -> None:
+    # Start-up time (docs/performance.md): SQLAlchemy and Alembic are most of a second.
+    found = imported_by(*args)
+    assert not found & {"sqlalchemy", "alembic"}
+    assert "jobfleet.core.host.ledger" not in found
+
+
+def test_status_of_a_current_ledger_does_not_import_alembic(tmp_path: Path) -> None:
+    from jobfleet.core.host.ledger import Ledger
+
+    Ledger.open(tmp_path / "ledger.db").close()  # created at the newest schema
+    found = imported_by("status", "--ledger", str(tmp_path / "ledger.db"))
+    assert "sqlalchemy" in found
+    assert "alembic" not in found
+    assert "sqlalchemy.dialects.postgresql" not in found  # JSONB is loaded for PostgreSQL only

@@ -6,6 +6,7 @@ Each test fills a SQLite ledger in tmp_path through the ledger API, then runs th
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -299,6 +300,53 @@ def test_a_missing_ledger_file_is_not_created(tmp_path: Path) -> None:
     assert not path.exists()
 
 
+def as_a_user_who_may_only_read() -> list[str]:
+    """The argv prefix that makes file permissions bind: none for a normal user; for root,
+    `setpriv` without the capabilities that override them."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    prefix = [setpriv or "setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
+    if setpriv is None or subprocess.run([*prefix, "true"], check=False).returncode != 0:
+        pytest.skip("as root, only setpriv (dropping CAP_DAC_OVERRIDE) makes a file read-only")
+    return prefix
+
+
+def test_a_read_only_ledger_can_be_looked_into(filled: Filled, tmp_path: Path) -> None:
+    shelf = tmp_path / "read-only"
+    shelf.mkdir()
+    path = shelf / "ledger.db"
+    shutil.copyfile(filled.path, path)
+    before = path.read_bytes()
+    path.chmod(0o444)
+    shelf.chmod(0o555)  # not even a -shm file can be made beside it
+    prefix = as_a_user_who_may_only_read()
+    assert JOBFLEET
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*prefix, JOBFLEET, *args, "--ledger", str(path)], capture_output=True, text=True,
+            errors="replace", env=environment(), check=False, timeout=120,
+        )  # fmt: skip
+
+    try:
+        assert "demo" in ok(run("status")).stdout
+        assert json.loads(ok(run("status", "demo", "--json")).stdout)["run"]["name"] == "demo"
+        assert "alpha" in ok(run("usage", "demo")).stdout
+        assert "attempt 1 queued" in ok(run("events", "demo")).stdout
+        assert ok(run("logs", str(filled.alpha_d))).stdout.startswith("first line")
+        assert json.loads(ok(run("queues", "list", "--json")).stdout) == []
+        refused = run("queues", "add", "dummy", "short")  # a command that writes
+        assert refused.returncode == 1
+        assert "could not be opened" in refused.stderr
+        assert "Traceback" not in refused.stderr
+    finally:
+        shelf.chmod(0o755)
+        path.chmod(0o644)
+    assert path.read_bytes() == before
+    assert [p.name for p in shelf.iterdir()] == ["ledger.db"]
+
+
 # --- logs -----------------------------------------------------------------------------------
 
 
@@ -327,6 +375,24 @@ def test_logs_of_a_big_file_are_complete(filled: Filled) -> None:
     assert ok(filled.run_bytes("logs", str(filled.alpha_d), "--tail", "1")).stdout == (
         b"x" * 200_000
     )
+
+
+def test_logs_as_json(filled: Filled) -> None:
+    data = json.loads(ok(filled.run("logs", str(filled.alpha_d), "--json")).stdout)
+    assert data["instance_id"] == filled.alpha_d
+    assert data["run_id"] == filled.demo
+    assert (data["stream"], data["path"]) == ("stdout", str(filled.stdout))
+    assert data["bytes"] == len(STDOUT_BYTES)
+    assert data["utf8"] is False  # STDOUT_BYTES holds bytes that are not UTF-8: kept in base64
+    assert base64.b64decode(data["base64"]) == STDOUT_BYTES
+    assert data["text"] == STDOUT_BYTES.decode("utf-8", "replace")
+    tail = json.loads(ok(filled.run("logs", str(filled.alpha_d), "--stderr", "--tail", "1",
+                                    "--json")).stdout)  # fmt: skip
+    assert tail["stream"] == "stderr"
+    assert tail["bytes"] == len(b"error: \xc3\x28 bad\n")
+    filled.stdout.write_bytes("caf\u00e9 ok\n".encode())
+    plain = json.loads(ok(filled.run("logs", str(filled.alpha_d), "--json")).stdout)
+    assert (plain["text"], plain["utf8"], "base64" in plain) == ("caf\u00e9 ok\n", True, False)
 
 
 def test_logs_of_an_instance_not_started(filled: Filled) -> None:
@@ -517,6 +583,18 @@ def test_queues_add_list_remove(tmp_path: Path) -> None:
     assert "has no queue 'short' (its queues: long)" in missing.stderr
 
 
+def test_queues_add_and_remove_as_json(tmp_path: Path) -> None:
+    ledger = str(tmp_path / "queues.db")
+    added = ok(jobfleet("queues", "add", "dummy", "short", "--max-memory", "2048M", "--json",
+                        "--ledger", ledger))  # fmt: skip
+    assert json.loads(added.stdout) == {
+        "cluster": "dummy", "queue": "short", "parameters": {"max_memory": "2G"},
+        "replaced": False, "new_cluster": True, "cluster_type": "dummy",
+    }  # fmt: skip
+    removed = ok(jobfleet("queues", "remove", "dummy", "short", "--json", "--ledger", ledger))
+    assert json.loads(removed.stdout) == {"cluster": "dummy", "queue": "short", "removed": True}
+
+
 def test_queues_add_refuses_a_bare_memory_number(tmp_path: Path) -> None:
     ledger = str(tmp_path / "queues.db")
     Ledger.open(ledger).close()
@@ -533,6 +611,15 @@ def test_queues_add_refuses_a_bare_memory_number(tmp_path: Path) -> None:
     assert "'default_memory'" in bad_order.stderr
     # Nothing was written: no queue, and no cluster either.
     assert json.loads(ok(jobfleet("queues", "list", "--json", "--ledger", ledger)).stdout) == []
+
+
+def test_queues_add_refuses_memory_no_task_can_run_in(tmp_path: Path) -> None:
+    ledger = str(tmp_path / "queues.db")
+    for option in ("--max-memory", "--default-memory"):
+        result = jobfleet("queues", "add", "dummy", "q", option, "100K", "--ledger", ledger)
+        assert result.returncode == 1
+        assert "'100K' is below 1M, the least memory a task may have" in result.stderr
+    assert not Path(ledger).exists()  # refused before the ledger was even opened
 
 
 def test_queues_add_needs_an_installed_backend(tmp_path: Path) -> None:
@@ -564,3 +651,9 @@ def test_help_explains(command: str) -> None:
     assert result.returncode == 0
     assert f"Usage: jobfleet {command}" in result.stdout
     assert "--ledger" in result.stdout or command == "queues"
+
+
+@pytest.mark.parametrize("command", ["status", "kill"])
+def test_an_optional_run_shows_as_optional(command: str) -> None:
+    usage = ok(jobfleet(command, "--help")).stdout.splitlines()[0]
+    assert usage == f"Usage: jobfleet {command} [OPTIONS] [RUN]"

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -245,3 +246,47 @@ def test_ctrl_c_kills_the_runs_tasks(tmp_path: Path) -> None:
     assert "SIGINT: killing the tasks of run 1" in err
     assert json.loads(out)["status"] == "killed"
     assert not is_locked(lock)
+
+
+def test_a_database_of_another_application_is_not_made_a_ledger(tmp_path: Path) -> None:
+    other = tmp_path / "notes.db"
+    with sqlite3.connect(other) as connection:
+        connection.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+    connection.close()
+    for command in (["run"], ["status"], ["queues", "add", "dummy", "q"]):
+        args = [*command, "--ledger", str(other), *(["--", "true"] if command == ["run"] else [])]
+        result = jobfleet(tmp_path, *args)
+        assert result.returncode == 1, (args, result.stdout)
+        assert f"The database file {other} is not a jobfleet ledger" in result.stderr
+        assert "Traceback" not in result.stderr
+    with sqlite3.connect(other) as connection:
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+    connection.close()
+    assert tables == {"notes"}
+
+
+def test_a_misspelt_queue_is_refused_unless_asked_for(tmp_path: Path) -> None:
+    refused = jobfleet(tmp_path, "run", "--queue", "shrot", "--", "true")
+    assert refused.returncode == 1
+    assert "names the queue 'shrot', which the cluster 'multiprocess' does not have" in (
+        refused.stderr
+    )
+    assert "jobfleet queues add multiprocess shrot" in refused.stderr
+    assert as_json(jobfleet(tmp_path, "status", "--json"))["runs"] == []
+    done = jobfleet(tmp_path, "run", "--queue", "shrot", "--new-queue", "--json", "--", "true")
+    assert done.returncode == 0, done.stderr
+    queues = as_json(jobfleet(tmp_path, "queues", "list", "--json"))
+    assert sorted(q["queue"] for q in queues) == ["default", "shrot"]
+
+
+def test_gpus_the_machine_does_not_have_are_refused_at_run(tmp_path: Path) -> None:
+    assert JOBFLEET
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("JOBFLEET_")}
+    environ.pop("CUDA_VISIBLE_DEVICES", None)  # the multiprocess pool then has no GPU
+    result = subprocess.run(
+        [JOBFLEET, "run", "--gpus", "750", "--", "true"],
+        cwd=tmp_path, capture_output=True, text=True, env=environ, check=False, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "gpus 750 is above the queue maximum of 0" in result.stderr
+    assert as_json(jobfleet(tmp_path, "status", "--json"))["runs"] == []

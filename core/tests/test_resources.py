@@ -19,12 +19,14 @@ from jobfleet.core.resources import (
     MAX_MEMORY,
     MAX_RUNTIME,
     MIB,
+    MIN_TASK_MEMORY,
     PIB,
     RAISED_TO_MINIMUM,
     TIB,
     Adjustment,
     QueueLimits,
     ResourceRequest,
+    check_task_memory,
     coerce,
     format_memory,
     format_runtime,
@@ -777,3 +779,12 @@ def test_long_gpu_type_is_rejected() -> None:
 def test_integer_too_large_for_a_float_is_elided() -> None:
     error = error_of(parse_cores, 10**400)
     assert "<an integer of 1329 bits> is more than 100000" in str(error)
+
+
+def test_the_task_memory_floor() -> None:
+    check_task_memory(MIN_TASK_MEMORY)
+    check_task_memory(4 * GIB)
+    with pytest.raises(ResourceError, match=r"'1023K' is below 1M.*MIN_TASK_MEMORY"):
+        check_task_memory(1023 * KIB)
+    with pytest.raises(ResourceError, match=r"Resource 'max_memory': '1B' is below 1M"):
+        check_task_memory(1, field="max_memory", value="1B")

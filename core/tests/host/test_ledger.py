@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import delete, func, inspect, select, update
+from sqlalchemy import create_engine, delete, func, inspect, select, text, update
 from sqlalchemy.orm import Session
 
 from jobfleet.core.exit_info import ExitReason, ExitRecord
@@ -43,7 +43,13 @@ from jobfleet.core.host.ledger import (
     transition,
     utcnow,
 )
-from jobfleet.core.host.ledger.migrate import current_revision, head_revision
+from jobfleet.core.host.ledger.migrate import (
+    alembic_config,
+    current_revision,
+    head_revision,
+    known_revisions,
+    quick_head,
+)
 
 S = InstanceState
 # A path through the table to each state, from a fresh (Q) instance.
@@ -110,6 +116,18 @@ def test_open_applies_the_migrations(ledger: Ledger) -> None:
         assert current_revision(connection) == head_revision() == "0005"
 
 
+def test_the_migration_files_are_read_as_alembic_reads_them() -> None:
+    # Opening a current ledger compares with `quick_head`, which reads the files' text instead
+    # of importing Alembic: it must agree with Alembic on every revision.
+    from alembic.script import ScriptDirectory
+
+    scripts = ScriptDirectory.from_config(alembic_config())
+    assert known_revisions() == {
+        script.revision: script.down_revision for script in scripts.walk_revisions()
+    }
+    assert quick_head() == head_revision()
+
+
 def test_migrated_schema_is_the_models_schema(ledger: Ledger) -> None:
     with ledger.engine.connect() as connection:
         diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
@@ -123,6 +141,32 @@ def test_hot_query_indexes_exist(ledger: Ledger) -> None:
     }
     assert ("run_id", "state") in indexes
     assert ("distributor_id",) in indexes
+
+
+def test_a_database_of_another_application_is_refused(ledger_url: str) -> None:
+    engine = create_engine(ledger_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)"))
+        with pytest.raises(LedgerError, match=r"is not a jobfleet ledger: it has tables \(notes\)"):
+            Ledger.open(ledger_url)
+        # Nothing was added to it.
+        assert set(inspect(engine).get_table_names()) == {"notes"}
+    finally:
+        engine.dispose()
+
+
+def test_a_schema_revision_jobfleet_does_not_know_is_refused(ledger_url: str) -> None:
+    engine = create_engine(ledger_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32))"))
+            connection.execute(text("INSERT INTO alembic_version VALUES ('f00d')"))
+        with pytest.raises(LedgerError, match="revision 'f00d', which this jobfleet does not"):
+            Ledger.open(ledger_url)
+        assert set(inspect(engine).get_table_names()) == {"alembic_version"}
+    finally:
+        engine.dispose()
 
 
 def test_reopening_is_idempotent_and_keeps_data(ledger_url: str) -> None:

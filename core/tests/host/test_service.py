@@ -20,14 +20,17 @@ from jobfleet.core.host.ledger import (
     Event,
     LeaseError,
     Ledger,
+    Queue,
     Run,
     Task,
     TaskInstance,
     utcnow,
 )
+from jobfleet.core.host.queues import check_request
 from jobfleet.core.host.runs import RunDefinitionError, ServiceOptions, create_run
 from jobfleet.core.host.service import DistributorService, Progress
 from jobfleet.core.host.taskfile import TaskDefinition
+from jobfleet.core.queue import BaseClusterQueue
 from jobfleet.core.testing.host import is_locked, wait_for
 
 FAST = ServiceOptions(
@@ -234,6 +237,47 @@ def test_resources_a_queue_refuses_fail_before_anything_is_written(ledger: Ledge
         )
     with ledger.read_session() as session:
         assert session.scalar(select(func.count()).select_from(Run)) == 0
+
+
+def test_a_queue_the_ledger_does_not_have_is_refused_unless_asked_for(ledger: Ledger) -> None:
+    misspelt = tasks("true", resources={"queue": "shrot"})
+    with pytest.raises(RunDefinitionError, match=r"'t0' names the queue 'shrot'.*--new-queue"):
+        create_run(ledger, misspelt, cluster="dummy")
+    fallback = tasks("true", fallback_queues=("bigg",))
+    with pytest.raises(RunDefinitionError, match=r"queue 'bigg'.*\(its queues: none yet\)"):
+        create_run(ledger, fallback, cluster="dummy")
+    with ledger.read_session() as session:
+        assert session.scalar(select(func.count()).select_from(Run)) == 0
+        assert session.scalars(select(Queue.name)).all() == []
+    create_run(ledger, tasks("true"), cluster="dummy")  # the default queue needs no asking
+    create_run(ledger, misspelt, cluster="dummy", new_queues=True)
+    with ledger.read_session() as session:
+        assert sorted(session.scalars(select(Queue.name))) == ["default", "shrot"]
+
+
+def test_more_gpus_than_the_machine_gives_are_refused_at_creation(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Refused only at submission, then retried, before: the pool cannot hand out GPUs it has not.
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with pytest.raises(RunDefinitionError, match="gpus 750 is above the queue maximum of 0"):
+        create_run(ledger, tasks("true", resources={"gpus": 750}), cluster="multiprocess")
+    with ledger.read_session() as session:
+        assert session.scalar(select(func.count()).select_from(Run)) == 0
+    two = tasks("true", resources={"gpus": 2})
+    # The pool's own size, where its settings (or CUDA_VISIBLE_DEVICES) give one, is the limit.
+    create_run(ledger, two, cluster="multiprocess", cluster_settings={"gpus": "0,1"})
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    with pytest.raises(RunDefinitionError, match="gpus 2 is above the queue maximum of 1"):
+        create_run(ledger, two, cluster="multiprocess")
+
+
+def test_a_gpu_count_over_the_queue_maximum_is_never_reduced() -> None:
+    queues = {"q": BaseClusterQueue(1, "q", {"max_gpus": 2, "max_cores": 2})}
+    assert check_request(queues, {"queue": "q", "gpus": 2, "cores": 8}) is None  # cores clamp
+    problem = check_request(queues, {"queue": "q", "gpus": "a100:3"})
+    assert problem is not None
+    assert "gpus 3 is above the queue maximum of 2, and GPUs are never reduced" in problem
 
 
 # --- triage ----------------------------------------------------------------------------------

@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select, text
+from sqlalchemy.exc import OperationalError
 
 from jobfleet.core.host.ledger import (
     ENV_VAR,
     Cluster,
     InstanceState,
     Ledger,
+    LedgerError,
     Run,
     Task,
     TaskInstance,
@@ -122,3 +124,19 @@ def test_twenty_writers_at_once_never_see_database_locked(tmp_path: Path) -> Non
     with Ledger.open(url) as ledger, ledger.read_session() as session:
         states = session.scalars(select(TaskInstance.state)).all()
     assert states == ["D"] * 20
+
+
+def test_a_read_only_ledger_reads_and_never_writes(tmp_path: Path) -> None:
+    path = tmp_path / "l.db"
+    with Ledger.open(path) as ledger, ledger.session() as session:
+        session.add(Cluster(name="c", cluster_type="dummy"))
+    before = path.read_bytes()
+    with Ledger.open(path, read_only=True) as reader:
+        with reader.read_session() as session:
+            assert session.scalars(select(Cluster.name)).all() == ["c"]
+        with pytest.raises(LedgerError, match="opened read-only"), reader.session():
+            pass
+        # Even past the ledger's own guard, the connection cannot write.
+        with reader.engine.connect() as connection, pytest.raises(OperationalError):
+            connection.execute(text("DELETE FROM clusters"))
+    assert path.read_bytes() == before

@@ -301,6 +301,18 @@ def test_plain_text_errors_name_the_line() -> None:
     assert_error(error_of("echo a\necho \0b\n", "text"), 2, None, "NUL")
 
 
+@pytest.mark.parametrize("memory", ["1B", "1023K", "0.5M"])
+def test_memory_below_the_floor_is_refused_where_it_is_written(memory: str) -> None:
+    # Any size parses, but a task given less than a mebibyte would be killed at once.
+    text = f"tasks:\n  - command: x\n    resources: {{memory: {memory}}}\n"
+    error = error_of(text, defaults=TaskDefaults())
+    assert_error(error, 3, "tasks[0].resources.memory", "is below 1M, the least memory a task")
+    flag = TaskDefaults(resources={"memory": memory})
+    with pytest.raises(TaskFileError, match="MIN_TASK_MEMORY"):
+        task_from_command(["true"], flag)
+    assert parse("- {command: x, resources: {memory: 1M}}\n", defaults=TaskDefaults())
+
+
 # --- task_from_command -------------------------------------------------------------------
 
 

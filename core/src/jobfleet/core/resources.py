@@ -42,12 +42,14 @@ __all__ = [
     "MAX_MEMORY",
     "MAX_RUNTIME",
     "MIB",
+    "MIN_TASK_MEMORY",
     "PIB",
     "RAISED_TO_MINIMUM",
     "TIB",
     "Adjustment",
     "QueueLimits",
     "ResourceRequest",
+    "check_task_memory",
     "coerce",
     "format_memory",
     "format_runtime",
@@ -71,6 +73,10 @@ MAX_MEMORY: Final = PIB
 MAX_RUNTIME: Final = 366 * 86400
 MAX_CORES: Final = 100_000
 MAX_GPUS: Final = 1024
+# Below this, a task's memory is a typo too ("1B", a unit forgotten the other way): a process
+# needs more than a mebibyte just to start, so such a task would be killed at once. Any size
+# parses (`parse_memory("100B")`); the host refuses task requests and queue memory below it.
+MIN_TASK_MEMORY: Final = MIB
 
 # The request keys jobfleet reads; any other key passes through untouched.
 CANONICAL_FIELDS: Final = ("cores", "memory", "runtime", "gpus", "gpu_type", "queue")
@@ -264,6 +270,19 @@ def _checked_bytes(amount: Fraction, value: object, field: str, accepted: str) -
     if size > MAX_MEMORY:
         raise _error(field, value, accepted, _largest_allowed(format_memory(MAX_MEMORY)))
     return size
+
+
+def check_task_memory(size: int, *, field: str = "memory", value: object = None) -> None:
+    """Refuse a task's memory (or a queue's memory limit) below `MIN_TASK_MEMORY`."""
+    if size < MIN_TASK_MEMORY:
+        floor = format_memory(MIN_TASK_MEMORY)
+        raise _error(
+            field,
+            format_memory(size) if value is None else value,
+            f"at least {floor} (MIN_TASK_MEMORY), such as 512M or 4G",
+            f"is below {floor}, the least memory a task may have: a process needs more just to "
+            "start, so it would be killed at once",
+        )
 
 
 def format_memory(size: int) -> str:

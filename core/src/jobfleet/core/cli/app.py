@@ -3,23 +3,30 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.table import Table
 
-from jobfleet.core import __version__
-from jobfleet.core.cli.common import console, print_json
+from jobfleet.core.cli.common import console, not_utf8, not_utf8_message, print_json
 from jobfleet.core.errors import JobfleetError
-from jobfleet.core.plugins import PluginInfo, PluginRegistry, PluginStatus, default_registry
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from jobfleet.core.plugins import PluginInfo, PluginRegistry
 
 
 def _registry() -> PluginRegistry:
+    from jobfleet.core.plugins import default_registry
+
     return default_registry()
 
 
 def version_report() -> dict[str, Any]:
     """The core's version and every plugin's, as `jobfleet version --json` prints it."""
+    from jobfleet.core import __version__
+    from jobfleet.core.plugins import PluginStatus
+
     registry = _registry()
     plugins = []
     for info in registry.list_plugins():
@@ -98,17 +105,23 @@ def plugins(name: str | None, as_json: bool) -> None:
 
 
 def _plugins_table(infos: list[PluginInfo]) -> Table:
+    from rich.table import Table
+    from rich.text import Text
+
+    from jobfleet.core.plugins import PluginStatus
+
     table = Table(title="jobfleet plugins", title_justify="left")
     for column in ("name", "distribution", "version", "status"):
         table.add_column(column, no_wrap=column != "status")
     styles = {PluginStatus.OK: "green", PluginStatus.BROKEN: "red", PluginStatus.DISABLED: "yellow"}
     for info in infos:
         status = info.status.value + (f": {info.error}" if info.error else "")
+        # As text, never markup: an error message may hold brackets ("[Errno 2] …").
         table.add_row(
-            info.name,
-            info.distribution or "?",
-            info.version or "?",
-            f"[{styles[info.status]}]{status}[/]",
+            Text(info.name),
+            Text(info.distribution or "?"),
+            Text(info.version or "?"),
+            Text(status, style=styles[info.status]),
         )
     if not infos:
         table.caption = "No backend is installed. Try: pip install jobfleet-multiprocess"
@@ -116,6 +129,9 @@ def _plugins_table(infos: list[PluginInfo]) -> Table:
 
 
 def _show_plugin(registry: PluginRegistry, name: str, as_json: bool) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
     plugin = registry.get_cluster(name)
     options = plugin.setting_options()
     detail = {
@@ -153,12 +169,12 @@ def _show_plugin(registry: PluginRegistry, name: str, as_json: bool) -> None:
         "distributor_class",
         "worker_node_class",
     ):
-        out.print(f"[bold]{key}[/]: {detail[key]}", highlight=False)
+        out.print(Text.assemble((key, "bold"), f": {detail[key]}"))
     table = Table(title="settings", title_justify="left")
     for column in ("option", "environment variable", "default", "help"):
         table.add_column(column)
     for o in options:
-        table.add_row(o.flag, o.envvar, repr(o.default), o.help)
+        table.add_row(Text(o.flag), Text(o.envvar), Text(repr(o.default)), Text(o.help))
     if not options:
         table.caption = "This backend has no settings."
     out.print(table)
@@ -170,9 +186,16 @@ def _qualname(cls: type) -> str:
 
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI; errors jobfleet raises on purpose are printed without a traceback."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    for position, arg in enumerate(args, 1):
+        shown = not_utf8(arg)
+        if shown is not None:
+            problem = not_utf8_message(f"Argument {position},", shown)
+            click.echo(f"jobfleet: error: {problem}", err=True)
+            return 2
     try:
         # Without standalone mode, click returns the code a command exits with (ctx.exit).
-        result = cli.main(args=argv, prog_name="jobfleet", standalone_mode=False)
+        result = cli.main(args=args, prog_name="jobfleet", standalone_mode=False)
     except JobfleetError as exc:
         click.echo(f"jobfleet: error: {exc}", err=True)
         return 1

@@ -1,12 +1,14 @@
 """`jobfleet status`, `logs`, `usage`, `events` and `queues`: looking into the ledger.
 
-Every command but `queues add/remove` only reads the ledger (through read sessions, which on
-SQLite never block the service writing it), and refuses a ledger file that does not exist
-rather than creating an empty one.
+Every command but `queues add/remove/sync` only reads the ledger: it opens it read-only
+(through read sessions, which on SQLite never block the service writing it; a ledger the user
+may only read works too), and refuses a ledger file that does not exist rather than creating an
+empty one.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -17,26 +19,32 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, TYPE_CHECKING, Any, Final
 
 import click
-from rich.table import Table
-from rich.text import Text
 
-from jobfleet.core.cli.common import console, json_option, ledger_option, open_ledger, print_json
-from jobfleet.core.errors import JobfleetError, ResourceError
-from jobfleet.core.host import queries
-from jobfleet.core.host import queues as queue_admin
-from jobfleet.core.host.ledger import FINAL_RUN_STATUSES, InstanceState, Ledger, resolve_url
-from jobfleet.core.host.queries import NotFoundError
-from jobfleet.core.host.queues import QueueError
-from jobfleet.core.plugins import default_registry
-from jobfleet.core.resources import (
-    QueueLimits,
-    format_memory,
-    format_runtime,
-    memory_text,
+from jobfleet.core.cli.common import (
+    LEDGER_ID,
+    MAX_ID,
+    RUN_REF,
+    console,
+    json_option,
+    ledger_option,
+    open_ledger,
+    print_json,
 )
+from jobfleet.core.errors import JobfleetError, ResourceError
+from jobfleet.core.resources import format_memory, format_runtime, memory_text
+
+if TYPE_CHECKING:
+    from rich.table import Table
+    from rich.text import Text
+
+    from jobfleet.core.host import queries
+    from jobfleet.core.host.ledger import Ledger
+
+# The ledger, SQLAlchemy and rich are imported inside the commands, when they run: `jobfleet
+# --help` must not pay for them (see common.py).
 
 # How often `events --follow` looks for new events.
 FOLLOW_INTERVAL: Final = 0.5
@@ -45,11 +53,6 @@ EVENT_PAGE: Final = 1000
 # Bytes copied at a time by `logs`.
 CHUNK: Final = 64 * 1024
 
-_FLAG_STYLES: Final = {
-    queries.OVER_REQUESTED: "yellow",
-    queries.RESOURCE_RETRIED: "magenta",
-    queries.NEAR_LIMIT: "bold red",
-}
 _TASK_STATE_STYLES: Final = {
     "done": "green",
     "failed": "red",
@@ -63,8 +66,14 @@ _RUN_STATUS_STYLES: Final = {**_TASK_STATE_STYLES, "running": "cyan", "created":
 
 
 @contextmanager
-def _existing_ledger(url: str | None) -> Iterator[Ledger]:
-    """The ledger, for a command that only reads it: a missing SQLite file is an error."""
+def _existing_ledger(url: str | None, *, write: bool = False) -> Iterator[Ledger]:
+    """The ledger, for a command that does not create one: a missing SQLite file is an error.
+
+    It is opened read-only unless the command writes (`write`).
+    """
+    from jobfleet.core.host.ledger import resolve_url
+    from jobfleet.core.host.queries import NotFoundError
+
     resolved = resolve_url(url)
     if resolved.get_backend_name() == "sqlite" and resolved.database:
         path = Path(resolved.database)
@@ -73,7 +82,7 @@ def _existing_ledger(url: str | None) -> Iterator[Ledger]:
                 f"There is no ledger at {path}: nothing has run with it yet. Name another "
                 "with --ledger URL or $JOBFLEET_LEDGER."
             )
-    ledger = open_ledger(url)
+    ledger = open_ledger(url, read_only=not write)
     try:
         yield ledger
     finally:
@@ -97,11 +106,15 @@ def _memory(value: int | None) -> str:
 
 
 def _text(value: object, style: str = "") -> Text:
+    from rich.text import Text
+
     # User data (task names, messages) goes into tables as Text, never as rich markup.
     return Text("-" if value is None else str(value), style=style)
 
 
 def _state_name(letter: str) -> str:
+    from jobfleet.core.host.ledger import InstanceState
+
     try:
         return InstanceState(letter).name
     except ValueError:
@@ -112,10 +125,10 @@ def _state_name(letter: str) -> str:
 
 
 @click.command()
-@click.argument("run_ref", metavar="RUN", required=False)
+@click.argument("run_ref", metavar="[RUN]", type=RUN_REF, required=False)
 @click.option(
     "--limit",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, MAX_ID),
     default=20,
     show_default=True,
     help="How many tasks (with RUN) or runs (without) to show.",
@@ -133,6 +146,8 @@ def status(
     are in each state (Q queued … D done), how many tasks are done, failed or pending, and the
     first tasks with their latest attempt. `jobfleet logs INSTANCE` shows an attempt's output.
     """
+    from jobfleet.core.host import queries
+
     with _existing_ledger(ledger_url) as ledger, ledger.read_session() as session:
         if run_ref is None:
             total = queries.run_count(session)
@@ -165,6 +180,8 @@ def status(
 
 
 def _owner(summary: queries.RunSummary) -> Text:
+    from rich.text import Text
+
     if summary.owner_token is None:
         return Text("-")
     if summary.owner_active:
@@ -175,11 +192,14 @@ def _owner(summary: queries.RunSummary) -> Text:
 
 
 def _print_runs(summaries: Sequence[queries.RunSummary], total: int, where: str) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
     out = console()
     if not summaries:
-        out.print(f"No runs in the ledger at {where}.", highlight=False)
+        out.print(Text(f"No runs in the ledger at {where}."))
         return
-    table = Table(title=f"runs in {where}", title_justify="left")
+    table = Table(title=Text(f"runs in {where}"), title_justify="left")
     for column in ("id", "name", "cluster", "status", "done", "failed", "killed", "pending"):
         numeric = column in ("id", "done", "failed", "killed", "pending")
         table.add_column(column, justify="right" if numeric else "left")
@@ -212,6 +232,8 @@ def _print_run(
     rows: Sequence[queries.TaskRow],
     hidden: int,
 ) -> None:
+    from rich.text import Text
+
     out = console()
     header = Text.assemble(
         ("Run ", "bold"),
@@ -251,7 +273,10 @@ def _print_run(
 
 def task_table(rows: Sequence[queries.TaskRow], title: str | None = None) -> Table:
     """One line per task with its latest attempt (names shown as text, never as markup)."""
-    table = Table(title=title, title_justify="left")
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=None if title is None else Text(title), title_justify="left")
     for column in ("task", "state", "instance", "attempts", "exit", "wall", "maxrss", "cpu"):
         numeric = column in ("attempts", "wall", "maxrss", "cpu")
         table.add_column(column, justify="right" if numeric else "left")
@@ -274,23 +299,35 @@ def task_table(rows: Sequence[queries.TaskRow], title: str | None = None) -> Tab
 
 
 @click.command()
-@click.argument("instance_id", metavar="INSTANCE", type=int)
+@click.argument("instance_id", metavar="INSTANCE", type=LEDGER_ID)
 @click.option("--stderr", "use_stderr", is_flag=True, help="Show standard error, not output.")
-@click.option("--tail", type=click.IntRange(min=0), metavar="N", help="Show only the last N lines.")
+@click.option(
+    "--tail", type=click.IntRange(0, MAX_ID), metavar="N", help="Show only the last N lines."
+)
+@json_option
 @ledger_option
-def logs(instance_id: int, use_stderr: bool, tail: int | None, ledger_url: str | None) -> None:
+def logs(
+    instance_id: int, use_stderr: bool, tail: int | None, as_json: bool, ledger_url: str | None
+) -> None:
     """Print what a task instance (one attempt) wrote to its output or error.
 
     INSTANCE is the instance id that `jobfleet status RUN` shows. The file is copied as it is,
     byte for byte (binary output too), from the path the ledger recorded when the attempt
     started; the file must be readable from this machine.
+
+    With --json: one object with the instance, run, stream, path, size in bytes and the text
+    (bytes that are not UTF-8 replaced by U+FFFD; `base64` then holds them exactly). It holds
+    the whole output (or its --tail) in memory, where the plain form streams it.
     """
+    from jobfleet.core.host import queries
+    from jobfleet.core.host.queries import NotFoundError
+
     stream = "stderr" if use_stderr else "stdout"
     with _existing_ledger(ledger_url) as ledger, ledger.read_session() as session:
         instance = queries.find_instance(session, instance_id)
         recorded = instance.stderr_path if use_stderr else instance.stdout_path
-        state = instance.state
-        work_dir = queries.run_work_dir(session, instance.run_id)
+        state, run_id = instance.state, instance.run_id
+        work_dir = queries.run_work_dir(session, run_id)
     if recorded is None:
         where = f"state {state} ({_state_name(state)})"
         if _has_started(state):
@@ -318,10 +355,37 @@ def logs(instance_id: int, use_stderr: bool, tail: int | None, ledger_url: str |
     with handle:
         if tail is not None:
             handle.seek(_tail_start(handle, tail))
-        _copy_to_stdout(handle)
+        if not as_json:
+            _copy_to_stdout(handle)
+            return
+        content = handle.read()
+    print_json(
+        {
+            "instance_id": instance_id,
+            "run_id": run_id,
+            "stream": stream,
+            "path": str(path),
+            "bytes": len(content),
+            **_json_text(content),
+        }
+    )
+
+
+def _json_text(content: bytes) -> dict[str, Any]:
+    """The output as JSON can carry it: text, and base64 as well when it is not UTF-8."""
+    try:
+        return {"text": content.decode("utf-8"), "utf8": True}
+    except UnicodeDecodeError:
+        return {
+            "text": content.decode("utf-8", "replace"),
+            "utf8": False,
+            "base64": base64.b64encode(content).decode("ascii"),
+        }
 
 
 def _has_started(letter: str) -> bool:
+    from jobfleet.core.host.ledger import InstanceState
+
     return letter not in (InstanceState.QUEUED, InstanceState.INSTANTIATED, InstanceState.LAUNCHED)
 
 
@@ -365,7 +429,7 @@ def _copy_to_stdout(handle: IO[bytes]) -> None:
 
 
 @click.command()
-@click.argument("run_ref", metavar="RUN")
+@click.argument("run_ref", metavar="RUN", type=RUN_REF)
 @json_option
 @ledger_option
 def usage(run_ref: str, as_json: bool, ledger_url: str | None) -> None:
@@ -378,6 +442,16 @@ def usage(run_ref: str, as_json: bool, ledger_url: str | None) -> None:
     resource-retried (an earlier attempt was killed for memory or time), near limit (the peak
     reached 90% of the request).
     """
+    from rich.table import Table
+    from rich.text import Text
+
+    from jobfleet.core.host import queries
+
+    flag_styles = {
+        queries.OVER_REQUESTED: "yellow",
+        queries.RESOURCE_RETRIED: "magenta",
+        queries.NEAR_LIMIT: "bold red",
+    }
     with _existing_ledger(ledger_url) as ledger, ledger.read_session() as session:
         run = queries.find_run(session, run_ref)
         run_id, run_name = run.id, run.name
@@ -398,7 +472,7 @@ def usage(run_ref: str, as_json: bool, ledger_url: str | None) -> None:
     if peak is None:
         out.print(Text(f"No task of run {run_id} ({run_name}) has reported usage yet."))
         return
-    table = Table(title=f"usage of run {run_id} ({run_name})", title_justify="left")
+    table = Table(title=Text(f"usage of run {run_id} ({run_name})"), title_justify="left")
     columns = ("task", "attempt", "requested", "maxrss", "used", "cpu", "wall", "memory by attempt")
     for column in columns:
         numeric = column in ("requested", "maxrss", "used", "cpu", "wall")
@@ -417,7 +491,7 @@ def usage(run_ref: str, as_json: bool, ledger_url: str | None) -> None:
             _seconds(row.cpu),
             _seconds(row.wallclock),
             _text(" → ".join(memory or "-" for memory in row.memory_by_attempt)),
-            _text(row.flag or "", _FLAG_STYLES.get(row.flag or "", "")),
+            _text(row.flag or "", flag_styles.get(row.flag or "", "")),
         )
     out.print(table)
     out.print(
@@ -432,9 +506,13 @@ def usage(run_ref: str, as_json: bool, ledger_url: str | None) -> None:
 
 
 @click.command()
-@click.argument("run_ref", metavar="RUN")
+@click.argument("run_ref", metavar="RUN", type=RUN_REF)
 @click.option(
-    "--instance", "instance_id", type=int, metavar="ID", help="Only this task instance's events."
+    "--instance",
+    "instance_id",
+    type=LEDGER_ID,
+    metavar="ID",
+    help="Only this task instance's events.",
 )
 @click.option(
     "--follow",
@@ -457,6 +535,9 @@ def events(
     the kind of event, and its message. With --json, one JSON object per line, so that
     `--follow --json` can be read as a stream.
     """
+    from jobfleet.core.host import queries
+    from jobfleet.core.host.queries import NotFoundError
+
     with _existing_ledger(ledger_url) as ledger:
         with ledger.read_session() as session:
             run_id = queries.find_run(session, run_ref).id
@@ -495,6 +576,9 @@ def _print_events(
     as_json: bool,
     stop: Sequence[int] = (),
 ) -> None:
+    from jobfleet.core.host import queries
+    from jobfleet.core.host.ledger import FINAL_RUN_STATUSES
+
     last = 0
     while not stop:
         with ledger.read_session() as session:
@@ -559,6 +643,11 @@ def queues() -> None:
 @ledger_option
 def list_queues(cluster_name: str | None, as_json: bool, ledger_url: str | None) -> None:
     """List the queues of every cluster (or of one) with their parameters."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from jobfleet.core.host import queues as queue_admin
+
     with _existing_ledger(ledger_url) as ledger, ledger.read_session() as session:
         found = [entry.to_dict() for entry in queue_admin.list_queues(session, cluster_name)]
         where = ledger.safe_url
@@ -575,7 +664,10 @@ def list_queues(cluster_name: str | None, as_json: bool, ledger_url: str | None)
     for entry in found:
         shown = ", ".join(_parameter_text(k, v) for k, v in entry["parameters"].items())
         table.add_row(
-            _text(entry["cluster"]), _text(entry["cluster_type"]), _text(entry["queue"]), shown
+            _text(entry["cluster"]),
+            _text(entry["cluster_type"]),
+            _text(entry["queue"]),
+            _text(shown),
         )
     out.print(table)
 
@@ -606,12 +698,14 @@ def _limit_options(function: Any) -> Any:
     "can be (5, true, [1,2]), else as text.",
 )
 @click.option("--replace", is_flag=True, help="Replace the parameters of an existing queue.")
+@json_option
 @ledger_option
 def add_queue(
     cluster_name: str,
     queue_name: str,
     params: tuple[str, ...],
     replace: bool,
+    as_json: bool,
     ledger_url: str | None,
     **limits: str | None,
 ) -> None:
@@ -621,11 +715,25 @@ def add_queue(
     is added when CLUSTER names an installed backend (`jobfleet plugins`), which becomes its
     type. An existing queue is only changed with --replace, which replaces all its parameters.
     """
+    from jobfleet.core.host import queues as queue_admin
+
     parameters = _queue_parameters(limits, params)
     with open_ledger(ledger_url) as ledger, ledger.session() as session:
         added = queue_admin.add_queue(
             session, cluster_name, queue_name, parameters, replace=replace
         )
+    if as_json:
+        print_json(
+            {
+                "cluster": cluster_name,
+                "queue": queue_name,
+                "parameters": parameters,
+                "replaced": added.replaced,
+                "new_cluster": added.new_cluster,
+                "cluster_type": added.cluster_type,
+            }
+        )
+        return
     verb = "Replaced" if added.replaced else "Added"
     shown = ", ".join(_parameter_text(k, v) for k, v in parameters.items()) or "no limits"
     note = f" (new cluster of type {added.cluster_type})" if added.new_cluster else ""
@@ -634,6 +742,8 @@ def add_queue(
 
 def _queue_parameters(limits: dict[str, str | None], params: Sequence[str]) -> dict[str, Any]:
     """The queue's parameters, limits checked and written in canonical units."""
+    from jobfleet.core.resources import QueueLimits, check_task_memory
+
     parameters: dict[str, Any] = {key: value for key, value in limits.items() if value is not None}
     for item in params:
         key, sep, raw = item.partition("=")
@@ -648,6 +758,10 @@ def _queue_parameters(limits: dict[str, str | None], params: Sequence[str]) -> d
             value = raw
         parameters[key] = value
     checked = QueueLimits.from_parameters(parameters)
+    for key in ("max_memory", "default_memory"):
+        size = getattr(checked, key)
+        if size is not None:
+            check_task_memory(size, field=key, value=parameters[key])
     for key in list(parameters):
         if key in {name for name, _, _ in _LIMIT_OPTIONS}:
             parameters[key] = _canonical(key, getattr(checked, key))
@@ -665,11 +779,17 @@ def _canonical(key: str, value: float | int) -> Any:
 @queues.command("remove")
 @click.argument("cluster_name", metavar="CLUSTER")
 @click.argument("queue_name", metavar="QUEUE")
+@json_option
 @ledger_option
-def remove_queue(cluster_name: str, queue_name: str, ledger_url: str | None) -> None:
+def remove_queue(cluster_name: str, queue_name: str, as_json: bool, ledger_url: str | None) -> None:
     """Remove QUEUE from CLUSTER; refused while arrays of past runs refer to it."""
-    with _existing_ledger(ledger_url) as ledger, ledger.session() as session:
+    from jobfleet.core.host import queues as queue_admin
+
+    with _existing_ledger(ledger_url, write=True) as ledger, ledger.session() as session:
         queue_admin.remove_queue(session, cluster_name, queue_name)
+    if as_json:
+        print_json({"cluster": cluster_name, "queue": queue_name, "removed": True})
+        return
     click.echo(f"Removed the queue {queue_name!r} of cluster {cluster_name!r}.")
 
 
@@ -684,6 +804,10 @@ def sync_queues(cluster_name: str, as_json: bool, ledger_url: str | None) -> Non
     report are left as they are. The backend's settings come from its environment variables
     (`jobfleet plugins NAME` lists them).
     """
+    from jobfleet.core.host import queues as queue_admin
+    from jobfleet.core.host.queues import QueueError
+    from jobfleet.core.plugins import default_registry
+
     registry = default_registry()
     plugin = registry.get_cluster(cluster_name)
     found = registry.cluster_queues(cluster_name, plugin.settings(None, os.environ))
@@ -706,6 +830,8 @@ def sync_queues(cluster_name: str, as_json: bool, ledger_url: str | None) -> Non
 
 
 def _synced_parameters(queue: str, parameters: Mapping[str, Any]) -> dict[str, Any]:
+    from jobfleet.core.host.queues import QueueError
+
     try:
         limits = {k: str(v) for k, v in parameters.items() if k in _LIMIT_KEYS and v is not None}
         others = [f"{k}={json.dumps(v)}" for k, v in parameters.items() if k not in _LIMIT_KEYS]

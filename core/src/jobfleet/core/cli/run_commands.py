@@ -10,12 +10,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from jobfleet.core.cli.common import (
+    LEDGER_ID,
+    RUN_REF,
     console,
     error_console,
     json_option,
@@ -23,32 +24,18 @@ from jobfleet.core.cli.common import (
     open_ledger,
     print_json,
 )
-from jobfleet.core.cli.inspect_commands import task_table
-from jobfleet.core.cli.options import add_setting_options, setting_values
 from jobfleet.core.errors import JobfleetError
-from jobfleet.core.host import kills, queries
-from jobfleet.core.host.ledger import (
-    FINAL_RUN_STATUSES,
-    STDIN_URL,
-    InstanceState,
-    LeaseError,
-    Ledger,
-    RunStatus,
-)
-from jobfleet.core.host.runs import ServiceOptions, create_run
-from jobfleet.core.host.service import DistributorService, check_claimable
-from jobfleet.core.host.service import Progress as RunProgress
-from jobfleet.core.host.taskfile import (
-    TaskDefaults,
-    TaskDefinition,
-    load_task_file,
-    task_from_command,
-)
-from jobfleet.core.plugins import PluginStatus, default_registry
-from jobfleet.core.private import open_private
-from jobfleet.core.settings import SettingOption
 
-_STATE_NAMES = {state.value: state.name.lower() for state in InstanceState}
+if TYPE_CHECKING:
+    from jobfleet.core.host.ledger import LeaseError, Ledger, RunStatus
+    from jobfleet.core.host.service import DistributorService
+    from jobfleet.core.host.service import Progress as RunProgress
+    from jobfleet.core.host.taskfile import TaskDefinition
+    from jobfleet.core.settings import SettingOption
+
+# The host (ledger, service, task files) and rich are imported inside the commands, when they
+# run: `jobfleet --help` must not pay for them (see common.py).
+
 # A run of at most this many tasks ends with a table of every task; a larger one with a
 # summary (counts, then at most HIGHLIGHT_ROWS tasks not done, slowest and hungriest): drawing
 # a table of 100,000 rows took longer than the run. `status RUN --all` shows every task.
@@ -67,6 +54,9 @@ class _RunCommand(click.Command):
 
     def plugin_options(self) -> list[SettingOption]:
         if self._plugin_options is None:
+            from jobfleet.core.cli.options import add_setting_options
+            from jobfleet.core.plugins import PluginStatus, default_registry
+
             registry = default_registry()
             found: list[SettingOption] = []
             for info in registry.list_plugins():
@@ -98,6 +88,13 @@ class _RunCommand(click.Command):
     help="The backend to run on (see `jobfleet plugins`).",
 )
 @click.option("--queue", help="Queue for tasks that name none (default: 'default').")
+@click.option(
+    "--new-queue",
+    "new_queues",
+    is_flag=True,
+    help="Create the queues the tasks name that the ledger does not have, without limits of "
+    "their own (otherwise refused: add them first with `jobfleet queues add`).",
+)
 @click.option("--cores", help="Cores per task unless the task says, e.g. 2 or 0.5.")
 @click.option("--memory", help="Memory per task unless the task says, e.g. 512M or 4G.")
 @click.option(
@@ -113,7 +110,9 @@ class _RunCommand(click.Command):
     help="Most tasks with the same resources submitted as one array.",
 )
 @click.option("--name", help="A name for the run (default: from the first task).")
-@click.option("--resume", "resume", metavar="RUN", help="Continue a run whose service stopped.")
+@click.option(
+    "--resume", "resume", metavar="RUN", type=RUN_REF, help="Continue a run whose service stopped."
+)
 @click.option(
     "--detach", is_flag=True, help="Run the service in the background; print the run id and exit."
 )
@@ -139,6 +138,9 @@ def run(ctx: click.Context, /, task_file: Path | None, **flags: Any) -> None:
     kills the run's tasks; use --detach to leave the run working in the background. The exit
     status is 0 only when every task is done.
     """
+    from jobfleet.core.host import queries
+    from jobfleet.core.host.ledger import RunStatus
+
     command = ctx.meta.get("jobfleet_command")
     ledger = open_ledger(flags["ledger_url"])
     with ledger:
@@ -165,6 +167,9 @@ def _create(
     ctx: click.Context,
     flags: Mapping[str, Any],
 ) -> int:
+    from jobfleet.core.cli.options import setting_values
+    from jobfleet.core.host.runs import ServiceOptions, create_run
+
     definitions = _tasks(task_file, command, flags)
     command_spec = ctx.command
     assert isinstance(command_spec, _RunCommand)
@@ -178,6 +183,7 @@ def _create(
         name=flags["name"],
         cluster_settings=settings,
         options=ServiceOptions(array_size=flags["array_size"]),
+        new_queues=flags["new_queues"],
     )
     error_console().print(
         f"run {run_id}: {len(definitions)} task(s) on {flags['cluster']} "
@@ -191,6 +197,8 @@ def _create(
 def _tasks(
     task_file: Path | None, command: Sequence[str] | None, flags: Mapping[str, Any]
 ) -> list[TaskDefinition]:
+    from jobfleet.core.host.taskfile import TaskDefaults, load_task_file, task_from_command
+
     resources = {
         key: flags[key]
         for key in ("queue", "cores", "memory", "runtime", "gpus")
@@ -210,6 +218,9 @@ def _tasks(
 
 
 def _drive(ledger: Ledger, run_id: int, as_json: bool) -> RunStatus:
+    from jobfleet.core.host.ledger import FINAL_RUN_STATUSES, LeaseError
+    from jobfleet.core.host.service import DistributorService
+
     service = DistributorService(ledger, run_id)
     try:
         service.start()
@@ -257,6 +268,8 @@ def _interrupts(service: DistributorService) -> Iterator[list[int]]:
 
 
 def _request_run_kill(ledger: Ledger, run_id: int, signum: int) -> None:
+    from jobfleet.core.host import kills
+
     error_console().print(
         f"\n{signal.Signals(signum).name}: killing the tasks of run {run_id} …",
         highlight=False,
@@ -268,6 +281,17 @@ def _request_run_kill(ledger: Ledger, run_id: int, signum: int) -> None:
 @contextmanager
 def _progress_bar(as_json: bool) -> Iterator[Any]:
     """A progress bar on stderr (none for --json or when stderr is not a terminal)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    from jobfleet.core.host.ledger import InstanceState
+
+    state_names = {state.value: state.name.lower() for state in InstanceState}
     err = error_console()
     if as_json or not err.is_terminal:
         yield None
@@ -284,7 +308,7 @@ def _progress_bar(as_json: bool) -> Iterator[Any]:
 
         def show(progress: RunProgress) -> None:
             states = "  ".join(
-                f"{_STATE_NAMES.get(k, k)} {v}" for k, v in sorted(progress.state_counts.items())
+                f"{state_names.get(k, k)} {v}" for k, v in sorted(progress.state_counts.items())
             )
             bar.update(
                 task,
@@ -298,6 +322,9 @@ def _progress_bar(as_json: bool) -> Iterator[Any]:
 
 
 def _summary(ledger: Ledger, run_id: int, final: RunProgress, as_json: bool) -> None:
+    from jobfleet.core.cli.inspect_commands import task_table
+    from jobfleet.core.host import queries
+
     if not as_json and final.tasks_total > FULL_TABLE_TASKS:
         _highlights(ledger, run_id, final)
         return
@@ -321,12 +348,17 @@ def _summary(ledger: Ledger, run_id: int, final: RunProgress, as_json: bool) -> 
 
 def _highlights(ledger: Ledger, run_id: int, final: RunProgress) -> None:
     """A large run's end: its counts, then a few tasks worth a look, never every task."""
+    from jobfleet.core.cli.inspect_commands import task_table
+    from jobfleet.core.host import queries
+    from jobfleet.core.host.ledger import InstanceState
+
+    state_names = {state.value: state.name.lower() for state in InstanceState}
     with ledger.read_session() as session:
         found = queries.run_highlights(session, run_id, limit=HIGHLIGHT_ROWS)
     out = console()
     tasks = ", ".join(f"{state} {count}" for state, count in final.task_counts.items())
     instances = ", ".join(
-        f"{letter} {_STATE_NAMES.get(letter, letter)} {count}"
+        f"{letter} {state_names.get(letter, letter)} {count}"
         for letter, count in final.state_counts.items()
     )
     for line in (
@@ -353,6 +385,8 @@ def _highlights(ledger: Ledger, run_id: int, final: RunProgress) -> None:
 
 
 def _not_all_done(run_id: int, final: RunProgress) -> None:
+    from jobfleet.core.host.ledger import RunStatus
+
     if final.status is not RunStatus.DONE:
         console().print(
             f"Not every task is done. See `jobfleet status {run_id}`, "
@@ -368,6 +402,9 @@ def _not_all_done(run_id: int, final: RunProgress) -> None:
 def _check_resumable(ledger: Ledger, run_id: int) -> None:
     """What the detached service would refuse (the run is over, a live service has it), said
     here: after detaching, a refusal would only reach its log."""
+    from jobfleet.core.host.ledger import LeaseError
+    from jobfleet.core.host.service import check_claimable
+
     try:
         check_claimable(ledger, run_id)
     except LeaseError as exc:
@@ -376,6 +413,10 @@ def _check_resumable(ledger: Ledger, run_id: int) -> None:
 
 def _detach(ledger: Ledger, run_id: int, as_json: bool) -> None:
     """Start `jobfleet run --resume RUN` in its own session, its output in the run's directory."""
+    from jobfleet.core.host import queries
+    from jobfleet.core.host.ledger import STDIN_URL
+    from jobfleet.core.private import open_private
+
     with ledger.read_session() as session:
         work_dir = queries.run_work_dir(session, run_id)
     log_path = Path(work_dir or ".", "service.log")
@@ -418,11 +459,11 @@ def _detach(ledger: Ledger, run_id: int, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("run_ref", metavar="RUN", required=False)
+@click.argument("run_ref", metavar="[RUN]", type=RUN_REF, required=False)
 @click.option(
     "--instance",
     "instance_ids",
-    type=int,
+    type=LEDGER_ID,
     multiple=True,
     help="Kill only this task instance (repeatable); RUN may then be left out.",
 )
@@ -449,6 +490,8 @@ def kill(
     service owns the run (it was stopped, or crashed), this command carries it out itself.
     Killed tasks are not retried.
     """
+    from jobfleet.core.host import kills
+
     if run_ref is None and not instance_ids:
         raise click.UsageError("Name a RUN, or --instance ID.")
     with open_ledger(ledger_url) as ledger:

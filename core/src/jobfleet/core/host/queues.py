@@ -17,12 +17,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from jobfleet.core.cluster_protocol import ClusterQueue
-from jobfleet.core.errors import JobfleetError, UnknownClusterError
+from jobfleet.core.errors import JobfleetError, ResourceError, UnknownClusterError
 from jobfleet.core.host.ledger import Array, Cluster, Queue
 from jobfleet.core.host.queries import NotFoundError
 from jobfleet.core.plugins import ClusterPlugin, PluginRegistry, default_registry
 from jobfleet.core.queue import DEFAULT_QUEUE
-from jobfleet.core.resources import QueueLimits
+from jobfleet.core.resources import QueueLimits, parse_gpus
 
 
 def request_queue(resources: Mapping[str, Any]) -> str:
@@ -33,14 +33,34 @@ def request_queue(resources: Mapping[str, Any]) -> str:
 def check_request(queues: Mapping[str, ClusterQueue], resources: Mapping[str, Any]) -> str | None:
     """Why the request cannot run on its queue, or None when it can.
 
-    Not strict: a request over the queue's limits can run once coerced to them.
+    Not strict: a request over the queue's limits can run once coerced to them, except for
+    GPUs: a task is never given fewer GPUs than it asks for (a program written for N GPUs
+    fails with fewer), so a GPU count over the queue's `max_gpus` is refused.
     """
     name = request_queue(resources)
     queue = queues.get(name)
     if queue is None:
         return f"the queue {name!r} is not in the ledger"
     ok, message = queue.validate_resources(strict=False, **resources)
-    return None if ok else message
+    if not ok:
+        return message
+    return _too_many_gpus(queue, resources)
+
+
+def _too_many_gpus(queue: ClusterQueue, resources: Mapping[str, Any]) -> str | None:
+    if resources.get("gpus") is None:
+        return None
+    try:
+        wanted, _ = parse_gpus(resources["gpus"])
+    except ResourceError:  # a backend's own spelling, which its queue read: not ours to judge
+        return None
+    most = queue_limits({queue.queue_name: queue})[queue.queue_name].max_gpus
+    if most is None or wanted <= most:
+        return None
+    return (
+        f"gpus {wanted} is above the queue maximum of {most}, and GPUs are never reduced to fit "
+        "(a program written for more GPUs fails with fewer)."
+    )
 
 
 @dataclass(frozen=True)
@@ -72,10 +92,19 @@ def queue_rows(session: Session, cluster_id: int) -> dict[str, Queue]:
     return {row.name: row for row in session.scalars(query)}
 
 
-def queue_objects(plugin: ClusterPlugin, rows: Mapping[str, Queue]) -> dict[str, ClusterQueue]:
-    """The backend's queue objects for the ledger's queue rows."""
+def queue_objects(
+    plugin: ClusterPlugin, rows: Mapping[str, Queue], settings: Any = None
+) -> dict[str, ClusterQueue]:
+    """The backend's queue objects for the ledger's queue rows.
+
+    Settings that size the backend (the local pool's cores, memory and GPUs) may say so with a
+    `queue_parameters()` method: its limits go under each queue's own parameters, so that a
+    request no setting allows is refused (or clamped) like one over a queue's limits.
+    """
+    sized = getattr(settings, "queue_parameters", None)
+    base: dict[str, Any] = dict(sized()) if callable(sized) else {}
     return {
-        name: plugin.queue_class(row.id, row.name, dict(row.parameters))
+        name: plugin.queue_class(row.id, row.name, {**base, **row.parameters})
         for name, row in rows.items()
     }
 

@@ -1,7 +1,8 @@
 """Creating a run: its tasks, their first attempts, its work directory and options.
 
 Everything is checked before anything is written: the backend exists and takes the settings,
-every task's resources fit its queue (or can be coerced to), every fallback queue is known.
+every queue a task names is in the ledger (only the default queue is added by itself), every
+task's resources fit its queue (or can be coerced to).
 A run is then written in one transaction, so a failure leaves no half run behind.
 """
 
@@ -111,19 +112,25 @@ def create_run(
     options: ServiceOptions | None = None,
     work_root: Path | None = None,
     registry: PluginRegistry | None = None,
+    new_queues: bool = False,
 ) -> int:
-    """Check everything, then write the run, its tasks and their first attempts; return its id."""
+    """Check everything, then write the run, its tasks and their first attempts; return its id.
+
+    A queue the tasks name (or fall back to) that the ledger does not have is refused, so that
+    a misspelt name cannot become a queue without limits; `new_queues` adds such queues without
+    limits of their own instead. The default queue is always added when missing.
+    """
     if not tasks:
         raise RunDefinitionError("A run needs at least one task.")
     plugin = (registry or default_registry()).get_cluster(cluster)
     settings_values = dict(cluster_settings or {})
-    plugin.settings(settings_values, os.environ)  # bad settings fail here, before any write
+    settings = plugin.settings(settings_values, os.environ)  # bad ones fail before any write
     options = options or ServiceOptions()
     root = work_root or default_work_root(ledger)
     with ledger.session() as session:
         cluster_row = ensure_cluster(session, cluster)
-        queues = _queue_rows(session, cluster_row, _queue_names(tasks))
-        _check_resources(plugin, queues, tasks)
+        queues = _queue_rows(session, cluster_row, tasks, new_queues=new_queues)
+        _check_resources(plugin, queues, tasks, settings)
         run = Run(
             name=name or _default_name(tasks),
             cluster_id=cluster_row.id,
@@ -159,21 +166,41 @@ def _queue_names(tasks: Sequence[TaskDefinition]) -> set[str]:
     return names
 
 
-def _queue_rows(session: Session, cluster: Cluster, names: set[str]) -> dict[str, Queue]:
-    """The cluster's queues by name; a queue not yet in the ledger is added without limits
-    of its own (the backend's queue class supplies what it knows, e.g. the machine's size)."""
+def _queue_rows(
+    session: Session, cluster: Cluster, tasks: Sequence[TaskDefinition], *, new_queues: bool
+) -> dict[str, Queue]:
+    """The cluster's queues by name. A queue not yet in the ledger is added without limits of
+    its own (the backend's queue class supplies what it knows, e.g. the machine's size) when it
+    is the default queue or `new_queues` allows it; otherwise the run is refused."""
     rows = queue_rows(session, cluster.id)
-    for name in sorted(names - rows.keys()):
+    missing = _queue_names(tasks) - rows.keys()
+    unknown = sorted(missing - {DEFAULT_QUEUE})
+    if unknown and not new_queues:
+        raise RunDefinitionError(_unknown_queue(cluster.name, unknown[0], rows, tasks))
+    for name in sorted(missing):
         rows[name] = Queue(cluster_id=cluster.id, name=name, parameters={})
         session.add(rows[name])
     session.flush()
     return rows
 
 
+def _unknown_queue(
+    cluster: str, name: str, rows: Mapping[str, Queue], tasks: Sequence[TaskDefinition]
+) -> str:
+    task = next(t for t in tasks if name in (request_queue(t.resources), *t.fallback_queues))
+    where = f" (line {task.line})" if task.line else ""
+    return (
+        f"Task {task.name!r}{where} names the queue {name!r}, which the cluster {cluster!r} "
+        f"does not have in the ledger (its queues: {', '.join(sorted(rows)) or 'none yet'}). "
+        f"Add it with its limits first (jobfleet queues add {cluster} {name} --max-memory …), "
+        "or pass --new-queue to create it without limits of its own."
+    )
+
+
 def _check_resources(
-    plugin: ClusterPlugin, rows: Mapping[str, Queue], tasks: Sequence[TaskDefinition]
+    plugin: ClusterPlugin, rows: Mapping[str, Queue], tasks: Sequence[TaskDefinition], settings: Any
 ) -> None:
-    queues = queue_objects(plugin, rows)
+    queues = queue_objects(plugin, rows, settings)
     # Checked once per distinct request: a run of a million tasks has a handful.
     seen: dict[str, str | None] = {}
     for task in tasks:

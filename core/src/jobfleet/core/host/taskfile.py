@@ -37,7 +37,7 @@ from jobfleet.core.host.located_tree import (
     yaml_tree,
 )
 from jobfleet.core.naming import safe_name
-from jobfleet.core.resources import CANONICAL_FIELDS, ResourceRequest
+from jobfleet.core.resources import CANONICAL_FIELDS, ResourceRequest, check_task_memory
 
 __all__ = [
     "DEFAULT_MAX_ATTEMPTS",
@@ -341,7 +341,10 @@ def _check_resources(given: Mapping[str, Node], where: Node) -> dict[str, Any]:
 
 
 def _canonical_resources(loose: Mapping[str, Any]) -> dict[str, Any]:
-    return ResourceRequest.parse(loose).to_dict()
+    request = ResourceRequest.parse(loose)
+    if request.memory is not None:
+        check_task_memory(request.memory, value=loose.get("memory"))
+    return request.to_dict()
 
 
 @functools.lru_cache(maxsize=256)

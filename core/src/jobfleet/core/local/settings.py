@@ -8,6 +8,7 @@ something with one slot and maps them here.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from jobfleet.core.resources import parse_cores, parse_memory
 from jobfleet.core.settings import setting
@@ -66,6 +67,19 @@ class LocalSettings:
         check_cgroup_mode(self.cgroup)
         if self.overtake_limit < 0:
             raise ValueError(f"overtake_limit must be 0 or more, not {self.overtake_limit}")
+
+    def queue_parameters(self) -> dict[str, Any]:
+        """The pool's size where these settings set it, as queue limits: a task can never be
+        given more. The host puts them under the ledger's queue parameters (jobfleet's
+        addition to the protocol, read with getattr; see `host.queues.queue_objects`)."""
+        limits: dict[str, Any] = {}
+        if self.cores is not None:
+            limits["max_cores"] = parse_cores(self.cores, field="cores")
+        if self.memory is not None:
+            limits["max_memory"] = self.memory
+        if self.gpus is not None:
+            limits["max_gpus"] = len(gpu_ids(self.gpus))
+        return limits
 
 
 def gpu_ids(text: str) -> tuple[str, ...]:

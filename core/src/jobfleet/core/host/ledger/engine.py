@@ -3,20 +3,31 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Final, TypeVar
+from urllib.parse import quote
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from jobfleet.core.host.defaults import DEFAULT_PATH, ENV_VAR
 from jobfleet.core.host.ledger.errors import LedgerError
 from jobfleet.core.private import create_private_file, make_private_dirs
 
-ENV_VAR: Final = "JOBFLEET_LEDGER"
-DEFAULT_PATH: Final = Path(".jobfleet") / "ledger.db"
+__all__ = [
+    "DEFAULT_BUSY_TIMEOUT",
+    "DEFAULT_PATH",
+    "ENV_VAR",
+    "READ_ONLY_OPTION",
+    "create_ledger_engine",
+    "resolve_url",
+    "safe_url",
+]
+
 DEFAULT_BUSY_TIMEOUT: Final = 30.0
 STDIN_URL: Final = "-"
 """Given as the URL: read the URL from the first line of standard input. How a detached run
@@ -79,11 +90,17 @@ def resolve_url(url: str | os.PathLike[str] | URL | None = None, *, cwd: Path | 
     return parsed
 
 
-def create_ledger_engine(url: URL, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> Engine:
-    """An engine for the ledger, set up for its backend."""
+def create_ledger_engine(
+    url: URL, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT, read_only: bool = False
+) -> Engine:
+    """An engine for the ledger, set up for its backend.
+
+    `read_only` opens a SQLite file so that nothing can be written (and nothing needs write
+    access: a ledger file or directory the user may only read can still be looked into).
+    """
     backend = url.get_backend_name()
     if backend == "sqlite":
-        return _sqlite_engine(url, busy_timeout)
+        return _sqlite_engine(url, busy_timeout, read_only=read_only)
     if backend == "postgresql":
         return create_engine(url, pool_pre_ping=True)
     raise LedgerError(
@@ -92,13 +109,20 @@ def create_ledger_engine(url: URL, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT
     )
 
 
-def _sqlite_engine(url: URL, busy_timeout: float) -> Engine:
+def _sqlite_engine(url: URL, busy_timeout: float, *, read_only: bool = False) -> Engine:
     database = url.database or ""
     if database in ("", ":memory:") or database.startswith("file:"):
         raise LedgerError(
             f"The ledger URL {safe_url(url)} names no file: the ledger needs a SQLite file "
             "(WAL mode and several processes sharing it), such as sqlite:///.jobfleet/ledger.db."
         )
+    if read_only:
+        engine = create_engine(
+            url, creator=_read_only_connector(database, busy_timeout), pool_size=2, max_overflow=8
+        )
+        event.listen(engine, "connect", _sqlite_on_connect(busy_timeout, read_only=True))
+        event.listen(engine, "begin", _sqlite_begin_deferred)
+        return engine
     _create_private_database(Path(database))
     engine = create_engine(
         url,
@@ -128,13 +152,46 @@ def _create_private_database(path: Path) -> None:
         pass
 
 
-def _sqlite_on_connect(busy_timeout: float) -> Any:
+def _read_only_connector(database: str, busy_timeout: float) -> Any:
+    """Connections that open the file read-only (`mode=ro`), so that no write can happen.
+
+    A WAL database is read through its `-shm` index, which SQLite creates beside the file when
+    it is missing (the last connection to close removes it). Where it is missing and cannot be
+    created (a directory the user may not write) and no `-wal` file shows a writer at work,
+    the file is read as immutable: as it is, without locks.
+    """
+    target = "file:" + quote(str(Path(database).absolute()))
+
+    def connect() -> sqlite3.Connection:
+        def attempt(options: str) -> sqlite3.Connection:
+            connection = sqlite3.connect(
+                f"{target}?{options}", uri=True, timeout=busy_timeout, check_same_thread=False
+            )
+            try:
+                connection.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+            except sqlite3.Error:
+                connection.close()
+                raise
+            return connection
+
+        try:
+            return attempt("mode=ro")
+        except sqlite3.OperationalError:
+            if Path(f"{database}-wal").exists():
+                raise
+            return attempt("mode=ro&immutable=1")
+
+    return connect
+
+
+def _sqlite_on_connect(busy_timeout: float, *, read_only: bool = False) -> Any:
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy, not the sqlite3 module, decide where transactions begin (see below).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         try:
-            cursor.execute("PRAGMA journal_mode=WAL")
+            if not read_only:  # the journal mode is written in the file
+                cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
             cursor.execute("PRAGMA foreign_keys=ON")
             # With WAL, NORMAL survives a killed process; only a power cut can lose the last
@@ -153,3 +210,8 @@ def _sqlite_on_begin(connection: Any) -> None:
     # BEGIN, which never blocks in WAL mode.
     read_only = connection.get_execution_options().get(READ_ONLY_OPTION, False)
     connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+def _sqlite_begin_deferred(connection: Any) -> None:
+    # A read-only connection never writes: every transaction is a reader's.
+    connection.exec_driver_sql("BEGIN")

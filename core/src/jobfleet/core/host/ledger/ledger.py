@@ -8,7 +8,6 @@ from contextlib import contextmanager
 from types import TracebackType
 from typing import Self
 
-from alembic.util.exc import CommandError
 from sqlalchemy import Engine, event
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
@@ -30,11 +29,13 @@ class Ledger:
     """The host's record of clusters, queues, runs, tasks, instances and events.
 
     Open it with `Ledger.open(url)`; use `session()` for a transaction that commits when the
-    block ends (and rolls back on an exception), `read_session()` for queries.
+    block ends (and rolls back on an exception), `read_session()` for queries. A ledger opened
+    with `read_only=True` has only `read_session()`.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, read_only: bool = False) -> None:
         self.engine = engine
+        self.read_only = read_only
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._read_sessions = sessionmaker(
             engine.execution_options(**{READ_ONLY_OPTION: True}), expire_on_commit=False
@@ -57,27 +58,40 @@ class Ledger:
         url: str | os.PathLike[str] | URL | None = None,
         *,
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        read_only: bool = False,
     ) -> Ledger:
         """Open (creating it if needed) and migrate the ledger at `url`.
 
         `url` defaults to $JOBFLEET_LEDGER, then to the SQLite file ./.jobfleet/ledger.db; a
         path (no `://`) names a SQLite file. Raises `LedgerError`, with any password hidden,
-        when the database cannot be reached or migrated.
+        when the database cannot be reached or migrated, or belongs to another application.
+
+        `read_only` is for commands that only look: nothing is written through the ledger, and
+        a SQLite file the user may only read can be opened. Only a schema older than this
+        jobfleet's is migrated first, which needs write access once.
         """
         resolved = resolve_url(url)
-        engine = create_ledger_engine(resolved, busy_timeout=busy_timeout)
+        engine = create_ledger_engine(resolved, busy_timeout=busy_timeout, read_only=read_only)
         try:
-            migrate.upgrade(engine)
-        except (SQLAlchemyError, CommandError) as exc:
+            if not read_only:
+                migrate.upgrade(engine)
+            elif migrate.needs_upgrade(engine):
+                _upgrade_for_reading(resolved, busy_timeout)
+        except migrate.ForeignDatabaseError:
+            engine.dispose()
+            raise
+        except (SQLAlchemyError, LedgerError) as exc:
             engine.dispose()
             raise LedgerError(
                 f"The ledger at {safe_url(resolved)} could not be opened: {_describe(exc)}"
             ) from None
-        return cls(engine)
+        return cls(engine, read_only=read_only)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A write transaction: committed at the end of the block, rolled back on error."""
+        if self.read_only:
+            raise LedgerError(f"The ledger at {self.safe_url} was opened read-only.")
         with self._sessions.begin() as session:
             yield session
 
@@ -100,6 +114,21 @@ class Ledger:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _upgrade_for_reading(url: URL, busy_timeout: float) -> None:
+    """Migrate a schema older than this jobfleet's before reading it (the models would not
+    match it), through a connection that may write; say so when it may not."""
+    engine = create_ledger_engine(url, busy_timeout=busy_timeout)
+    try:
+        migrate.upgrade(engine)
+    except (SQLAlchemyError, LedgerError) as exc:
+        raise LedgerError(
+            f"its schema is older than this jobfleet's and must be migrated once by a user who "
+            f"may write it ({_describe(exc)})"
+        ) from None
+    finally:
+        engine.dispose()
 
 
 def _describe(exc: BaseException) -> str:

@@ -1,25 +1,44 @@
-"""Bring a ledger's schema to the newest version, safely when several processes open it at once."""
+"""Bring a ledger's schema to the newest version, safely when several processes open it at once.
+
+Opening a ledger whose schema is current (the common case) costs one query and no import of
+Alembic: the stored revision is read with plain SQL and compared with the newest revision,
+which is read from the migration files' text. Alembic is imported only to migrate.
+"""
 
 from __future__ import annotations
 
+import re
+from functools import cache
 from importlib import resources
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, inspect, text
 
-from jobfleet.core.host.ledger.engine import READ_ONLY_OPTION
+from jobfleet.core.host.ledger.engine import READ_ONLY_OPTION, safe_url
+from jobfleet.core.host.ledger.errors import LedgerError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 # Any constant shared by every jobfleet process: the PostgreSQL advisory lock held while
 # migrating ("jobfleet" in ASCII, fits a bigint).
 _PG_LOCK_KEY: Final = 0x6A6F62666C656574
+VERSION_TABLE: Final = "alembic_version"
+# `revision = "0004"` and `down_revision: str | None = "0003"` (or None) in a migration file.
+_REVISION_RE: Final = re.compile(r"^revision(?:\s*:[^=\n]*)?\s*=\s*[\"']([^\"']+)[\"']", re.M)
+_DOWN_RE: Final = re.compile(
+    r"^down_revision(?:\s*:[^=\n]*)?\s*=\s*(?:[\"']([^\"']+)[\"']|None)\s*$", re.M
+)
+
+
+class ForeignDatabaseError(LedgerError):
+    """The database holds tables, but not a jobfleet ledger: it belongs to something else."""
 
 
 def alembic_config() -> Config:
     """An Alembic configuration pointing at the migrations shipped in this package."""
+    from alembic.config import Config
+
     config = Config()
     location = resources.files("jobfleet.core.host.ledger") / "migrations"
     config.set_main_option("script_location", str(location))
@@ -27,13 +46,93 @@ def alembic_config() -> Config:
 
 
 def head_revision() -> str | None:
-    """The newest migration this version of jobfleet knows."""
+    """The newest migration this version of jobfleet knows, as Alembic finds it."""
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
+@cache
+def known_revisions() -> dict[str, str | None]:
+    """Each migration's revision and the revision it follows, read from the files' text.
+
+    Reading a handful of small files costs far less than importing Alembic's script machinery.
+    A file the pattern cannot read is left out, which makes `quick_head` give up (None).
+    """
+    found: dict[str, str | None] = {}
+    versions = resources.files("jobfleet.core.host.ledger") / "migrations" / "versions"
+    for entry in versions.iterdir():
+        if not entry.name.endswith(".py"):
+            continue
+        source = entry.read_text(encoding="utf-8")
+        revision, down = _REVISION_RE.search(source), _DOWN_RE.search(source)
+        if revision is not None and down is not None:
+            found[revision[1]] = down[1]
+    return found
+
+
+def quick_head() -> str | None:
+    """The newest revision read from the migration files; None when they do not form one line
+    (then only Alembic can say, and the caller asks it)."""
+    revisions = known_revisions()
+    heads = set(revisions) - set(revisions.values())
+    return next(iter(heads)) if len(heads) == 1 else None
+
+
 def current_revision(connection: Connection) -> str | None:
-    """The migration a database is at (None for a new one)."""
-    return MigrationContext.configure(connection).get_current_revision()
+    """The migration a database is at (None for a database without jobfleet's version table)."""
+    if not inspect(connection).has_table(VERSION_TABLE):
+        return None
+    found = sorted(connection.execute(text("SELECT version_num FROM alembic_version")).scalars())
+    # Several rows are branches jobfleet never makes: shown as they are, they are refused as
+    # unknown by `check_is_a_ledger`.
+    return " ".join(found) or None
+
+
+def check_is_a_ledger(connection: Connection, current: str | None) -> None:
+    """Refuse a database that belongs to another application, before anything is written.
+
+    A database without jobfleet's version table must be empty: jobfleet's tables are never
+    added to another application's database. A version jobfleet does not know was written by
+    a newer jobfleet, or by another application that uses Alembic.
+    """
+    where = _where(connection)
+    if current is None:
+        tables = sorted(set(inspect(connection).get_table_names()) - {VERSION_TABLE})
+        if tables:
+            shown = ", ".join(tables[:5]) + (f" and {len(tables) - 5} more" if tables[5:] else "")
+            raise ForeignDatabaseError(
+                f"{where} is not a jobfleet ledger: it has tables ({shown}) but no jobfleet "
+                "schema. Name another ledger with --ledger (a new file is created), or "
+                "$JOBFLEET_LEDGER."
+            )
+        return
+    if current not in known_revisions():
+        raise ForeignDatabaseError(
+            f"{where} is at schema revision {current!r}, which this jobfleet does not know "
+            f"(its newest is {quick_head() or head_revision()!r}): it was written by a newer "
+            "jobfleet, or it is another application's database."
+        )
+
+
+def _where(connection: Connection) -> str:
+    url = connection.engine.url
+    if url.get_backend_name() == "sqlite" and url.database:
+        return f"The database file {url.database}"
+    return f"The database {safe_url(url)}"
+
+
+def needs_upgrade(engine: Engine) -> bool:
+    """Whether the ledger's schema is behind this jobfleet's (reads only; refuses a database
+    that is not a jobfleet ledger)."""
+    head = quick_head() or head_revision()
+    with engine.connect() as connection:
+        connection.execution_options(**{READ_ONLY_OPTION: True})
+        current = current_revision(connection)
+        if current is not None and current == head:
+            return False  # the common case: one query, no lock, no write, no Alembic
+        check_is_a_ledger(connection, current)
+    return True
 
 
 def upgrade(engine: Engine) -> None:
@@ -43,14 +142,19 @@ def upgrade(engine: Engine) -> None:
     second process waits on the busy timeout, then finds the schema at head and does nothing.
     On PostgreSQL a transaction-scoped advisory lock does the same.
     """
-    head = head_revision()
-    with engine.connect() as connection:
-        connection.execution_options(**{READ_ONLY_OPTION: True})
-        if current_revision(connection) == head:
-            return  # the common case: no lock, no write transaction
+    if not needs_upgrade(engine):
+        return
+    from alembic import command
+    from alembic.util.exc import CommandError
+
     with engine.begin() as connection:
         if connection.dialect.name == "postgresql":
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
+        # Again under the lock: another process may have changed the database meanwhile.
+        check_is_a_ledger(connection, current_revision(connection))
         config = alembic_config()
         config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+        try:
+            command.upgrade(config, "head")
+        except CommandError as exc:
+            raise LedgerError(f"its schema could not be migrated: {exc}") from exc

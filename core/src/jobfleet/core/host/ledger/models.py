@@ -24,7 +24,6 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -39,8 +38,26 @@ NAMING_CONVENTION = {
 
 _EMPTY_OBJECT = text("'{}'")
 
-# JSONB on PostgreSQL (indexable, compact); JSON text elsewhere.
-JsonType = JSON().with_variant(JSONB(), "postgresql")
+
+class _Json(TypeDecorator[Any]):
+    """JSONB on PostgreSQL (indexable, compact); JSON text elsewhere.
+
+    What `JSON().with_variant(JSONB(), "postgresql")` says, without importing the PostgreSQL
+    dialect (tens of milliseconds) into every command that reads a SQLite ledger.
+    """
+
+    impl = JSON
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        if dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import JSONB
+
+            return dialect.type_descriptor(JSONB())
+        return dialect.type_descriptor(JSON())
+
+
+JsonType = _Json()
 
 
 class UTCDateTime(TypeDecorator[datetime]):

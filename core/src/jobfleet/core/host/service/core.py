@@ -115,7 +115,7 @@ class DistributorService:
         run.options = ServiceOptions.from_dict(stored.options.get("service", {}))
         plugin = self.registry.get_cluster(stored.cluster_type)
         settings = plugin.settings(stored.options.get("cluster_settings", {}), self.environ)
-        run.queues = queue_objects(plugin, stored.queue_rows)
+        run.queues = queue_objects(plugin, stored.queue_rows, settings)
         run.queue_rows = {name: row.id for name, row in stored.queue_rows.items()}
         run.channel = open_channel(host_url, create=True)
         kwargs: dict[str, Any] = {"host_url": host_url}
