@@ -1,0 +1,1 @@
+"""jobfleet backend for Kubernetes (being built; not registered as a plugin yet)."""
