@@ -103,6 +103,16 @@ def test_out_of_range_numbers_are_refused(ledger: Path, args: list[str]) -> None
         refused(result, *args)
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-5", "soon"])
+def test_a_wait_that_is_not_a_finite_number_of_seconds_is_refused(ledger: Path, value: str) -> None:
+    # float() reads "nan" and "inf": a kill waiting that long would never end, or end at once.
+    result = jobfleet(ledger, "kill", "1", "--timeout", value)
+    message = refused(result, "kill", "1", "--timeout", value)
+    assert result.returncode == 2
+    assert "--timeout" in message
+    assert "seconds" in message
+
+
 @pytest.mark.parametrize(
     "args",
     [

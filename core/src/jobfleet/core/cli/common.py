@@ -8,6 +8,7 @@ when it runs (docs/performance.md, "Command-line start-up").
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -72,8 +73,9 @@ def not_utf8_message(what: str, shown: str) -> str:
 if TYPE_CHECKING:
     _IdParamType = click.ParamType[int]
     _TextParamType = click.ParamType[str]
+    _FloatParamType = click.ParamType[float]
 else:  # click before 8.2 has no generic ParamType (the project allows click 8.1)
-    _IdParamType = _TextParamType = click.ParamType
+    _IdParamType = _TextParamType = _FloatParamType = click.ParamType
 
 
 class LedgerId(_IdParamType):
@@ -112,7 +114,30 @@ def _bad_id(value: object) -> str:
     return f"{shown!r} is not an id: ids are whole numbers from 1 to {MAX_ID}"
 
 
+class Seconds(_FloatParamType):
+    """A duration in seconds: a finite number, zero or more (`nan` and `inf` are refused)."""
+
+    name = "seconds"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{str(value)[:40]!r} is not a number of seconds", param, ctx)
+        # float() reads "nan" and "inf"; a wait of either would never end (or end at once).
+        if not math.isfinite(number) or number < 0:
+            self.fail(
+                f"{str(value)[:40]!r} is not a number of seconds: give a finite number, 0 or more",
+                param,
+                ctx,
+            )
+        return number
+
+
 LEDGER_ID: Final = LedgerId()
+SECONDS: Final = Seconds()
 RUN_REF: Final = RunRef()
 
 

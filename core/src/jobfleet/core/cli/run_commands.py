@@ -17,6 +17,7 @@ import click
 from jobfleet.core.cli.common import (
     LEDGER_ID,
     RUN_REF,
+    SECONDS,
     console,
     error_console,
     json_option,
@@ -473,7 +474,7 @@ def _detach(ledger: Ledger, run_id: int, as_json: bool) -> None:
     show_default=True,
     help="Wait until the kill is carried out.",
 )
-@click.option("--timeout", type=float, default=120.0, show_default=True, help="Seconds to wait.")
+@click.option("--timeout", type=SECONDS, default=120.0, show_default=True, help="Seconds to wait.")
 @ledger_option
 @json_option
 def kill(
