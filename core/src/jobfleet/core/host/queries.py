@@ -25,7 +25,6 @@ from jobfleet.core.host.ledger.models import (
     TaskInstance,
     utcnow,
 )
-from jobfleet.core.host.ledger.owners import lease_is_live, lease_is_orphaned
 from jobfleet.core.host.ledger.states import FINAL_RUN_STATUSES, InstanceState, TaskState
 from jobfleet.core.host.rows import (
     EventRow,
@@ -36,6 +35,8 @@ from jobfleet.core.host.rows import (
     UsageRow,
     memory_bytes,
     ordered,
+    run_summary_of,
+    task_row,
 )
 from jobfleet.core.resources import MIB
 
@@ -48,6 +49,7 @@ __all__ = [
     "NotFoundError",
     "RunHighlights",
     "RunSummary",
+    "SessionStatus",
     "TaskRow",
     "UsageRow",
     "events",
@@ -167,29 +169,7 @@ def _summaries(session: Session, runs: Sequence[tuple[Run, str]]) -> list[RunSum
         for run_id, state, count in rows:
             counts.setdefault(run_id, {})[state] = count
     now = utcnow()
-    summaries = []
-    for run, cluster in runs:
-        tasks = counts.get(run.id, {})
-        summaries.append(
-            RunSummary(
-                id=run.id,
-                name=run.name,
-                cluster=cluster,
-                status=run.status,
-                created_at=run.created_at,
-                finished_at=run.finished_at,
-                tasks_total=sum(tasks.values()),
-                tasks_done=tasks.get(TaskState.DONE, 0),
-                tasks_failed=tasks.get(TaskState.FAILED, 0),
-                tasks_killed=tasks.get(TaskState.KILLED, 0),
-                tasks_pending=tasks.get(TaskState.PENDING, 0),
-                owner_token=run.owner_token,
-                lease_expires_at=run.lease_expires_at,
-                owner_active=lease_is_live(run, now),
-                owner_orphaned=lease_is_orphaned(run, now),
-            )
-        )
-    return summaries
+    return [run_summary_of(run, cluster, counts.get(run.id, {}), now) for run, cluster in runs]
 
 
 def state_counts(session: Session, run_id: int) -> dict[str, int]:
@@ -211,6 +191,32 @@ def _counts(session: Session, run_id: int, kind: str) -> dict[str, int]:
         select(RunCount.state, RunCount.n).where(RunCount.run_id == run_id, RunCount.kind == kind)
     )
     return {state: int(n) for state, n in rows}
+
+
+class SessionStatus:
+    """The questions of `jobfleet status` (`rows.StatusSource`) asked through a session.
+
+    `host/quick_read.py` asks the same ones of a SQLite ledger without SQLAlchemy.
+    """
+
+    def __init__(self, session: Session, where: str) -> None:
+        self.session = session
+        self.where = where
+
+    def run_count(self) -> int:
+        return run_count(self.session)
+
+    def run_summaries(self, limit: int) -> list[RunSummary]:
+        return run_summaries(self.session, limit=limit)
+
+    def find_run_summary(self, ref: str) -> RunSummary:
+        return run_summary(self.session, find_run(self.session, ref))
+
+    def state_counts(self, run_id: int) -> dict[str, int]:
+        return state_counts(self.session, run_id)
+
+    def task_rows(self, run_id: int, limit: int | None) -> list[TaskRow]:
+        return task_rows(self.session, run_id, limit=limit)
 
 
 # --- tasks ----------------------------------------------------------------------------------
@@ -295,36 +301,7 @@ def task_rows(
 
 
 def _task_rows(session: Session, statement: Select[tuple[Any, ...]]) -> list[TaskRow]:
-    return [
-        TaskRow(
-            task_id=task_id,
-            name=name,
-            task_state=task_state,
-            instance_id=instance_id,
-            instance_state=state,
-            attempts=attempt or 0,
-            exit_reason=reason,
-            wallclock=wallclock,
-            maxrss=maxrss,
-            cpu=cpu,
-            requested_memory=memory_bytes(memory),
-            hostname=hostname,
-        )
-        for (
-            task_id,
-            name,
-            task_state,
-            instance_id,
-            state,
-            attempt,
-            reason,
-            wallclock,
-            maxrss,
-            cpu,
-            memory,
-            hostname,
-        ) in session.execute(statement)
-    ]
+    return [task_row(columns) for columns in session.execute(statement)]
 
 
 def run_highlights(session: Session, run_id: int, *, limit: int = 10) -> RunHighlights:

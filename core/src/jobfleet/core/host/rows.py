@@ -8,12 +8,13 @@ renders them alike, whichever built them. Nothing here imports SQLAlchemy.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from jobfleet.core.errors import JobfleetError, ResourceError
+from jobfleet.core.host.ledger.owners import lease_is_live, lease_is_orphaned
 from jobfleet.core.host.ledger.states import TaskState
 from jobfleet.core.resources import parse_memory
 
@@ -22,10 +23,13 @@ __all__ = [
     "NotFoundError",
     "RunHighlights",
     "RunSummary",
+    "StatusSource",
     "TaskRow",
     "UsageRow",
     "memory_bytes",
     "ordered",
+    "run_summary_of",
+    "task_row",
 ]
 
 
@@ -183,3 +187,95 @@ def memory_bytes(value: object) -> int | None:
         return parse_memory(value)
     except ResourceError:
         return None
+
+
+# --- built the same way by both readers -----------------------------------------------------
+
+
+class RunRecord(Protocol):
+    """A `runs` row as far as a summary needs it (the ORM's `Run`, or a plain row)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def finished_at(self) -> datetime | None: ...
+    @property
+    def owner_token(self) -> str | None: ...
+    @property
+    def lease_expires_at(self) -> datetime | None: ...
+
+
+def run_summary_of(
+    run: RunRecord, cluster: str, tasks: Mapping[str, int], now: datetime
+) -> RunSummary:
+    """The summary of a run, from its row, its cluster's name and its task counts per state."""
+    return RunSummary(
+        id=run.id,
+        name=run.name,
+        cluster=cluster,
+        status=run.status,
+        created_at=run.created_at,
+        finished_at=run.finished_at,
+        tasks_total=sum(tasks.values()),
+        tasks_done=tasks.get(TaskState.DONE, 0),
+        tasks_failed=tasks.get(TaskState.FAILED, 0),
+        tasks_killed=tasks.get(TaskState.KILLED, 0),
+        tasks_pending=tasks.get(TaskState.PENDING, 0),
+        owner_token=run.owner_token,
+        lease_expires_at=run.lease_expires_at,
+        owner_active=lease_is_live(run, now),
+        owner_orphaned=lease_is_orphaned(run, now),
+    )
+
+
+def task_row(columns: Sequence[Any]) -> TaskRow:
+    """A `TaskRow` from the twelve columns `task_rows` selects, in their order: task id, name,
+    state; the latest instance's id, state, attempt, exit reason, wallclock, maxrss, cpu,
+    requested memory (as written) and hostname."""
+    (task_id, name, task_state, instance_id, state, attempt, reason, wallclock, maxrss, cpu,
+     memory, hostname) = columns  # fmt: skip
+    return TaskRow(
+        task_id=task_id,
+        name=name,
+        task_state=task_state,
+        instance_id=instance_id,
+        instance_state=state,
+        attempts=attempt or 0,
+        exit_reason=reason,
+        wallclock=wallclock,
+        maxrss=maxrss,
+        cpu=cpu,
+        requested_memory=memory_bytes(memory),
+        hostname=hostname,
+    )
+
+
+class StatusSource(Protocol):
+    """The questions `jobfleet status` asks: `queries.SessionStatus` answers them through
+    SQLAlchemy, `quick_read.QuickReader` with the stdlib's sqlite3 (a SQLite ledger only)."""
+
+    @property
+    def where(self) -> str:
+        """The ledger's URL, password hidden, as messages show it."""
+        ...
+
+    def run_count(self) -> int: ...
+
+    def run_summaries(self, limit: int) -> list[RunSummary]:
+        """The newest `limit` runs, newest first."""
+        ...
+
+    def find_run_summary(self, ref: str) -> RunSummary:
+        """The summary of the run `ref` names (an id, or else a name); `NotFoundError` if none
+        or several."""
+        ...
+
+    def state_counts(self, run_id: int) -> dict[str, int]: ...
+
+    def task_rows(self, run_id: int, limit: int | None) -> list[TaskRow]: ...
