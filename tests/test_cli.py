@@ -145,14 +145,21 @@ IMPORT_PROBE = (
 
 def imported_by(*args: str, cwd: Path | None = None) -> set[str]:
     """The modules a `jobfleet ARGS` process imported, and their top-level packages."""
+    code, found = imported_by_with_code(*args, cwd=cwd)
+    assert code == 0
+    return found
+
+
+def imported_by_with_code(*args: str, cwd: Path | None = None) -> tuple[int, set[str]]:
+    """How `jobfleet ARGS` exited, and the modules it imported with their top-level packages."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("JOBFLEET_")}
     result = subprocess.run(
         [sys.executable, "-c", IMPORT_PROBE, *args],
         capture_output=True, text=True, env=environ, cwd=cwd, check=False, timeout=120,
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
     modules = result.stdout.rstrip().splitlines()[-1].removeprefix("MODULES ").split()
-    return {name.split(".")[0] for name in modules} | set(modules)
+    return result.returncode, {name.split(".")[0] for name in modules} | set(modules)
 
 
 @pytest.mark.parametrize("args", [["--help"], ["version"], ["status", "--help"], ["run", "--help"]])
@@ -163,11 +170,38 @@ def test_help_and_version_import_no_database_library(args: list[str]) -> None:
     assert "jobfleet.core.host.ledger" not in found
 
 
-def test_status_of_a_current_ledger_does_not_import_alembic(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def small_ledger(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A current SQLite ledger with one run of three tasks (as bench/cli_startup.py makes)."""
     from jobfleet.core.host.ledger import Ledger
+    from jobfleet.core.host.runs import create_run
+    from jobfleet.core.host.taskfile import TaskDefinition
 
-    Ledger.open(tmp_path / "ledger.db").close()  # created at the newest schema
-    found = imported_by("status", "--ledger", str(tmp_path / "ledger.db"))
+    root = tmp_path_factory.mktemp("small")
+    tasks = [TaskDefinition(name=f"task-{n}", command="true") for n in range(3)]
+    with Ledger.open(root / "ledger.db") as ledger:
+        create_run(ledger, tasks, cluster="dummy", work_root=root / "runs")
+    return root / "ledger.db"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["status"], ["status", "--json"], ["status", "--all"], ["status", "1"],
+     ["status", "1", "--json", "--all"], ["status", "no-such-run"]],
+)  # fmt: skip
+def test_status_of_a_current_sqlite_ledger_imports_no_database_library(
+    small_ledger: Path, args: list[str]
+) -> None:
+    # Start-up time: status of a SQLite ledger is read with the stdlib (host/quick_read.py).
+    code, found = imported_by_with_code(*args, "--ledger", str(small_ledger))
+    assert code == (1 if "no-such-run" in args else 0)
+    assert not found & {"sqlalchemy", "alembic"}
+
+
+def test_other_reading_commands_of_a_current_ledger_do_not_import_alembic(
+    small_ledger: Path,
+) -> None:
+    found = imported_by("queues", "list", "--ledger", str(small_ledger))
     assert "sqlalchemy" in found
     assert "alembic" not in found
     assert "sqlalchemy.dialects.postgresql" not in found  # JSONB is loaded for PostgreSQL only

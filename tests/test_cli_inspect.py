@@ -11,6 +11,8 @@ import json
 import os
 import shutil
 import signal
+import socket
+import sqlite3
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from sqlalchemy import select
@@ -312,7 +315,14 @@ def as_a_user_who_may_only_read() -> list[str]:
     return prefix
 
 
-def test_a_read_only_ledger_can_be_looked_into(filled: Filled, tmp_path: Path) -> None:
+def test_a_read_only_ledger_can_be_looked_into(
+    filled: Filled, tmp_path: Path, in_process: InProcess
+) -> None:
+    # What SQLAlchemy's reader shows of the writable original, for the stdlib's to match.
+    slow = {
+        args: in_process.run("status", *args, "--ledger", str(filled.path), quick=False)[1]
+        for args in (("demo",), ("--json",), ("demo", "--json"))
+    }
     shelf = tmp_path / "read-only"
     shelf.mkdir()
     path = shelf / "ledger.db"
@@ -332,6 +342,8 @@ def test_a_read_only_ledger_can_be_looked_into(filled: Filled, tmp_path: Path) -
     try:
         assert "demo" in ok(run("status")).stdout
         assert json.loads(ok(run("status", "demo", "--json")).stdout)["run"]["name"] == "demo"
+        for args, shown in slow.items():
+            assert ok(run("status", *args)).stdout == shown
         assert "alpha" in ok(run("usage", "demo")).stdout
         assert "attempt 1 queued" in ok(run("events", "demo")).stdout
         assert ok(run("logs", str(filled.alpha_d))).stdout.startswith("first line")
@@ -657,3 +669,227 @@ def test_help_explains(command: str) -> None:
 def test_an_optional_run_shows_as_optional(command: str) -> None:
     usage = ok(jobfleet(command, "--help")).stdout.splitlines()[0]
     assert usage == f"Usage: jobfleet {command} [OPTIONS] [RUN]"
+
+
+# --- status: the stdlib reader answers as SQLAlchemy does -----------------------------------
+# `status` of a current SQLite ledger is read with sqlite3 (host/quick_read.py: start-up time);
+# every other ledger through SQLAlchemy. Both must print the same, byte for byte.
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+@pytest.fixture
+def many_states(filled: Filled) -> Filled:
+    """`filled` and more runs: killed, created, owners alive, dead and expired, odd names."""
+    here = socket.gethostname()
+    now = utcnow()
+    with Ledger.open(filled.path) as ledger, ledger.session() as session:
+        cluster_id = session.scalars(select(Cluster.id)).one()
+
+        def run(name: str, status: str, **values: Any) -> Run:
+            made = Run(name=name, cluster_id=cluster_id, status=status, **values)
+            session.add(made)
+            session.flush()
+            return made
+
+        killed = run("stopped", "killed", finished_at=now - timedelta(minutes=1))
+        _attempt(session, _task(session, killed, "was running", "killed"), "IORK", "1G")
+        _attempt(session, _task(session, killed, "finished", "done"), "IORD", "2G", cpu=0.25)
+        _task(session, killed, "never started", "killed")
+        orphan = run("orphan", "running", owner_token=f"{here}:{_dead_pid()}:x",
+                     lease_expires_at=now + timedelta(minutes=10))  # fmt: skip
+        runner = _task(session, orphan, "[bold red]not markup[/]", "pending")
+        _attempt(session, runner, "IOR", "512M", hostname="node2")
+        _task(session, orphan, "no attempt yet", "pending")
+        odd = _task(session, orphan, "café ✓", "pending")
+        instance = add_instance(session, odd, {"memory": 1024, "cores": 1})
+        transition(session, instance, "I", "picked")
+        run("expired", "running", owner_token="elsewhere:1:y",  # noqa: S106
+            lease_expires_at=now - timedelta(minutes=1))  # fmt: skip
+        mine = run("mine", "running", owner_token=f"{here}:{os.getpid()}:z",
+                   lease_expires_at=now + timedelta(minutes=10))  # fmt: skip
+        _attempt(session, _task(session, mine, "fatal", "failed"), "IORF", "100M")
+        run("created", "created")
+        run("4242", "done")  # digits that are no run's id: a name
+        run(str(filled.live), "done")  # digits that are a run's id: the id wins
+        run("twice", "done")
+        run("twice", "failed")
+    return filled
+
+
+STATUS_ARGS = [
+    [], ["--json"], ["--limit", "2"], ["--limit", "2", "--json"], ["--all"], ["--all", "--json"],
+    ["999"], ["nope"], ["twice"], ["4242"], ["4242", "--json"],
+]  # fmt: skip
+RUN_ARGS = [[], ["--json"], ["--limit", "1"], ["--limit", "1", "--json"], ["--all"],
+            ["--all", "--json", "--limit", "1"]]  # fmt: skip
+RUNS = ["demo", "live", "stopped", "orphan", "expired", "mine", "created", " 1 "]
+
+
+@dataclass
+class InProcess:
+    """`jobfleet ARGS` run in this process, through the stdlib reader or with it turned off."""
+
+    monkeypatch: pytest.MonkeyPatch
+    capsys: pytest.CaptureFixture[str]
+    answered: list[str]
+
+    def run(self, *args: str, quick: bool = True) -> tuple[int, str, str]:
+        from jobfleet.core.cli import main
+        from jobfleet.core.host import quick_read
+
+        with self.monkeypatch.context() as patch:
+            if not quick:
+                patch.setattr(quick_read, "sqlite_file", lambda url: None)
+            self.capsys.readouterr()
+            code = main(list(args))
+            out, err = self.capsys.readouterr()
+        return code, out, err
+
+    def both(self, *args: str) -> tuple[int, str, str]:
+        """The output of both readers, checked to be the same; the stdlib one's first."""
+        quick = self.run(*args)
+        assert quick == self.run(*args, quick=False), args
+        return quick
+
+
+@pytest.fixture
+def in_process(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> InProcess:
+    from jobfleet.core.host import quick_read
+
+    for name in list(os.environ):
+        if name.startswith("JOBFLEET_"):
+            monkeypatch.delenv(name)
+    answered: list[str] = []
+    real = quick_read.open_reader
+
+    @contextmanager
+    def spy(database: str, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        with real(database, *args, **kwargs) as reader:
+            answered.append(database)  # the stdlib reader got past its checks
+            yield reader
+
+    monkeypatch.setattr(quick_read, "open_reader", spy)
+    return InProcess(monkeypatch, capsys, answered)
+
+
+def test_status_reads_alike_without_sqlalchemy(many_states: Filled, in_process: InProcess) -> None:
+    ledger = ["--ledger", str(many_states.path)]
+    for args in STATUS_ARGS + [[ref, *more] for ref in RUNS for more in RUN_ARGS]:
+        code, _, err = in_process.both("status", *args, *ledger)
+        assert in_process.answered.pop() == str(many_states.path), args
+        assert "Traceback" not in err
+        assert (code == 0) == (args[:1] not in (["999"], ["nope"], ["twice"])), (args, err)
+    # The owner's state is worked out alike: alive, dead (orphaned), expired, elsewhere.
+    runs = {run["name"]: run for run in json.loads(in_process.run("status", "--json", *ledger)[1])
+            ["runs"]}  # fmt: skip
+    assert (runs["mine"]["owner_active"], runs["mine"]["owner_orphaned"]) == (True, False)
+    assert (runs["orphan"]["owner_active"], runs["orphan"]["owner_orphaned"]) == (False, True)
+    assert (runs["expired"]["owner_active"], runs["expired"]["owner_orphaned"]) == (False, False)
+    assert runs["live"]["owner_active"] is True
+    assert "orphaned: owner dead" in in_process.run("status", "orphan", *ledger)[1]
+    assert in_process.run("status", "4242", *ledger)[1].startswith("Run ")
+
+
+def test_status_reads_alike_from_every_form_of_a_sqlite_ledger_name(
+    filled: Filled, in_process: InProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    odd = tmp_path / "a dir+with %20 odd name"
+    odd.mkdir()
+    shutil.copyfile(filled.path, odd / "ledger.db")
+    monkeypatch.chdir(odd)
+    (odd / ".jobfleet").mkdir()
+    shutil.copyfile(filled.path, odd / ".jobfleet" / "ledger.db")
+    names = {  # the ledger, and whether the name reaches it
+        "absolute": (["--ledger", str(odd / "ledger.db")], True),
+        "relative": (["--ledger", "ledger.db"], True),
+        "quoted URL": (["--ledger", "sqlite:///" + quote(str(odd / "ledger.db"))], True),
+        "relative URL": (["--ledger", "sqlite:///ledger.db"], True),
+        # A URL is unquoted: "%20" is a space, and this file does not exist.
+        "unquoted URL": (["--ledger", f"sqlite:///{odd / 'ledger.db'}"], False),
+        "default": ([], True),
+    }
+    for name, (ledger, found) in names.items():
+        for args in ([], ["demo"], ["nope"], ["--json"]):
+            code, _, err = in_process.both("status", *args, *ledger)
+            assert (code == 0) == (found and args != ["nope"]), (name, args, err)
+            assert len(in_process.answered) == int(found), name
+            in_process.answered.clear()
+    monkeypatch.setenv("JOBFLEET_LEDGER", "ledger.db")
+    in_process.both("status", "demo")
+    assert in_process.answered == [str(odd / "ledger.db")]
+
+
+def _ledger_at_revision(path: Path, revision: str) -> None:
+    from alembic import command
+
+    from jobfleet.core.host.ledger.engine import create_ledger_engine, resolve_url
+    from jobfleet.core.host.ledger.migrate import alembic_config
+
+    engine = create_ledger_engine(resolve_url(path))
+    try:
+        with engine.begin() as connection:
+            config = alembic_config()
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+    finally:
+        engine.dispose()
+
+
+def _sql(path: Path, *statements: str) -> None:
+    connection = sqlite3.connect(path)
+    with connection:
+        for statement in statements:
+            connection.execute(statement)
+    connection.close()
+
+
+def _files(directory: Path) -> list[str]:
+    # SQLite's -wal and -shm files come and go with any reader of a WAL database.
+    return sorted(p.name for p in directory.iterdir() if not p.name.endswith(("-wal", "-shm")))
+
+
+def test_status_leaves_other_ledgers_to_sqlalchemy(
+    filled: Filled, in_process: InProcess, tmp_path: Path
+) -> None:
+    """An older schema (migrated, as before), a newer one, another application's database, a
+    file that is no database, a missing file, PostgreSQL: the SQLAlchemy path answers (or
+    refuses) as it always has, and the stdlib reader never answers nor writes."""
+    older = tmp_path / "older.db"
+    _ledger_at_revision(older, "0004")
+    assert in_process.run("status", "--json", "--ledger", str(older)) == (
+        0,
+        '{\n  "runs": []\n}\n',
+        "",
+    )
+    newer = tmp_path / "newer.db"
+    shutil.copyfile(filled.path, newer)
+    _sql(newer, "UPDATE alembic_version SET version_num = '9999'")
+    foreign = tmp_path / "foreign.db"
+    _sql(foreign, "CREATE TABLE people (id INTEGER PRIMARY KEY)")
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"not a database, " * 100)
+    refused = {
+        newer: "revision '9999', which this jobfleet does not know",
+        foreign: "is not a jobfleet ledger: it has tables (people)",
+        garbage: "could not be opened: file is not a database",
+        tmp_path / "missing.db": "There is no ledger at",
+        tmp_path / "no-such-dir" / "ledger.db": "There is no ledger at",
+    }
+    for path, message in refused.items():
+        before = _files(tmp_path), path.exists() and path.read_bytes()
+        for args in ([], ["demo", "--json"]):
+            code, out, err = in_process.both("status", *args, "--ledger", str(path))
+            assert (code, out) == (1, ""), path
+            assert message in err
+            assert "Traceback" not in err
+        assert (_files(tmp_path), path.exists() and path.read_bytes()) == before, path
+    postgres = "postgresql+psycopg://someone:secret@127.0.0.1:1/nothing"
+    code, _, err = in_process.both("status", "--ledger", postgres)
+    assert code == 1
+    assert "secret" not in err
+    assert in_process.answered == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 import threading
@@ -599,3 +600,16 @@ def test_run_counts_follow_every_kind_of_write(ledger: Ledger) -> None:
     with ledger.read_session() as session:
         assert run_id not in {key[0] for key in counted(session, "instance")}
         assert counted(session, "instance") == recount(session, TaskInstance)
+
+
+def test_every_name_of_the_package_is_found_when_first_used() -> None:
+    # The package loads its names lazily (so that `jobfleet status` need not import
+    # SQLAlchemy): each name it exports must come from the module it says.
+    import jobfleet.core.host.ledger as package
+
+    assert set(package.__all__) == set(package._MODULE_OF)
+    for name in package.__all__:
+        module = importlib.import_module(f"{package.__name__}.{package._MODULE_OF[name]}")
+        assert getattr(package, name) is getattr(module, name), name
+    with pytest.raises(AttributeError, match="no_such_name"):
+        _ = package.no_such_name  # type: ignore[attr-defined]

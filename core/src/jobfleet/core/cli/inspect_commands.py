@@ -15,11 +15,12 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Final
+from typing import IO, TYPE_CHECKING, Any, Final, TypeVar
 
 import click
 
@@ -40,8 +41,8 @@ if TYPE_CHECKING:
     from rich.table import Table
     from rich.text import Text
 
-    from jobfleet.core.host import queries
     from jobfleet.core.host.ledger import Ledger
+    from jobfleet.core.host.rows import EventRow, RunSummary, StatusSource, TaskRow
 
 # The ledger, SQLAlchemy and rich are imported inside the commands, when they run: `jobfleet
 # --help` must not pay for them (see common.py).
@@ -72,21 +73,25 @@ def _existing_ledger(url: str | None, *, write: bool = False) -> Iterator[Ledger
     It is opened read-only unless the command writes (`write`).
     """
     from jobfleet.core.host.ledger import resolve_url
-    from jobfleet.core.host.queries import NotFoundError
 
     resolved = resolve_url(url)
     if resolved.get_backend_name() == "sqlite" and resolved.database:
-        path = Path(resolved.database)
-        if not path.exists():
-            raise NotFoundError(
-                f"There is no ledger at {path}: nothing has run with it yet. Name another "
-                "with --ledger URL or $JOBFLEET_LEDGER."
-            )
+        _check_ledger_file(Path(resolved.database))
     ledger = open_ledger(url, read_only=not write)
     try:
         yield ledger
     finally:
         ledger.close()
+
+
+def _check_ledger_file(path: Path) -> None:
+    from jobfleet.core.host.rows import NotFoundError
+
+    if not path.exists():
+        raise NotFoundError(
+            f"There is no ledger at {path}: nothing has run with it yet. Name another "
+            "with --ledger URL or $JOBFLEET_LEDGER."
+        )
 
 
 def _time(moment: datetime | None) -> str:
@@ -121,6 +126,8 @@ def _state_name(letter: str) -> str:
         return "?"
 
 
+_T = TypeVar("_T")
+
 # --- status ---------------------------------------------------------------------------------
 
 
@@ -146,40 +153,87 @@ def status(
     are in each state (Q queued … D done), how many tasks are done, failed or pending, and the
     first tasks with their latest attempt. `jobfleet logs INSTANCE` shows an attempt's output.
     """
-    from jobfleet.core.host import queries
-
-    with _existing_ledger(ledger_url) as ledger, ledger.read_session() as session:
-        if run_ref is None:
-            total = queries.run_count(session)
-            summaries = queries.run_summaries(session, limit=total if show_all else limit)
-            if as_json:
-                print_json({"runs": [summary.to_dict() for summary in summaries]})
-                return
-            _print_runs(summaries, total, ledger.safe_url)
+    view = _from_status_source(
+        ledger_url, lambda source: _status_view(source, run_ref, None if show_all else limit)
+    )
+    if isinstance(view, _RunsView):
+        if as_json:
+            print_json({"runs": [summary.to_dict() for summary in view.summaries]})
             return
-        run = queries.find_run(session, run_ref)
-        summary = queries.run_summary(session, run)
-        states = queries.state_counts(session, run.id)
-        # The summary has counted the tasks already: on a run of a million tasks each count
-        # is tens of milliseconds.
-        tasks = summary.task_counts()
-        rows = queries.task_rows(session, run.id, limit=None if show_all else limit)
-    hidden = summary.tasks_total - len(rows)
+        _print_runs(view.summaries, view.total, view.where)
+        return
     if as_json:
         print_json(
             {
-                "run": summary.to_dict(),
-                "state_counts": states,
-                "task_counts": tasks,
-                "tasks": [row.to_dict() for row in rows],
-                "tasks_not_shown": hidden,
+                "run": view.summary.to_dict(),
+                "state_counts": view.states,
+                "task_counts": view.tasks,
+                "tasks": [row.to_dict() for row in view.rows],
+                "tasks_not_shown": view.hidden,
             }
         )
         return
-    _print_run(summary, states, tasks, rows, hidden)
+    _print_run(view.summary, view.states, view.tasks, view.rows, view.hidden)
 
 
-def _owner(summary: queries.RunSummary) -> Text:
+@dataclass(frozen=True)
+class _RunsView:
+    """What `status` shows without RUN."""
+
+    where: str
+    total: int
+    summaries: list[RunSummary]
+
+
+@dataclass(frozen=True)
+class _RunView:
+    """What `status RUN` shows."""
+
+    summary: RunSummary
+    states: dict[str, int]
+    tasks: dict[str, int]
+    rows: list[TaskRow]
+    hidden: int
+
+
+def _status_view(
+    source: StatusSource, run_ref: str | None, limit: int | None
+) -> _RunsView | _RunView:
+    """Everything `status` shows, asked of either reader; `limit` None is --all."""
+    if run_ref is None:
+        total = source.run_count()
+        summaries = source.run_summaries(total if limit is None else limit)
+        return _RunsView(source.where, total, summaries)
+    summary = source.find_run_summary(run_ref)
+    states = source.state_counts(summary.id)
+    # The summary has counted the tasks already: on a run of a million tasks each count is
+    # tens of milliseconds.
+    tasks = summary.task_counts()
+    task_rows = source.task_rows(summary.id, limit)
+    return _RunView(summary, states, tasks, task_rows, summary.tasks_total - len(task_rows))
+
+
+def _from_status_source(url: str | None, read: Callable[[StatusSource], _T]) -> _T:
+    """`read` of the ledger at `url`: of a current SQLite ledger through the stdlib's sqlite3,
+    which spares `status` the import of SQLAlchemy (host/quick_read.py, start-up time); of any
+    other (PostgreSQL, an older schema to migrate, a file to refuse) through SQLAlchemy."""
+    from jobfleet.core.host import quick_read
+
+    database = quick_read.sqlite_file(url)
+    if database is not None:
+        _check_ledger_file(Path(database))
+        try:
+            with quick_read.open_reader(database) as reader:
+                return read(reader)
+        except quick_read.Unavailable:
+            pass  # SQLAlchemy's path migrates, refuses or explains, as for every command
+    from jobfleet.core.host.queries import SessionStatus
+
+    with _existing_ledger(url) as ledger, ledger.read_session() as session:
+        return read(SessionStatus(session, ledger.safe_url))
+
+
+def _owner(summary: RunSummary) -> Text:
     from rich.text import Text
 
     if summary.owner_token is None:
@@ -191,7 +245,7 @@ def _owner(summary: queries.RunSummary) -> Text:
     return Text(f"{summary.owner_token} (expired)", style="dim")
 
 
-def _print_runs(summaries: Sequence[queries.RunSummary], total: int, where: str) -> None:
+def _print_runs(summaries: Sequence[RunSummary], total: int, where: str) -> None:
     from rich.table import Table
     from rich.text import Text
 
@@ -226,10 +280,10 @@ def _print_runs(summaries: Sequence[queries.RunSummary], total: int, where: str)
 
 
 def _print_run(
-    summary: queries.RunSummary,
+    summary: RunSummary,
     states: dict[str, int],
     tasks: dict[str, int],
-    rows: Sequence[queries.TaskRow],
+    rows: Sequence[TaskRow],
     hidden: int,
 ) -> None:
     from rich.text import Text
@@ -271,7 +325,7 @@ def _print_run(
     out.print(table)
 
 
-def task_table(rows: Sequence[queries.TaskRow], title: str | None = None) -> Table:
+def task_table(rows: Sequence[TaskRow], title: str | None = None) -> Table:
     """One line per task with its latest attempt (names shown as text, never as markup)."""
     from rich.table import Table
     from rich.text import Text
@@ -598,7 +652,7 @@ def _print_events(
         time.sleep(FOLLOW_INTERVAL)  # a Ctrl-C during the sleep is seen when it ends
 
 
-def _event_line(row: queries.EventRow) -> str:
+def _event_line(row: EventRow) -> str:
     if row.instance_id is None:
         who = "run"
     else:

@@ -13,3 +13,5 @@ ENV_VAR: Final = "JOBFLEET_LEDGER"
 """The environment variable naming the ledger (a SQLite path or a database URL)."""
 DEFAULT_PATH: Final = Path(".jobfleet") / "ledger.db"
 """The SQLite ledger used when neither `--ledger` nor $JOBFLEET_LEDGER names one."""
+DEFAULT_BUSY_TIMEOUT: Final = 30.0
+"""Seconds a ledger connection waits for a SQLite lock held by another process."""

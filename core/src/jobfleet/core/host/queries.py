@@ -1,26 +1,21 @@
 """Read-only questions about the ledger, for `jobfleet status`, `usage` and `events`.
 
 Every function takes a SQLAlchemy `Session` (a `Ledger.read_session()` is enough), never writes,
-and returns frozen dataclasses whose `to_dict()` is JSON-ready: datetimes as ISO 8601 text,
-sizes in bytes as ints. Each is one or two statements whatever the size of the run, shaped to
-use the ledger's indexes: `task_rows` with a small `limit` reads only the tasks of its page and
-their latest instances, not every instance of the run.
+and returns frozen dataclasses (host/rows.py) whose `to_dict()` is JSON-ready: datetimes as ISO
+8601 text, sizes in bytes as ints. Each is one or two statements whatever the size of the run,
+shaped to use the ledger's indexes: `task_rows` with a small `limit` reads only the tasks of its
+page and their latest instances, not every instance of the run.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Sequence
 from typing import Any, Final
 
 from sqlalchemy import ColumnElement, Select, and_, func, select
 from sqlalchemy.orm import Session
 
-from jobfleet.core.errors import JobfleetError, ResourceError
 from jobfleet.core.host.ledger.engine import in_batches, safe_url
-from jobfleet.core.host.ledger.leases import lease_is_live, lease_is_orphaned
 from jobfleet.core.host.ledger.models import (
     Cluster,
     Event,
@@ -31,7 +26,19 @@ from jobfleet.core.host.ledger.models import (
     utcnow,
 )
 from jobfleet.core.host.ledger.states import FINAL_RUN_STATUSES, InstanceState, TaskState
-from jobfleet.core.resources import MIB, parse_memory
+from jobfleet.core.host.rows import (
+    EventRow,
+    NotFoundError,
+    RunHighlights,
+    RunSummary,
+    TaskRow,
+    UsageRow,
+    memory_bytes,
+    ordered,
+    run_summary_of,
+    task_row,
+)
+from jobfleet.core.resources import MIB
 
 __all__ = [
     "FINAL_RUN_STATUSES",
@@ -42,6 +49,7 @@ __all__ = [
     "NotFoundError",
     "RunHighlights",
     "RunSummary",
+    "SessionStatus",
     "TaskRow",
     "UsageRow",
     "events",
@@ -70,130 +78,6 @@ OVER_REQUEST_FACTOR: Final = 2
 OVER_REQUEST_FLOOR: Final = 64 * MIB
 # A peak at least this share of the request is close to being killed for memory.
 NEAR_LIMIT_SHARE: Final = 0.9
-
-
-class NotFoundError(JobfleetError, LookupError):
-    """A run or task instance asked for is not in the ledger (or its name is ambiguous)."""
-
-
-# --- result rows ----------------------------------------------------------------------------
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, _Row):
-        return value.to_dict()
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, Mapping):
-        return {str(key): _jsonable(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(item) for item in value]
-    return value
-
-
-class _Row:
-    """`to_dict()` for the frozen dataclasses below."""
-
-    def to_dict(self) -> dict[str, Any]:
-        """The fields as a JSON-ready dict: datetimes in ISO 8601, tuples as lists."""
-        assert dataclasses.is_dataclass(self)
-        return {
-            field.name: _jsonable(getattr(self, field.name)) for field in dataclasses.fields(self)
-        }
-
-
-@dataclass(frozen=True)
-class RunSummary(_Row):
-    """One run with its task counts and owner, as `jobfleet status` lists it."""
-
-    id: int
-    name: str
-    cluster: str
-    status: str
-    created_at: datetime
-    finished_at: datetime | None
-    tasks_total: int
-    tasks_done: int
-    tasks_failed: int
-    tasks_killed: int
-    tasks_pending: int
-    owner_token: str | None
-    lease_expires_at: datetime | None
-    owner_active: bool
-    """Whether a live service holds an unexpired lease on the run (is working on it now)."""
-    owner_orphaned: bool
-    """Whether the lease is unexpired but its owner, a service of this machine, is dead:
-    nobody drives the run (`jobfleet run --resume` finishes it, `jobfleet kill` kills it)."""
-
-    def task_counts(self) -> dict[str, int]:
-        """Tasks per state, as `task_counts` gives them (states with none left out)."""
-        counts = {
-            TaskState.PENDING.value: self.tasks_pending,
-            TaskState.DONE.value: self.tasks_done,
-            TaskState.FAILED.value: self.tasks_failed,
-            TaskState.KILLED.value: self.tasks_killed,
-        }
-        return _ordered(counts, [state.value for state in TaskState])
-
-
-@dataclass(frozen=True)
-class TaskRow(_Row):
-    """One task and its latest attempt (instance); instance fields are None before any."""
-
-    task_id: int
-    name: str
-    task_state: str
-    instance_id: int | None
-    instance_state: str | None
-    attempts: int
-    """The latest attempt's number: how many attempts the task has had so far."""
-    exit_reason: str | None
-    wallclock: float | None
-    maxrss: int | None
-    cpu: float | None
-    requested_memory: int | None
-    """Bytes, read from the latest instance's requested resources."""
-    hostname: str | None
-
-
-@dataclass(frozen=True)
-class UsageRow(_Row):
-    """A task's latest instance that reported usage, against what it requested."""
-
-    task_id: int
-    name: str
-    instance_id: int
-    attempt: int
-    """The attempt whose usage this is."""
-    attempts: int
-    """How many attempts the task has had (a later one may not have reported usage yet)."""
-    state: str
-    requested_memory: int | None
-    maxrss: int
-    cpu: float | None
-    wallclock: float | None
-    memory_by_attempt: tuple[str | None, ...]
-    """The memory each attempt requested, as written in the ledger ("100M", "150M")."""
-    flag: str | None
-    """`OVER_REQUESTED`, `RESOURCE_RETRIED`, `NEAR_LIMIT` or None."""
-
-
-@dataclass(frozen=True)
-class EventRow(_Row):
-    """One entry of a run's event log, with the task and attempt it is about (if any)."""
-
-    id: int
-    run_id: int
-    at: datetime
-    kind: str
-    instance_id: int | None
-    task_id: int | None
-    task_name: str | None
-    attempt: int | None
-    from_state: str | None
-    to_state: str | None
-    message: str
-    details: Mapping[str, Any]
 
 
 # --- lookups --------------------------------------------------------------------------------
@@ -285,29 +169,7 @@ def _summaries(session: Session, runs: Sequence[tuple[Run, str]]) -> list[RunSum
         for run_id, state, count in rows:
             counts.setdefault(run_id, {})[state] = count
     now = utcnow()
-    summaries = []
-    for run, cluster in runs:
-        tasks = counts.get(run.id, {})
-        summaries.append(
-            RunSummary(
-                id=run.id,
-                name=run.name,
-                cluster=cluster,
-                status=run.status,
-                created_at=run.created_at,
-                finished_at=run.finished_at,
-                tasks_total=sum(tasks.values()),
-                tasks_done=tasks.get(TaskState.DONE, 0),
-                tasks_failed=tasks.get(TaskState.FAILED, 0),
-                tasks_killed=tasks.get(TaskState.KILLED, 0),
-                tasks_pending=tasks.get(TaskState.PENDING, 0),
-                owner_token=run.owner_token,
-                lease_expires_at=run.lease_expires_at,
-                owner_active=lease_is_live(run, now),
-                owner_orphaned=lease_is_orphaned(run, now),
-            )
-        )
-    return summaries
+    return [run_summary_of(run, cluster, counts.get(run.id, {}), now) for run, cluster in runs]
 
 
 def state_counts(session: Session, run_id: int) -> dict[str, int]:
@@ -315,12 +177,12 @@ def state_counts(session: Session, run_id: int) -> dict[str, int]:
 
     Letters with no instance are left out.
     """
-    return _ordered(_counts(session, run_id, "instance"), [state.value for state in InstanceState])
+    return ordered(_counts(session, run_id, "instance"), [state.value for state in InstanceState])
 
 
 def task_counts(session: Session, run_id: int) -> dict[str, int]:
     """How many of the run's tasks are in each `TaskState`; states with none are left out."""
-    return _ordered(_counts(session, run_id, "task"), [state.value for state in TaskState])
+    return ordered(_counts(session, run_id, "task"), [state.value for state in TaskState])
 
 
 def _counts(session: Session, run_id: int, kind: str) -> dict[str, int]:
@@ -331,11 +193,30 @@ def _counts(session: Session, run_id: int, kind: str) -> dict[str, int]:
     return {state: int(n) for state, n in rows}
 
 
-def _ordered(counts: Mapping[str, int], order: Iterable[str]) -> dict[str, int]:
-    known = list(order)
-    # Values the enums do not know (written by a newer jobfleet) come last, not lost.
-    keys = [key for key in known if key in counts] + sorted(set(counts) - set(known))
-    return {key: int(counts[key]) for key in keys if counts[key]}
+class SessionStatus:
+    """The questions of `jobfleet status` (`rows.StatusSource`) asked through a session.
+
+    `host/quick_read.py` asks the same ones of a SQLite ledger without SQLAlchemy.
+    """
+
+    def __init__(self, session: Session, where: str) -> None:
+        self.session = session
+        self.where = where
+
+    def run_count(self) -> int:
+        return run_count(self.session)
+
+    def run_summaries(self, limit: int) -> list[RunSummary]:
+        return run_summaries(self.session, limit=limit)
+
+    def find_run_summary(self, ref: str) -> RunSummary:
+        return run_summary(self.session, find_run(self.session, ref))
+
+    def state_counts(self, run_id: int) -> dict[str, int]:
+        return state_counts(self.session, run_id)
+
+    def task_rows(self, run_id: int, limit: int | None) -> list[TaskRow]:
+        return task_rows(self.session, run_id, limit=limit)
 
 
 # --- tasks ----------------------------------------------------------------------------------
@@ -420,50 +301,7 @@ def task_rows(
 
 
 def _task_rows(session: Session, statement: Select[tuple[Any, ...]]) -> list[TaskRow]:
-    return [
-        TaskRow(
-            task_id=task_id,
-            name=name,
-            task_state=task_state,
-            instance_id=instance_id,
-            instance_state=state,
-            attempts=attempt or 0,
-            exit_reason=reason,
-            wallclock=wallclock,
-            maxrss=maxrss,
-            cpu=cpu,
-            requested_memory=_memory_bytes(memory),
-            hostname=hostname,
-        )
-        for (
-            task_id,
-            name,
-            task_state,
-            instance_id,
-            state,
-            attempt,
-            reason,
-            wallclock,
-            maxrss,
-            cpu,
-            memory,
-            hostname,
-        ) in session.execute(statement)
-    ]
-
-
-@dataclass(frozen=True)
-class RunHighlights(_Row):
-    """What a large run's final summary shows instead of every task: the tasks that did not
-    end done, the slowest and the hungriest (by their latest attempt), at most `limit` each."""
-
-    not_done: tuple[TaskRow, ...]
-    """The first tasks (in id order) that failed, were killed or are still pending."""
-    not_done_total: int
-    slowest: tuple[TaskRow, ...]
-    """By wall-clock time, longest first."""
-    hungriest: tuple[TaskRow, ...]
-    """By peak memory (maxrss), largest first."""
+    return [task_row(columns) for columns in session.execute(statement)]
 
 
 def run_highlights(session: Session, run_id: int, *, limit: int = 10) -> RunHighlights:
@@ -484,16 +322,6 @@ def run_highlights(session: Session, run_id: int, *, limit: int = 10) -> RunHigh
         slowest=top(TaskInstance.wallclock),
         hungriest=top(TaskInstance.maxrss),
     )
-
-
-def _memory_bytes(value: object) -> int | None:
-    """Bytes of a memory value written in requested resources ("1536M"); None if unreadable."""
-    if value is None:
-        return None
-    try:
-        return parse_memory(value)
-    except ResourceError:
-        return None
 
 
 # --- usage ----------------------------------------------------------------------------------
@@ -541,7 +369,7 @@ def _add_usage(rows: list[UsageRow], attempts: list[Any]) -> None:
     if not with_usage:
         return
     task_id, name, instance_id, attempt, state, memory, maxrss, cpu, wallclock = with_usage[-1]
-    requested = _memory_bytes(memory)
+    requested = memory_bytes(memory)
     retried = any(row[4] == InstanceState.RESOURCE_ERROR and row[3] < attempt for row in attempts)
     rows.append(
         UsageRow(

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Final, TypeVar
-from urllib.parse import quote
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from jobfleet.core.host.defaults import DEFAULT_PATH, ENV_VAR
+from jobfleet.core.host.defaults import DEFAULT_BUSY_TIMEOUT, DEFAULT_PATH, ENV_VAR
 from jobfleet.core.host.ledger.errors import LedgerError
+from jobfleet.core.host.ledger.read_only import connect_read_only
 from jobfleet.core.private import create_private_file, make_private_dirs
 
 __all__ = [
@@ -28,7 +27,6 @@ __all__ = [
     "safe_url",
 ]
 
-DEFAULT_BUSY_TIMEOUT: Final = 30.0
 STDIN_URL: Final = "-"
 """Given as the URL: read the URL from the first line of standard input. How a detached run
 hands its ledger URL (and password) to its service, where no other process can see it."""
@@ -153,33 +151,10 @@ def _create_private_database(path: Path) -> None:
 
 
 def _read_only_connector(database: str, busy_timeout: float) -> Any:
-    """Connections that open the file read-only (`mode=ro`), so that no write can happen.
+    """Connections that open the file read-only (see `read_only.connect_read_only`)."""
 
-    A WAL database is read through its `-shm` index, which SQLite creates beside the file when
-    it is missing (the last connection to close removes it). Where it is missing and cannot be
-    created (a directory the user may not write) and no `-wal` file shows a writer at work,
-    the file is read as immutable: as it is, without locks.
-    """
-    target = "file:" + quote(str(Path(database).absolute()))
-
-    def connect() -> sqlite3.Connection:
-        def attempt(options: str) -> sqlite3.Connection:
-            connection = sqlite3.connect(
-                f"{target}?{options}", uri=True, timeout=busy_timeout, check_same_thread=False
-            )
-            try:
-                connection.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
-            except sqlite3.Error:
-                connection.close()
-                raise
-            return connection
-
-        try:
-            return attempt("mode=ro")
-        except sqlite3.OperationalError:
-            if Path(f"{database}-wal").exists():
-                raise
-            return attempt("mode=ro&immutable=1")
+    def connect() -> Any:
+        return connect_read_only(database, busy_timeout)
 
     return connect
 

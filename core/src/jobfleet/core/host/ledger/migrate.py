@@ -2,13 +2,12 @@
 
 Opening a ledger whose schema is current (the common case) costs one query and no import of
 Alembic: the stored revision is read with plain SQL and compared with the newest revision,
-which is read from the migration files' text. Alembic is imported only to migrate.
+which is read from the migration files' text (`revisions`). Alembic is imported only to
+migrate.
 """
 
 from __future__ import annotations
 
-import re
-from functools import cache
 from importlib import resources
 from typing import TYPE_CHECKING, Final
 
@@ -16,6 +15,7 @@ from sqlalchemy import Connection, Engine, inspect, text
 
 from jobfleet.core.host.ledger.engine import READ_ONLY_OPTION, safe_url
 from jobfleet.core.host.ledger.errors import LedgerError
+from jobfleet.core.host.ledger.revisions import known_revisions, quick_head
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -24,11 +24,6 @@ if TYPE_CHECKING:
 # migrating ("jobfleet" in ASCII, fits a bigint).
 _PG_LOCK_KEY: Final = 0x6A6F62666C656574
 VERSION_TABLE: Final = "alembic_version"
-# `revision = "0004"` and `down_revision: str | None = "0003"` (or None) in a migration file.
-_REVISION_RE: Final = re.compile(r"^revision(?:\s*:[^=\n]*)?\s*=\s*[\"']([^\"']+)[\"']", re.M)
-_DOWN_RE: Final = re.compile(
-    r"^down_revision(?:\s*:[^=\n]*)?\s*=\s*(?:[\"']([^\"']+)[\"']|None)\s*$", re.M
-)
 
 
 class ForeignDatabaseError(LedgerError):
@@ -50,33 +45,6 @@ def head_revision() -> str | None:
     from alembic.script import ScriptDirectory
 
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
-
-
-@cache
-def known_revisions() -> dict[str, str | None]:
-    """Each migration's revision and the revision it follows, read from the files' text.
-
-    Reading a handful of small files costs far less than importing Alembic's script machinery.
-    A file the pattern cannot read is left out, which makes `quick_head` give up (None).
-    """
-    found: dict[str, str | None] = {}
-    versions = resources.files("jobfleet.core.host.ledger") / "migrations" / "versions"
-    for entry in versions.iterdir():
-        if not entry.name.endswith(".py"):
-            continue
-        source = entry.read_text(encoding="utf-8")
-        revision, down = _REVISION_RE.search(source), _DOWN_RE.search(source)
-        if revision is not None and down is not None:
-            found[revision[1]] = down[1]
-    return found
-
-
-def quick_head() -> str | None:
-    """The newest revision read from the migration files; None when they do not form one line
-    (then only Alembic can say, and the caller asks it)."""
-    revisions = known_revisions()
-    heads = set(revisions) - set(revisions.values())
-    return next(iter(heads)) if len(heads) == 1 else None
 
 
 def current_revision(connection: Connection) -> str | None:
