@@ -5,7 +5,7 @@ reference machine, most of what `jobfleet status` took (target ≤ 0.6 s, issue 
 docs/performance.md, "Command-line start-up"). The questions are few and fixed, so they are
 asked here a second time, in the SQL that `host/queries.py` makes SQLAlchemy send, and answered
 with the same rows (host/rows.py) that the command line renders whichever reader built them.
-`tests/test_status_quick_read.py` holds the two readers to the same output.
+`tests/test_cli_inspect.py` holds the two readers to the same output.
 
 It answers only for a SQLite file (a path, or a plain `sqlite:///PATH` URL) whose schema is at
 this jobfleet's newest revision, opened read-only (`mode=ro`): nothing is created, migrated or
