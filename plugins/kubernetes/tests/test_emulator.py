@@ -106,7 +106,7 @@ def raw(
     method: str,
     path: str,
     body: Any = None,
-    token: str | None = "default",
+    auth: str | None = "emulator",
     content_type: str = "application/json",
 ) -> tuple[int, dict[str, str], bytes]:
     data = (
@@ -114,13 +114,14 @@ def raw(
         if isinstance(body, bytes)
         else (json.dumps(body).encode() if body is not None else None)
     )
-    req = urllib.request.Request(emu.url + path, data=data, method=method)
-    if token is not None:
-        req.add_header("Authorization", f"Bearer {emu.token if token == 'default' else token}")
+    req = urllib.request.Request(emu.url + path, data=data, method=method)  # noqa: S310 - http to loopback
+    if auth is not None:
+        bearer = emu.token if auth == "emulator" else auth
+        req.add_header("Authorization", f"Bearer {bearer}")
     if data is not None:
         req.add_header("Content-Type", content_type)
     try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - http to loopback
             return resp.status, dict(resp.headers), resp.read()
     except urllib.error.HTTPError as e:
         return e.code, dict(e.headers), e.read()
@@ -499,7 +500,7 @@ def test_watch_timeout_ends_cleanly(kube_emulator: KubeEmulator) -> None:
 
 @pytest.mark.parametrize("as_event", [False, True])
 def test_cut_watch_and_410_on_resume(kube_emulator: KubeEmulator, as_event: bool) -> None:
-    core, batch = apis(kube_emulator)
+    _, batch = apis(kube_emulator)
     rv = batch.list_namespaced_job(NS).metadata.resource_version
     batch.create_namespaced_job(NS, job_body("cw", "true"))
     w = watch.Watch()
@@ -928,10 +929,10 @@ def test_validation_errors(kube_emulator: KubeEmulator) -> None:
 
 def test_auth_throttle_faults_and_forbidden(kube_emulator: KubeEmulator) -> None:
     core, batch = apis(kube_emulator)
-    code, _, body = raw(kube_emulator, "GET", "/api/v1/namespaces/default/pods", token=None)
+    code, _, body = raw(kube_emulator, "GET", "/api/v1/namespaces/default/pods", auth=None)
     assert code == 401
     assert json.loads(body)["reason"] == "Unauthorized"
-    assert raw(kube_emulator, "GET", "/version", token="wrong")[0] == 401
+    assert raw(kube_emulator, "GET", "/version", auth="wrong")[0] == 401
     assert raw(kube_emulator, "GET", "/version")[0] == 200
     kube_emulator.throttle(1, retry_after=3)
     code, headers, body = raw(kube_emulator, "GET", "/api/v1/namespaces/default/pods")

@@ -521,7 +521,7 @@ class Api:
             # a Pod DELETE answers the Pod: terminating, or its last state once removed
             pending = self.emu.kubelet.delete_pod(obj, opts.get("gracePeriodSeconds"))
             return pending if pending is not None else obj
-        elif resource == "jobs":
+        if resource == "jobs":
             pending = self.emu.controller.delete_job(obj, opts.get("propagationPolicy"))
             if pending is not None:
                 return pending
