@@ -781,26 +781,76 @@ def test_oom_killed(kube_emulator: KubeEmulator) -> None:
     if not kube_emulator.enforces_memory:
         pytest.skip("no writable cgroup v1 memory controller")
     core, _ = apis(kube_emulator)
-    core.create_namespaced_pod(
-        NS, pod_body("oom", "", resources={"limits": {"memory": "64Mi"}}) | {}
-    )
-    p = kube_emulator.objects("pods")[0]
-    core.delete_namespaced_pod("oom", NS, grace_period_seconds=0)
-    kube_emulator.wait_for(lambda: pod(kube_emulator, "oom") is None)
-    body = pod_body("oom2", "", resources={"limits": {"memory": "64Mi"}})
+    body = pod_body("oom", "", resources={"limits": {"memory": "64Mi"}})
     body["spec"]["containers"][0]["command"] = [
         "python3",
         "-c",
         "x = []\nwhile True: x.append(bytearray(8 << 20))",
     ]
     core.create_namespaced_pod(NS, body)
-    kube_emulator.wait_for(lambda: phase(kube_emulator, "oom2") == "Failed", timeout=30)
-    term = core.read_namespaced_pod("oom2", NS).status.container_statuses[0].state.terminated
+    kube_emulator.wait_for(lambda: phase(kube_emulator, "oom") == "Failed", timeout=30)
+    p = core.read_namespaced_pod("oom", NS)
+    assert p.status.qos_class == "Burstable"
+    term = p.status.container_statuses[0].state.terminated
     assert (term.reason, term.exit_code) == ("OOMKilled", 137)
-    assert p["status"]["qosClass"] == "Burstable"
     assert not list(
         Path("/sys/fs/cgroup/memory").glob(f"jobfleet-kube-emulator-{os.getpid()}-*/pod-*")
     )
+
+
+def test_on_failure_restarts_count_towards_backoff_limit(kube_emulator: KubeEmulator) -> None:
+    core, batch = apis(kube_emulator)
+    kube_emulator.kubelet.restart_backoff = 0.1
+    batch.create_namespaced_job(
+        NS,
+        job_body(
+            "onf",
+            "echo try; exit 1",
+            spec={"backoffLimit": 2},
+            pod_spec={"restartPolicy": "OnFailure"},
+        ),
+    )
+    names: set[str] = set()
+    restarts = 0
+    logs = ""
+
+    def finished() -> dict[str, Any] | None:
+        nonlocal restarts, logs
+        for p in kube_emulator.objects("pods"):
+            names.add(p["metadata"]["name"])
+            for cs in p["status"].get("containerStatuses") or []:
+                restarts = max(restarts, cs["restartCount"])
+            if restarts >= 2 and not logs:
+                logs = core.read_namespaced_pod_log(p["metadata"]["name"], NS)
+        return job_condition(kube_emulator, "onf")
+
+    cond = kube_emulator.wait_for(finished)
+    assert cond["reason"] == "BackoffLimitExceeded"
+    assert len(names) == 1  # restarted in place, not recreated
+    assert restarts >= 2
+    assert logs.count("try") >= 2
+
+
+def test_pod_patch_and_typed_reads(kube_emulator: KubeEmulator) -> None:
+    core, _ = apis(kube_emulator)
+    assert client.VersionApi(kube_emulator.api_client()).get_code().major == "1"
+    assert {n.metadata.name for n in core.list_namespace().items} >= {"default", "jobfleet"}
+    assert core.read_namespace("jobfleet").status.phase == "Active"
+    core.create_namespaced_pod(NS, pod_body("pp", "sleep 30"))
+    patched = core.patch_namespaced_pod("pp", NS, {"metadata": {"labels": {"x": "1"}}})
+    assert patched.metadata.labels == {"app": "test", "x": "1"}
+    with pytest.raises(ApiException) as err:
+        core.patch_namespaced_pod("pp", NS, {"spec": {"restartPolicy": "Always"}})
+    assert err.value.status == 422
+    kube_emulator.wait_for(lambda: phase(kube_emulator, "pp") == "Running")
+    kube_emulator.evict("pp", reason="NodeLost")
+    kube_emulator.wait_for(lambda: phase(kube_emulator, "pp") == "Failed")
+    p = core.read_namespaced_pod("pp", NS)
+    assert p.status.reason == "NodeLost"
+    assert [c.reason for c in p.status.conditions if c.type == "DisruptionTarget"] == [
+        "DeletionByPodGC"
+    ]
+    assert p.status.container_statuses[0].state.terminated.exit_code == 137
 
 
 def test_graceful_delete_and_evict(kube_emulator: KubeEmulator) -> None:

@@ -253,13 +253,17 @@ class KubeEmulator:
                 self.store.changed.wait(min(0.1, remaining))
 
     def all_text(self) -> str:
-        """Every stored object, pod log and Event, and the request log (no Authorization)."""
+        """Every stored object, pod log and Event, and the request log, as one text.
+
+        Left out, because they legitimately hold secrets: the Authorization header of requests,
+        the bodies of requests to `/secrets`, and the values of Secrets' `data` (keys stay).
+        """
         parts = []
         with self.store.lock:
             for resource in ("namespaces", "nodes", "jobs", "pods", "secrets", "events"):
                 for obj in self.store.list(resource):
-                    parts.append(json.dumps(obj, sort_keys=True))
-            parts.extend(json.dumps(ev[3]) for ev in self.store.events_since(0))
+                    parts.append(json.dumps(_redact(obj), sort_keys=True))
+            parts.extend(json.dumps(_redact(ev[3])) for ev in self.store.events_since(0))
         for name, log in self.kubelet.all_logs():
             parts.append(f"--- log of {name}\n{log}")
         with self._fault_lock:
@@ -477,3 +481,11 @@ class KubeEmulator:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _redact(obj: dict[str, Any]) -> dict[str, Any]:
+    if obj.get("kind") != "Secret":
+        return obj
+    out = dict(obj)
+    out["data"] = dict.fromkeys(obj.get("data") or {}, "<redacted>")
+    return out
