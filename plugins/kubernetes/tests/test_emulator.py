@@ -586,11 +586,17 @@ def test_resources_free_up_for_pending_pods(kube_emulator: KubeEmulator) -> None
     )
     running = "r1" if phase(kube_emulator, "r1") == "Running" else "r2"
     other = "r2" if running == "r1" else "r1"
-    assert "Insufficient memory" in next(
-        c["message"]
-        for c in pod(kube_emulator, other)["status"]["conditions"]
-        if c["type"] == "PodScheduled"
+    message = kube_emulator.wait_for(
+        lambda: next(
+            (
+                c.get("message")
+                for c in pod(kube_emulator, other)["status"].get("conditions") or []
+                if c["type"] == "PodScheduled"
+            ),
+            None,
+        )
     )
+    assert "Insufficient memory" in message
     core.delete_namespaced_pod(running, NS, grace_period_seconds=0)
     kube_emulator.wait_for(lambda: phase(kube_emulator, other) == "Running")
 
