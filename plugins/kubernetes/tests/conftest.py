@@ -40,8 +40,16 @@ emulator = _load_emulator()
 
 @pytest.fixture
 def kube_emulator(tmp_path: Path) -> Iterator[KubeEmulator]:
+    """A running emulator (default nodes), stopped at teardown.
+
+    Teardown fails the test when the emulator itself hit an internal error (a bug of the test
+    infrastructure must not pass unnoticed).
+    """
     emu = emulator.KubeEmulator(tmp_path)
     try:
         yield emu
     finally:
         emu.stop()
+    assert not emu.internal_errors, "kube emulator internal errors:\n" + "\n".join(
+        emu.internal_errors
+    )
