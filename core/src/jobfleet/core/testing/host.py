@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import itertools
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -97,7 +98,9 @@ class KitHost:
             from jobfleet.core.host.channel_server import serve_channel
 
             assert isinstance(self.channel, FileChannel)
-            self.served = serve_channel(self.channel, f"kit-{root.name}", bind=bind)
+            # One server per process serves every kit host: each under a key of its own.
+            key = f"kit-{os.urandom(6).hex()}"
+            self.served = serve_channel(self.channel, key, bind=bind)
         self._task_ids = itertools.count(1)
         self._array_ids = itertools.count(1)
         self._cursor: EventCursor | None = None
