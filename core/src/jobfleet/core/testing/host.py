@@ -81,11 +81,19 @@ class KitHost:
     """A host of one channel under `root`; task instance ids count from 1.
 
     `transport="http"` also serves the channel over HTTP on loopback (any free port, or
-    `bind`): `url` is then the served URL and `token` the channel token a distributor must
-    give its wrappers (`distributor_kwargs()` has both).
+    `bind`; `address` is the base URL nodes reach it at, e.g. for a real cluster's pods): `url`
+    is then the served URL and `token` the channel token a distributor must give its wrappers
+    (`distributor_kwargs()` has both).
     """
 
-    def __init__(self, root: Path, transport: str = "file", *, bind: str = "127.0.0.1:0") -> None:
+    def __init__(
+        self,
+        root: Path,
+        transport: str = "file",
+        *,
+        bind: str = "127.0.0.1:0",
+        address: str | None = None,
+    ) -> None:
         if transport not in ("file", "http"):
             raise ValueError(f"transport must be file or http, not {transport!r}")
         self.root = root
@@ -100,7 +108,7 @@ class KitHost:
             assert isinstance(self.channel, FileChannel)
             # One server per process serves every kit host: each under a key of its own.
             key = f"kit-{os.urandom(6).hex()}"
-            self.served = serve_channel(self.channel, key, bind=bind)
+            self.served = serve_channel(self.channel, key, bind=bind, address=address)
         self._task_ids = itertools.count(1)
         self._array_ids = itertools.count(1)
         self._cursor: EventCursor | None = None
