@@ -57,13 +57,35 @@ def run_bare(tasks: int) -> tuple[float, float]:
     return time.perf_counter() - start, children_cpu() - cpu
 
 
-def run_wrapped(tasks: int, root: Path, extra: list[str]) -> tuple[float, float, int]:
+def run_wrapped(
+    tasks: int, root: Path, extra: list[str], *, http: bool = False
+) -> tuple[float, float, int]:
+    """`tasks` wrapped runs of `true`; `http`: through the channel served over HTTP on
+    loopback, as pods use it (the wrapper then also imports http.client and posts)."""
     wrapper = shutil.which("jobfleet-worker-node")
     assert wrapper, "run this with the workspace installed: uv run python bench/worker_overhead.py"
     channel = open_channel(f"file://{root / 'overhead'}", create=True)
     for n in range(tasks):
         channel.put_spec(TaskSpec(n, "true", f"bench-{n}"))
     env = {**os.environ, "JOBFLEET_DISTRIBUTOR_ID": "bench"}
+    url, served = channel.url, None
+    if http:
+        from jobfleet.core.channel import FileChannel
+        from jobfleet.core.host.channel_server import serve_channel
+
+        assert isinstance(channel, FileChannel)
+        served = serve_channel(channel, "bench")
+        url, env["JOBFLEET_CHANNEL_TOKEN"] = served.url, served.token
+    try:
+        return _run_wrapped(tasks, wrapper, url, env, extra)
+    finally:
+        if served is not None:
+            served.close()
+
+
+def _run_wrapped(
+    tasks: int, wrapper: str, url: str, env: dict[str, str], extra: list[str]
+) -> tuple[float, float, int]:
     peak, cpu, start = 0, children_cpu(), time.perf_counter()
     for n in range(tasks):
         argv = [
@@ -74,7 +96,7 @@ def run_wrapped(tasks: int, root: Path, extra: list[str]) -> tuple[float, float,
             "--cluster",
             "dummy",
             "--host-url",
-            channel.url,
+            url,
             *extra,
         ]
         process = subprocess.Popen(argv, env=env)
@@ -135,11 +157,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         bare_wall, bare_cpu = run_bare(args.tasks)
-        for label, extra in (
-            ("with cgroup", ["--cgroup", "always"]),
-            ("no cgroup", ["--cgroup", "never"]),
+        for label, extra, http in (
+            ("with cgroup", ["--cgroup", "always"], False),
+            ("no cgroup", ["--cgroup", "never"], False),
+            ("http, no cg", ["--cgroup", "never"], True),
         ):
-            wall, cpu, peak = run_wrapped(args.tasks, root / label.replace(" ", "-"), extra)
+            directory = root / label.replace(" ", "-").replace(",", "")
+            wall, cpu, peak = run_wrapped(args.tasks, directory, extra, http=http)
             per_wall = (wall - bare_wall) / args.tasks * 1000
             per_cpu = (cpu - bare_cpu) / args.tasks * 1000
             print(

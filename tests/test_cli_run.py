@@ -290,3 +290,83 @@ def test_gpus_the_machine_does_not_have_are_refused_at_run(tmp_path: Path) -> No
     assert result.returncode == 1
     assert "gpus 750 is above the queue maximum of 0" in result.stderr
     assert as_json(jobfleet(tmp_path, "status", "--json"))["runs"] == []
+
+
+def test_a_run_over_the_http_channel_survives_its_service_and_resumes_on_the_same_url(
+    tmp_path: Path,
+) -> None:
+    go = tmp_path / "go"
+    tasks = tmp_path / "tasks.yaml"
+    tasks.write_text(
+        "tasks:\n"
+        "  - name: quick\n    command: echo quick\n"
+        "  - name: env\n    command: env\n"
+        f"  - name: waits\n    command: while [ ! -e {go} ]; do sleep 0.1; done; echo waited\n"
+    )
+    argv = ["run", "--channel", "http", "--detach", "--json", str(tasks)]
+    started = as_json(jobfleet(tmp_path, *argv))
+    run_id, service = str(started["run"]), int(started["pid"])
+
+    def progressed() -> bool:
+        status = as_json(jobfleet(tmp_path, "status", run_id, "--json"))
+        return status["task_counts"].get("done") == 2 and status["state_counts"].get("R") == 1
+
+    wait_for(progressed, "two tasks done and one running")
+    ledger = tmp_path / ".jobfleet" / "ledger.db"
+    before = _channel_options(ledger)
+    assert before["transport"] == "http"
+    assert not before["bind"].endswith(":0")  # the port taken is stored, for --resume
+    os.kill(service, signal.SIGKILL)
+    wait_for(lambda: not _alive(service), "the service to die")
+    go.touch()  # the wrapper of "waits" now reports to a host that is gone, and retries
+
+    resumed = jobfleet(tmp_path, "run", "--resume", run_id, "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads(resumed.stdout)
+    assert summary["status"] == "done"
+    # The wrapper that outlived the service reported to the channel served again at the same
+    # URL: its attempt counted, nothing was run twice.
+    assert {t["name"]: t["attempts"] for t in summary["tasks"]} == {
+        "quick": 1,
+        "env": 1,
+        "waits": 1,
+    }
+    assert _channel_options(ledger) == before
+
+    [run_dir] = (tmp_path / ".jobfleet" / "runs").iterdir()
+    token_file = run_dir / "channel" / "http-token"
+    token = token_file.read_text().strip()
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    [env_log] = (run_dir / "logs").glob("env.stdout.*")
+    printed = env_log.read_text()
+    assert "JOBFLEET_CHANNEL_TOKEN" not in printed
+    assert token not in printed
+    assert token.encode() not in ledger.read_bytes()
+    service_log = (run_dir / "service.log").read_text()
+    assert token not in service_log + resumed.stdout + resumed.stderr
+
+
+def _channel_options(ledger: Path) -> Any:
+    with sqlite3.connect(ledger) as connection:
+        row = connection.execute("SELECT options FROM runs WHERE id = 1").fetchone()
+    return json.loads(row[0])["channel"]
+
+
+def test_channel_options_are_checked(tmp_path: Path) -> None:
+    wrong = jobfleet(
+        tmp_path, "run", "--channel", "file", "--channel-bind", "0.0.0.0:1", "--", "true"
+    )
+    assert wrong.returncode == 2
+    assert "--channel-bind only apply to --channel http" in wrong.stderr
+    bad = jobfleet(tmp_path, "run", "--channel-bind", "nowhere", "--", "true")
+    assert bad.returncode == 1
+    assert "must be HOST:PORT" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    address = jobfleet(
+        tmp_path, "run", "--channel", "http", "--channel-address", "ftp://x", "--", "true"
+    )
+    assert "must be a http:// URL" in address.stderr
+    assert jobfleet(tmp_path, "run", "--", "true").returncode == 0
+    again = jobfleet(tmp_path, "run", "--resume", "1", "--channel", "http")
+    assert again.returncode == 2
+    assert "--channel is for new runs" in again.stderr

@@ -69,12 +69,18 @@ def start(argv: list[str], tmp_path: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen([JOBFLEET, *argv], cwd=tmp_path, env=environ, stdout=log, stderr=log)
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_kill_9_and_resume_runs_every_task_exactly_once(tmp_path: Path, seed: int) -> None:
+@pytest.mark.parametrize(
+    ("seed", "channel"), [(1, "file"), (2, "file"), (3, "file"), (1, "http"), (2, "http")]
+)
+def test_kill_9_and_resume_runs_every_task_exactly_once(
+    tmp_path: Path, seed: int, channel: str
+) -> None:
+    """With the http channel, the wrappers that outlive a killed service retry their reports
+    until the resumed service serves the run's channel again, on the same port."""
     chooser = random.Random(seed)  # noqa: S311 - reproducible moments, not secrets
     tasks = task_file(tmp_path)
     ledger = tmp_path / "ledger.db"
-    argv = ["run", str(tasks), "--json"]
+    argv = ["run", str(tasks), "--json", "--channel", channel]
     kills = 0
     while kills < KILLS:
         service = start(argv, tmp_path)

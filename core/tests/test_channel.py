@@ -11,6 +11,7 @@ import pytest
 import jobfleet.core.channel as channel_package
 from jobfleet.core.channel import (
     PROTOCOL_VERSION,
+    Channel,
     ChannelError,
     Event,
     EventCursor,
@@ -31,8 +32,79 @@ from jobfleet.core.exit_info import ErrorState, ExitReason, ExitRecord
 
 
 @pytest.fixture
-def channel(tmp_path):
-    return FileChannel.create(tmp_path / "channel")
+def transport():
+    """The transport the `channel` fixture serves: tests marked BOTH run for each."""
+    return "file"
+
+
+class SplitChannel(Channel):
+    """An http channel as host and wrappers use it together: the host's calls go to its file
+    channel, the wrappers' (specs, array steps, writers) through the HTTP server in front."""
+
+    def __init__(self, host, worker):
+        self.host, self.worker = host, worker
+        self.root = host.root
+
+    url = property(lambda self: self.worker.url)
+
+    def put_spec(self, spec):
+        self.host.put_spec(spec)
+
+    def put_array(self, array_id, batch_number, steps):
+        self.host.put_array(array_id, batch_number, steps)
+
+    def put_array_specs(self, array_id, batch_number, specs):
+        self.host.put_array_specs(array_id, batch_number, specs)
+
+    def read_events(self, cursor=None):
+        return self.host.read_events(cursor)
+
+    def remove(self, task_instance_id):
+        self.host.remove(task_instance_id)
+
+    def remove_spec(self, task_instance_id):
+        self.host.remove_spec(task_instance_id)
+
+    def remove_array(self, array_id, batch_number):
+        self.host.remove_array(array_id, batch_number)
+
+    def get_spec(self, task_instance_id):
+        return self.worker.get_spec(task_instance_id)
+
+    def resolve_array_step(self, array_id, batch_number, step):
+        return self.worker.resolve_array_step(array_id, batch_number, step)
+
+    def get_array_step(self, array_id, batch_number, step):
+        return self.worker.get_array_step(array_id, batch_number, step)
+
+    def open_writer(self, task_instance_id):
+        return self.worker.open_writer(task_instance_id)
+
+    def close(self):
+        self.worker.close()
+
+
+@pytest.fixture
+def channel(tmp_path, transport, monkeypatch):
+    host = FileChannel.create(tmp_path / "channel")
+    if transport == "file":
+        yield host
+        return
+    from jobfleet.core.host.channel_server import serve_channel
+
+    served = serve_channel(host, "test")
+    monkeypatch.setenv("JOBFLEET_CHANNEL_TOKEN", served.token)
+    monkeypatch.setenv("JOBFLEET_CHANNEL_RETRY_SECONDS", "5")
+    split = SplitChannel(host, open_channel(served.url))
+    try:
+        yield split
+    finally:
+        split.close()
+        served.close()
+
+
+BOTH = pytest.mark.parametrize("transport", ["file", "http"])
+"""The channel contract, run for the file transport and for the http one."""
 
 
 def full_spec(**changes):
@@ -248,6 +320,7 @@ WIRE_KEYS = {
 
 
 @pytest.mark.parametrize("report", [FULL_RUNNING, HeartbeatReport(rss=4096), FULL_FINAL])
+@BOTH
 def test_reports_travel_in_the_wire_form_and_come_back_typed(channel, report):
     with channel.open_writer(5) as writer:
         sent = writer.send_report(report, durable=True)
@@ -330,6 +403,7 @@ MALFORMED_REPORTS = [
     MALFORMED_REPORTS,
     ids=[f"{kind}-{n}" for n, (kind, _, _) in enumerate(MALFORMED_REPORTS)],
 )
+@BOTH
 def test_a_malformed_report_is_a_problem_on_the_cursor_and_skipped(
     channel, kind, data, field_named
 ):
@@ -356,6 +430,7 @@ def test_a_malformed_report_is_a_problem_on_the_cursor_and_skipped(
 
 
 @pytest.mark.parametrize(("kind", "data", "field_named"), MALFORMED_REPORTS[:-1])
+@BOTH
 def test_a_writer_refuses_a_malformed_report_without_using_a_number(
     channel, kind, data, field_named
 ):
@@ -473,7 +548,7 @@ def test_register_transport(monkeypatch, tmp_path):
         return FileChannel.create(tmp_path)
 
     register_transport("Memory", factory)
-    assert transport_schemes() == ["file", "memory"]
+    assert transport_schemes() == ["file", "http", "https", "memory"]
     assert isinstance(open_channel("memory://x", create=True), FileChannel)
     assert calls == [("memory://x", True)]
     with pytest.raises(ChannelError, match="already registered"):
@@ -486,17 +561,20 @@ def test_register_transport(monkeypatch, tmp_path):
 # Specs and arrays in a file channel.
 
 
+@BOTH
 def test_put_and_get_spec(channel):
     channel.put_spec(full_spec())
     assert channel.get_spec(12) == full_spec()
     assert os.listdir(os.path.join(channel.root, "specs")) == ["12.json"]
 
 
+@BOTH
 def test_missing_spec_says_which_and_where(channel):
-    with pytest.raises(ChannelError, match="no spec for task instance 99 in file://"):
+    with pytest.raises(ChannelError, match=r"no spec for task instance 99 in (file|http)://"):
         channel.get_spec(99)
 
 
+@BOTH
 def test_spec_of_another_version_on_disk_is_refused(channel):
     path = os.path.join(channel.root, "specs", "12.json")
     with open(path, "w") as stream:
@@ -505,6 +583,7 @@ def test_spec_of_another_version_on_disk_is_refused(channel):
         channel.get_spec(12)
 
 
+@BOTH
 def test_corrupt_spec_file_is_a_channel_error(channel):
     with open(os.path.join(channel.root, "specs", "12.json"), "w") as stream:
         stream.write('{"protocol_version": 1, "task_')
@@ -513,6 +592,7 @@ def test_corrupt_spec_file_is_a_channel_error(channel):
 
 
 @pytest.mark.parametrize("bad_id", [-1, True, "12", 1.5])
+@BOTH
 def test_ids_must_be_non_negative_integers(channel, bad_id):
     with pytest.raises(ChannelError, match="non-negative integer"):
         channel.get_spec(bad_id)
@@ -520,6 +600,7 @@ def test_ids_must_be_non_negative_integers(channel, bad_id):
         channel.open_writer(bad_id)
 
 
+@BOTH
 def test_spec_rewrites_are_atomic(channel):
     """A reader polling while large specs are rewritten only ever sees whole specs."""
     size = 1_000_000
@@ -556,6 +637,7 @@ def test_spec_rewrites_are_atomic(channel):
     assert os.listdir(os.path.join(channel.root, "specs")) == ["12.json"]
 
 
+@BOTH
 def test_array_steps_resolve(channel):
     channel.put_array(7, 2, {0: 100, 1: 101, 2: 105})
     assert [channel.resolve_array_step(7, 2, step) for step in range(3)] == [100, 101, 105]
@@ -581,6 +663,7 @@ def test_array_map_is_checked(channel):
 # Events in a file channel.
 
 
+@BOTH
 def test_events_are_read_once_each(channel):
     with channel.open_writer(5) as writer:
         sent = [writer.send(EventKind.RUNNING, {"pid": 1})]
@@ -596,6 +679,7 @@ def test_events_are_read_once_each(channel):
     assert cursor.problems == ()
 
 
+@BOTH
 def test_cursor_survives_json_and_resumes_without_duplicates(channel):
     writer = channel.open_writer(5)
     first = [writer.send("heartbeat", {"n": n}) for n in range(3)]
@@ -697,6 +781,7 @@ def test_failed_write_does_not_spoil_later_records(channel, monkeypatch):
     assert len(cursor.problems) == 1
 
 
+@BOTH
 def test_closed_writer_refuses_to_send(channel):
     writer = channel.open_writer(5)
     writer.close()
@@ -705,6 +790,7 @@ def test_closed_writer_refuses_to_send(channel):
         writer.send("heartbeat")
 
 
+@BOTH
 def test_unknown_event_kind_and_bad_data_are_refused_without_using_a_number(channel):
     writer = channel.open_writer(5)
     with pytest.raises(ChannelError, match="Known kinds: running, heartbeat, final"):
@@ -714,6 +800,7 @@ def test_unknown_event_kind_and_bad_data_are_refused_without_using_a_number(chan
     assert writer.send("running").sequence == 0
 
 
+@BOTH
 def test_writer_tokens_are_unique_and_file_name_safe(channel):
     tokens = {new_writer_token() for _ in range(100)}
     assert len(tokens) == 100
@@ -724,6 +811,7 @@ def test_writer_tokens_are_unique_and_file_name_safe(channel):
     assert os.path.basename(events_path(channel, writer)).startswith("5.")
 
 
+@BOTH
 def test_threads_sharing_a_writer_never_mix_records(channel):
     """A heartbeat thread and the main thread send through one writer at the same time."""
     per_thread = 500
@@ -747,6 +835,7 @@ def test_threads_sharing_a_writer_never_mix_records(channel):
         assert [e.data["n"] for e in events if e.kind == kind] == list(range(per_thread))
 
 
+@BOTH
 def test_events_come_back_in_file_name_then_sequence_order(channel):
     writers = [channel.open_writer(tid) for tid in (30, 4, 4)]
     for n in range(3):
@@ -758,6 +847,7 @@ def test_events_come_back_in_file_name_then_sequence_order(channel):
     assert len(events) == 9
 
 
+@BOTH
 def test_remove_deletes_spec_and_events_of_one_instance(channel):
     channel.put_spec(full_spec(task_instance_id=1))
     channel.put_spec(full_spec(task_instance_id=11))
@@ -807,6 +897,7 @@ with open_channel(url).open_writer(task_instance_id) as writer:
 """
 
 
+@BOTH
 def test_many_processes_write_while_a_reader_polls(channel):
     processes, per_process, instances = 50, 200, 10
     children = [
@@ -855,10 +946,11 @@ def test_many_processes_write_while_a_reader_polls(channel):
     assert channel.read_events(cursor)[0] == []
 
 
+@BOTH
 def test_array_specs_are_one_file_and_read_back_by_step(channel):
     specs = {step: TaskSpec(100 + step, f"echo {step}", f"step-{step}") for step in range(5)}
     channel.put_array_specs(3, 1, specs)
-    root = channel.url.removeprefix("file://")
+    root = channel.root
     assert os.listdir(os.path.join(root, "specs")) == []
     assert os.listdir(os.path.join(root, "arrays")) == ["3.1.json"]
     for step, spec in specs.items():
@@ -868,12 +960,14 @@ def test_array_specs_are_one_file_and_read_back_by_step(channel):
         channel.get_array_step(3, 1, 5)
 
 
+@BOTH
 def test_array_step_falls_back_to_spec_files_for_a_bare_step_map(channel):
     channel.put_spec(TaskSpec(7, "echo seven", "seven"))
     channel.put_array(2, 0, {0: 7})
     assert channel.get_array_step(2, 0, 0).command == "echo seven"
 
 
+@BOTH
 def test_default_array_specs_of_a_transport_store_them_one_by_one(channel):
     # The base-class way, for transports that do not batch: same answers as the file way.
     from jobfleet.core.channel import Channel

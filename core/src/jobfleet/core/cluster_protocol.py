@@ -70,7 +70,9 @@ class ClusterDistributor(Protocol):
 
         A jobfleet host passes two connection parameters: `host_url=`, the address of the host
         channel the worker nodes report to (`$JOBFLEET_HOST_URL` when absent), and `settings=`,
-        the backend's settings object. `BaseClusterDistributor` keeps both.
+        the backend's settings object. `BaseClusterDistributor` keeps both. When the channel is
+        served over HTTP the host also passes `channel_token=`, which the wrappers need in
+        their environment (never on a command line).
         """
 
     @property

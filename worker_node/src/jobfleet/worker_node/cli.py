@@ -61,8 +61,9 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--host-url",
         default=os.environ.get(wrapper.HOST_URL_VARIABLE),
-        help="The host channel, e.g. file:///shared/jobfleet/channel "
-        "(default: $JOBFLEET_HOST_URL).",
+        help="The host channel, e.g. file:///shared/jobfleet/channel or "
+        "http://host:port/runs/KEY (token in $JOBFLEET_CHANNEL_TOKEN or the file "
+        "$JOBFLEET_CHANNEL_TOKEN_FILE) (default: $JOBFLEET_HOST_URL).",
     )
     parser.add_argument(
         "--kill-grace",
