@@ -74,11 +74,22 @@ DEFAULT_KILL_GRACE: Final = 10.0
 HOST_URL_VARIABLE: Final = "JOBFLEET_HOST_URL"
 """Where a distributor or wrapper given no `host_url` looks for the host channel's address."""
 
-HOST_ONLY_VARIABLES: Final = frozenset({"JOBFLEET_LEDGER", HOST_URL_VARIABLE, "PGPASSWORD"})
+TERMINATION_LOG_VARIABLE: Final = "JOBFLEET_TERMINATION_LOG"
+"""A file the wrapper also writes its final exit record to (compact JSON of the final report,
+at most `TERMINATION_LOG_LIMIT` bytes), when set: Kubernetes pods set it to their container's
+`terminationMessagePath`, so the record survives a report that never reached the host."""
+
+TERMINATION_LOG_LIMIT: Final = 4096
+"""The most bytes Kubernetes keeps of a container's termination message."""
+
+HOST_ONLY_VARIABLES: Final = frozenset(
+    {"JOBFLEET_LEDGER", HOST_URL_VARIABLE, "PGPASSWORD", TERMINATION_LOG_VARIABLE}
+)
 """The host's own variables, which no task gets (nor a local backend's wrapper): the ledger's
 URL, which may hold its password; the channel's address, which the wrapper gets on its command
-line; and libpq's password variable, which the host's PostgreSQL connection may read. A task
-that needs one of them names it in its own `env`."""
+line; libpq's password variable, which the host's PostgreSQL connection may read; and the
+wrapper's termination log, which is the wrapper's alone. A task that needs one of them names
+it in its own `env`."""
 
 ENTRY_POINT_VARIABLE: Final = "JOBFLEET_WORKER_NODE"
 """A command (shell words) that starts the wrapper on the nodes, when it is not the one
