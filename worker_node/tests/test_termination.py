@@ -79,3 +79,28 @@ def test_a_wrapper_that_fails_before_the_task_writes_it_too(tmp_path: Path) -> N
     assert report.error_state is ErrorState.ERROR_FATAL
     assert report.exit is not None
     assert report.exit.reason is ExitReason.LAUNCHER_ERROR
+
+
+def test_a_wrapper_killed_before_its_record_leaves_the_started_mark(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    from jobfleet.core.wrapper import TERMINATION_LOG_STARTED
+
+    channel = open_channel(f"file://{tmp_path / 'channel'}", create=True)
+    channel.put_spec(TaskSpec(9, "sleep 60", "killed"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBFLEET_")}
+    log = tmp_path / "termination-log"
+    env[TERMINATION_LOG_VARIABLE] = str(log)
+    argv = [_wrapper(), "job", "--task-instance-id", "9", "--cluster", "sequential"]
+    process = subprocess.Popen([*argv, "--host-url", channel.url], env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (log.exists() and log.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        assert log.read_text() == TERMINATION_LOG_STARTED
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert log.read_text() == TERMINATION_LOG_STARTED

@@ -82,6 +82,11 @@ at most `TERMINATION_LOG_LIMIT` bytes), when set: Kubernetes pods set it to thei
 TERMINATION_LOG_LIMIT: Final = 4096
 """The most bytes Kubernetes keeps of a container's termination message."""
 
+TERMINATION_LOG_STARTED: Final = '{"jobfleet":"started"}'
+"""What the termination log holds from the wrapper's start until its final record replaces it:
+a backend that finds it knows the wrapper itself died (an exit status above 128 then means a
+signal killed the wrapper, not that the wrapper passed on its task's signal)."""
+
 HOST_ONLY_VARIABLES: Final = frozenset(
     {"JOBFLEET_LEDGER", HOST_URL_VARIABLE, "PGPASSWORD", TERMINATION_LOG_VARIABLE}
 )

@@ -117,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
+    if os.environ.get(wrapper.TERMINATION_LOG_VARIABLE):
+        from jobfleet.worker_node.termination import mark_started
+
+        mark_started()  # replaced by the final record, unless the wrapper is killed first
     args = _parser().parse_args(argv)
     for name in ("cluster", "host_url"):
         if not getattr(args, name):

@@ -13,7 +13,11 @@ import os
 from typing import Any
 
 from jobfleet.core.channel import FinalReport
-from jobfleet.core.wrapper import TERMINATION_LOG_LIMIT, TERMINATION_LOG_VARIABLE
+from jobfleet.core.wrapper import (
+    TERMINATION_LOG_LIMIT,
+    TERMINATION_LOG_STARTED,
+    TERMINATION_LOG_VARIABLE,
+)
 
 
 def termination_record(report: FinalReport, limit: int = TERMINATION_LOG_LIMIT) -> bytes:
@@ -46,12 +50,22 @@ def write_termination_log(report: FinalReport) -> None:
 
     Never raises: the channel's report is the one that counts, this is a fallback.
     """
+    _write(termination_record(report))
+
+
+def mark_started() -> None:
+    """Say in the termination log that the wrapper runs (`TERMINATION_LOG_STARTED`), so that a
+    wrapper killed before its final record is told from one that exited on its own."""
+    _write(TERMINATION_LOG_STARTED.encode())
+
+
+def _write(data: bytes) -> None:
     path = os.environ.get(TERMINATION_LOG_VARIABLE)
     if not path:
         return
     try:
         with open(path, "wb") as log:
-            log.write(termination_record(report))
+            log.write(data)
     except (OSError, ValueError):
         pass
 
