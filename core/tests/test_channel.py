@@ -473,7 +473,7 @@ def test_register_transport(monkeypatch, tmp_path):
         return FileChannel.create(tmp_path)
 
     register_transport("Memory", factory)
-    assert transport_schemes() == ["file", "memory"]
+    assert transport_schemes() == ["file", "http", "https", "memory"]
     assert isinstance(open_channel("memory://x", create=True), FileChannel)
     assert calls == [("memory://x", True)]
     with pytest.raises(ChannelError, match="already registered"):

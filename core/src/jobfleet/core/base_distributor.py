@@ -4,7 +4,9 @@
 wrapper needs, so that a new backend writes only what is its own (submission, status, kills,
 its scheduler's exit information):
 
-- the host channel's address (`host_url=`, else `$JOBFLEET_HOST_URL`) and the settings object;
+- the host channel's address (`host_url=`, else `$JOBFLEET_HOST_URL`), the token of an http
+  channel (`channel_token=`, else `$JOBFLEET_CHANNEL_TOKEN`: put it in the wrapper's
+  environment, never on its command line) and the settings object;
 - `worker_node_entry_point` and the wrapper's full command line (`wrapper_argv`), as an argv
   list that never passes through a shell, with `--cluster` and `--host-url` appended to the
   worker-node arguments the host built (Jobmon's arguments-only convention);
@@ -30,7 +32,7 @@ from typing import Any, ClassVar
 
 from jobfleet.core.cluster_protocol import ClusterDistributor
 from jobfleet.core.errors import BackendError
-from jobfleet.core.wrapper import HOST_URL_VARIABLE, entry_point_argv
+from jobfleet.core.wrapper import CHANNEL_TOKEN_VARIABLE, HOST_URL_VARIABLE, entry_point_argv
 
 __all__ = ["BaseClusterDistributor"]
 
@@ -46,12 +48,18 @@ class BaseClusterDistributor(ClusterDistributor):
     """The backend's settings dataclass; an instance with its defaults is used when the host
     passes no `settings=`."""
 
+    needs_network_channel: ClassVar[bool] = False
+    """True for a backend whose nodes share no file system with the host (Kubernetes): the
+    host then serves the run's channel over HTTP unless told otherwise (`jobfleet run
+    --channel`), and passes the run's token as `channel_token=`."""
+
     def __init__(
         self,
         cluster_name: str,
         *args: Any,
         settings: Any = None,
         host_url: str | None = None,
+        channel_token: str | None = None,
         **connection_parameters: Any,
     ) -> None:
         self.cluster_name = cluster_name
@@ -59,6 +67,10 @@ class BaseClusterDistributor(ClusterDistributor):
             settings = self.settings_class()
         self.settings = settings
         self.host_url = host_url or os.environ.get(HOST_URL_VARIABLE) or None
+        self.channel_token = channel_token or os.environ.get(CHANNEL_TOKEN_VARIABLE) or None
+        """The run's token of an http channel (None for a file channel): the wrapper needs it
+        in its environment as `$JOBFLEET_CHANNEL_TOKEN` (or in a file named by
+        `$JOBFLEET_CHANNEL_TOKEN_FILE`); it must never appear on a command line or in logs."""
         self.connection_parameters = connection_parameters
 
     @property

@@ -87,14 +87,36 @@ TERMINATION_LOG_STARTED: Final = '{"jobfleet":"started"}'
 a backend that finds it knows the wrapper itself died (an exit status above 128 then means a
 signal killed the wrapper, not that the wrapper passed on its task's signal)."""
 
+CHANNEL_TOKEN_VARIABLE: Final = "JOBFLEET_CHANNEL_TOKEN"  # noqa: S105 - a variable name
+"""The run's token for an http channel: the wrapper sends it as `Authorization: Bearer …`. A
+backend puts it in the wrapper's environment (never on a command line); a distributor given no
+`channel_token=` reads it from here."""
+
+CHANNEL_TOKEN_FILE_VARIABLE: Final = "JOBFLEET_CHANNEL_TOKEN_FILE"  # noqa: S105
+"""A file holding the channel token, read when `JOBFLEET_CHANNEL_TOKEN` is unset (a Kubernetes
+Secret mounted as a volume)."""
+
+CHANNEL_CA_VARIABLE: Final = "JOBFLEET_CHANNEL_CA"
+"""A CA file with which the wrapper checks an https channel's certificate (default: the
+system's store)."""
+
 HOST_ONLY_VARIABLES: Final = frozenset(
-    {"JOBFLEET_LEDGER", HOST_URL_VARIABLE, "PGPASSWORD", TERMINATION_LOG_VARIABLE}
+    {
+        "JOBFLEET_LEDGER",
+        HOST_URL_VARIABLE,
+        "PGPASSWORD",
+        CHANNEL_TOKEN_VARIABLE,
+        CHANNEL_TOKEN_FILE_VARIABLE,
+        CHANNEL_CA_VARIABLE,
+        TERMINATION_LOG_VARIABLE,
+    }
 )
-"""The host's own variables, which no task gets (nor a local backend's wrapper): the ledger's
-URL, which may hold its password; the channel's address, which the wrapper gets on its command
-line; libpq's password variable, which the host's PostgreSQL connection may read; and the
-wrapper's termination log, which is the wrapper's alone. A task that needs one of them names
-it in its own `env`."""
+"""The host's own variables, which no task gets (nor a local backend's wrapper, unless the
+backend sets them for it): the ledger's URL, which may hold its password; the channel's
+address, which the wrapper gets on its command line; libpq's password variable, which the
+host's PostgreSQL connection may read; the http channel's token, token file and CA, which
+the wrapper reads and its task must not inherit; and the wrapper's termination log, which is
+the wrapper's alone. A task that needs one of them names it in its own `env`."""
 
 ENTRY_POINT_VARIABLE: Final = "JOBFLEET_WORKER_NODE"
 """A command (shell words) that starts the wrapper on the nodes, when it is not the one

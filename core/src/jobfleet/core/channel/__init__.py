@@ -1,8 +1,9 @@
 """The host channel: how worker-node wrappers get their task specs and report back.
 
 A channel is named by a URL. `open_channel(url)` picks the transport from the URL's scheme
-through a small registry; `file:///abs/dir` (or a plain absolute path) is built in, and other
-transports add themselves with `register_transport`. See docs/channel.md for the protocol.
+through a small registry; `file:///abs/dir` (or a plain absolute path) and `http(s)://…` (served
+by the host, `jobfleet.core.channel.http`) are built in, and other transports add themselves
+with `register_transport`. See docs/channel.md for the protocol.
 """
 
 from __future__ import annotations
@@ -110,3 +111,15 @@ def open_channel(url: str, *, create: bool = False) -> Channel:
 
 
 register_transport("file", FileChannel.from_url)
+
+
+def _open_http(url: str, *, create: bool = False) -> Channel:
+    # Imported on use: http.client costs the wrapper a few milliseconds it pays only when its
+    # channel is served over HTTP.
+    from .http import HttpChannel
+
+    return HttpChannel.from_url(url, create=create)
+
+
+register_transport("http", _open_http)
+register_transport("https", _open_http)

@@ -116,6 +116,40 @@ class _RunCommand(click.Command):
 @click.option(
     "--detach", is_flag=True, help="Run the service in the background; print the run id and exit."
 )
+@click.option(
+    "--channel",
+    "channel_transport",
+    type=click.Choice(["file", "http"]),
+    help="How task wrappers reach the host: the run's directory (file), or an HTTP server the "
+    "host runs (http, for nodes without a shared file system). Default: file, or http when "
+    "the backend needs it.",
+)
+@click.option(
+    "--channel-bind",
+    metavar="HOST:PORT",
+    envvar="JOBFLEET_CHANNEL_BIND",
+    help="Where the http channel listens (default 127.0.0.1:0, any free port; "
+    "$JOBFLEET_CHANNEL_BIND).",
+)
+@click.option(
+    "--channel-address",
+    metavar="URL",
+    envvar="JOBFLEET_CHANNEL_ADDRESS",
+    help="The base URL the nodes reach the http channel at, when it differs from the bind "
+    "address, e.g. http://10.0.0.5:8765 ($JOBFLEET_CHANNEL_ADDRESS).",
+)
+@click.option(
+    "--channel-tls-cert",
+    metavar="FILE",
+    envvar="JOBFLEET_CHANNEL_TLS_CERT",
+    help="Serve the http channel over TLS with this certificate (PEM; with --channel-tls-key).",
+)
+@click.option(
+    "--channel-tls-key",
+    metavar="FILE",
+    envvar="JOBFLEET_CHANNEL_TLS_KEY",
+    help="The private key of --channel-tls-cert (PEM).",
+)
 @ledger_option
 @json_option
 @click.pass_context
@@ -147,6 +181,11 @@ def run(ctx: click.Context, /, task_file: Path | None, **flags: Any) -> None:
         if flags["resume"] is not None:
             if task_file is not None or command:
                 raise click.UsageError("--resume takes no task file or command.")
+            if flags["channel_transport"] is not None:
+                raise click.UsageError(
+                    "--resume serves the run's channel as it was created; --channel is for "
+                    "new runs."
+                )
             with ledger.read_session() as session:
                 run_id = queries.find_run(session, flags["resume"]).id
         else:
@@ -184,6 +223,7 @@ def _create(
         cluster_settings=settings,
         options=ServiceOptions(array_size=flags["array_size"]),
         new_queues=flags["new_queues"],
+        channel=_channel_options(ctx, flags),
     )
     error_console().print(
         f"run {run_id}: {len(definitions)} task(s) on {flags['cluster']} "
@@ -192,6 +232,39 @@ def _create(
         markup=False,
     )
     return run_id
+
+
+def _channel_options(ctx: click.Context, flags: Mapping[str, Any]) -> Any:
+    """The run's channel options from the flags. Without --channel, an http option given on
+    the command line means http; otherwise the backend chooses (options from the environment
+    apply if it chooses http)."""
+    from click.core import ParameterSource
+
+    from jobfleet.core.host.runs import ChannelOptions
+
+    given = {
+        "bind": flags["channel_bind"],
+        "address": flags["channel_address"],
+        "tls_cert": flags["channel_tls_cert"],
+        "tls_key": flags["channel_tls_key"],
+    }
+    on_command_line = [
+        f"--channel-{key.replace('_', '-')}"
+        for key, value in given.items()
+        if value and ctx.get_parameter_source(f"channel_{key}") is ParameterSource.COMMANDLINE
+    ]
+    transport = flags["channel_transport"]
+    if transport == "file":
+        if on_command_line:
+            raise click.UsageError(f"{', '.join(on_command_line)} only apply to --channel http.")
+        return ChannelOptions()
+    if transport is None:
+        transport = "http" if on_command_line else "auto"
+    values = {key: value for key, value in given.items() if value}
+    for key in ("tls_cert", "tls_key"):
+        if key in values:
+            values[key] = str(Path(values[key]).resolve())
+    return ChannelOptions(transport=transport, **values)
 
 
 def _tasks(

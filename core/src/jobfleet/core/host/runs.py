@@ -12,7 +12,7 @@ import json
 import os
 import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,65 @@ class ServiceOptions:
         return cls(**{key: value for key, value in data.items() if key in known})
 
 
+CHANNEL_TRANSPORTS = ("file", "http", "auto")
+
+
+@dataclass(frozen=True)
+class ChannelOptions:
+    """How the run's channel reaches its wrappers; stored with the run (`options["channel"]`)
+    so that `--resume` serves it again at the same address.
+
+    The channel itself is always the file channel in the run's work directory; with
+    `transport="http"` the host also serves it over HTTP(S) (`host.channel_server`). The token
+    is not here: it is in a 0600 file of the channel directory, as the ledger may be shared.
+    """
+
+    transport: str = "file"
+    """`file`, `http`, or `auto` (given to `create_run` only: http when the backend's
+    distributor `needs_network_channel`, else file)."""
+    bind: str = "127.0.0.1:0"
+    """Where the server listens, `HOST:PORT`; port 0 takes any free port, and the port taken
+    is then stored here, so that a resumed host binds the same one."""
+    address: str | None = None
+    """The base URL wrappers reach the server at, when it is not the bind address (a pod
+    network, a load balancer); None: the bind address (loopback for a wildcard bind)."""
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.transport not in CHANNEL_TRANSPORTS:
+            raise RunDefinitionError(
+                f"The channel transport must be file, http or auto, not {self.transport!r}."
+            )
+        if self.transport == "file":
+            return
+        from jobfleet.core.host.channel_server import (
+            ChannelServerError,
+            check_address,
+            parse_bind,
+        )
+
+        try:
+            parse_bind(self.bind)
+            if bool(self.tls_cert) != bool(self.tls_key):
+                raise RunDefinitionError("TLS needs both --channel-tls-cert and --channel-tls-key.")
+            for path in (self.tls_cert, self.tls_key):
+                if path and not os.path.isfile(path):
+                    raise RunDefinitionError(f"The channel's TLS file {path} does not exist.")
+            if self.address is not None:
+                check_address(self.address, tls=bool(self.tls_cert))
+        except ChannelServerError as exc:
+            raise RunDefinitionError(str(exc)) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ChannelOptions:
+        known = {item.name for item in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+
 def default_work_root(ledger: Ledger) -> Path:
     """Where runs keep their channel and logs: beside a SQLite ledger, else ./.jobfleet/runs."""
     database = ledger.url.database
@@ -113,12 +172,16 @@ def create_run(
     work_root: Path | None = None,
     registry: PluginRegistry | None = None,
     new_queues: bool = False,
+    channel: ChannelOptions | None = None,
 ) -> int:
     """Check everything, then write the run, its tasks and their first attempts; return its id.
 
     A queue the tasks name (or fall back to) that the ledger does not have is refused, so that
     a misspelt name cannot become a queue without limits; `new_queues` adds such queues without
     limits of their own instead. The default queue is always added when missing.
+
+    `channel` says how wrappers reach the run's channel; by default a file channel, or an
+    http one on loopback when the backend's distributor `needs_network_channel`.
     """
     if not tasks:
         raise RunDefinitionError("A run needs at least one task.")
@@ -126,6 +189,12 @@ def create_run(
     settings_values = dict(cluster_settings or {})
     settings = plugin.settings(settings_values, os.environ)  # bad ones fail before any write
     options = options or ServiceOptions()
+    channel = channel or ChannelOptions(transport="auto")
+    if channel.transport == "auto":
+        if getattr(plugin.distributor_class, "needs_network_channel", False):
+            channel = replace(channel, transport="http")
+        else:
+            channel = ChannelOptions()
     root = work_root or default_work_root(ledger)
     with ledger.session() as session:
         cluster_row = ensure_cluster(session, cluster)
@@ -136,7 +205,11 @@ def create_run(
             cluster_id=cluster_row.id,
             status=RunStatus.CREATED.value,
             token=secrets.token_hex(8),
-            options={"service": options.to_dict(), "cluster_settings": settings_values},
+            options={
+                "service": options.to_dict(),
+                "cluster_settings": settings_values,
+                "channel": channel.to_dict(),
+            },
         )
         session.add(run)
         session.flush()

@@ -48,7 +48,12 @@ from jobfleet.core.local.settings import LocalSettings, gpu_ids
 from jobfleet.core.owned_dirs import OwnedDirectory, make_owned_directory, remove_abandoned
 from jobfleet.core.private import open_private
 from jobfleet.core.resources import ResourceRequest, parse_cores, parse_memory
-from jobfleet.core.wrapper import WRAPPER_FAILED, exit_info_from_wrapper, without_host_variables
+from jobfleet.core.wrapper import (
+    CHANNEL_TOKEN_VARIABLE,
+    WRAPPER_FAILED,
+    exit_info_from_wrapper,
+    without_host_variables,
+)
 
 _QUEUED, _RUNNING, _FINISHED, _KILLED = "queued", "running", "finished", "killed"
 
@@ -392,6 +397,10 @@ class LocalDistributor(BaseClusterDistributor):
         env = without_host_variables(os.environ)
         env[_TAG] = job.distributor_id
         env["JOBFLEET_ARRAY_STEP_ID"] = "" if job.step is None else str(job.step)
+        if self.channel_token:
+            # An http channel's token: in the environment, never in argv (`ps` shows argv to
+            # every user); the wrapper reads it and keeps it from its task.
+            env[CHANNEL_TOKEN_VARIABLE] = self.channel_token
         if self.pool.total.gpus:
             # Every task sees exactly the devices it was given, and none when it asked for none.
             env["CUDA_VISIBLE_DEVICES"] = ",".join(job.gpus)

@@ -118,9 +118,12 @@ _SIGKILL_ENDINGS = ("exit 137", "signal KILL")
 
 
 class DistributorFactory(Protocol):
-    """Makes a new, not yet started distributor that gives its worker nodes `host_url`."""
+    """Makes a new, not yet started distributor that gives its worker nodes `host_url`.
 
-    def __call__(self, *, host_url: str) -> ClusterDistributor: ...
+    With `channel_transport = "http"` it also receives `channel_token=`, which the distributor
+    must hand its wrappers (`BaseClusterDistributor` takes it as is)."""
+
+    def __call__(self, *, host_url: str, **channel_token: Any) -> ClusterDistributor: ...
 
 
 def _state_and_message(info: Any) -> tuple[ErrorState, str]:
@@ -159,7 +162,7 @@ def running_distributor(
     make_distributor: DistributorFactory, host: KitHost
 ) -> Iterator[ClusterDistributor]:
     """A distributor of the kit's host, started, and stopped on leaving."""
-    distributor = make_distributor(host_url=host.url)
+    distributor = make_distributor(**host.distributor_kwargs())
     distributor.start()
     try:
         yield distributor
@@ -180,6 +183,10 @@ class DistributorTests:
     """How many quick jobs the "every job reports exactly once" test submits at once."""
     python: ClassVar[str] = sys.executable
     """The Python the kit's helper tasks run (memory hog, lock holders, meeting)."""
+    channel_transport: ClassVar[str] = "file"
+    """The kit host's channel: "file", or "http" (served on loopback; the factory then also
+    gets `channel_token=`). A backend whose nodes share no file system with the host sets
+    "http"; a local backend may subclass its tests with "http" to run them over both."""
 
     @pytest.fixture
     def make_distributor(self) -> DistributorFactory:
@@ -190,8 +197,9 @@ class DistributorTests:
 
     @pytest.fixture
     def kit_host(self, tmp_path: Path) -> Iterator[KitHost]:
-        """The kit's host: a file channel (and log directory) under the test's tmp_path."""
-        host = KitHost(tmp_path / "kit")
+        """The kit's host: a file channel (and log directory) under the test's tmp_path,
+        served over HTTP when `channel_transport` is "http"."""
+        host = KitHost(tmp_path / "kit", self.channel_transport)
         try:
             yield host
         finally:
@@ -374,9 +382,9 @@ class DistributorTests:
     def test_stop_is_idempotent(
         self, make_distributor: DistributorFactory, kit_host: KitHost
     ) -> None:
-        never_started = make_distributor(host_url=kit_host.url)
+        never_started = make_distributor(**kit_host.distributor_kwargs())
         never_started.stop()
-        distributor = make_distributor(host_url=kit_host.url)
+        distributor = make_distributor(**kit_host.distributor_kwargs())
         distributor.start()
         distributor.stop()
         distributor.stop()

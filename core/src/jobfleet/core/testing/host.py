@@ -4,7 +4,8 @@ It does what a real host does for one distributor, and no more: it numbers task 
 stores their specs (and array step maps) in a `file://` channel, submits worker-node commands
 through the distributor, and reads the wrappers' events with one cursor kept across calls. So
 the kit runs real commands through the real `jobfleet-worker-node` on any backend whose nodes
-can reach the kit's temporary directory.
+can reach the kit's temporary directory — or, with `transport="http"`, any node that can reach
+the kit's HTTP channel server (which serves the same file channel, as the real host does).
 """
 
 from __future__ import annotations
@@ -76,12 +77,27 @@ def is_locked(path: Path) -> bool:
 
 
 class KitHost:
-    """A host of one channel under `root`; task instance ids count from 1."""
+    """A host of one channel under `root`; task instance ids count from 1.
 
-    def __init__(self, root: Path) -> None:
+    `transport="http"` also serves the channel over HTTP on loopback (any free port, or
+    `bind`): `url` is then the served URL and `token` the channel token a distributor must
+    give its wrappers (`distributor_kwargs()` has both).
+    """
+
+    def __init__(self, root: Path, transport: str = "file", *, bind: str = "127.0.0.1:0") -> None:
+        if transport not in ("file", "http"):
+            raise ValueError(f"transport must be file or http, not {transport!r}")
         self.root = root
         self.logs = root / "logs"
+        self.transport = transport
         self.channel: Channel = open_channel(f"file://{root / 'channel'}", create=True)
+        self.served: Any = None
+        if transport == "http":
+            from jobfleet.core.channel import FileChannel
+            from jobfleet.core.host.channel_server import serve_channel
+
+            assert isinstance(self.channel, FileChannel)
+            self.served = serve_channel(self.channel, f"kit-{root.name}", bind=bind)
         self._task_ids = itertools.count(1)
         self._array_ids = itertools.count(1)
         self._cursor: EventCursor | None = None
@@ -90,7 +106,19 @@ class KitHost:
     @property
     def url(self) -> str:
         """The channel's URL: what distributors receive as `host_url`."""
-        return self.channel.url
+        return str(self.served.url) if self.served is not None else self.channel.url
+
+    @property
+    def token(self) -> str | None:
+        """The channel token of an http channel (None for a file channel)."""
+        return str(self.served.token) if self.served is not None else None
+
+    def distributor_kwargs(self) -> dict[str, Any]:
+        """What a distributor factory receives: `host_url=`, and `channel_token=` for http."""
+        kwargs: dict[str, Any] = {"host_url": self.url}
+        if self.token is not None:
+            kwargs["channel_token"] = self.token
+        return kwargs
 
     # -- specs and submission -----------------------------------------------------------------
 
@@ -208,6 +236,9 @@ class KitHost:
         return {e.task_instance_id for e in self._matching(EventKind.RUNNING, None)}
 
     def close(self) -> None:
+        if self.served is not None:
+            self.served.close()
+            self.served = None
         self.channel.close()
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Any, Final
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -48,6 +48,9 @@ class RunContext:
     options: ServiceOptions = field(default_factory=ServiceOptions)
     distributor: ClusterDistributor | None = None
     channel: Channel | None = None
+    """The run's file channel, as the host reads and writes it."""
+    served_channel: Any = None
+    """`host.channel_server.ServedChannel` while the channel is also served over HTTP."""
     queues: dict[str, ClusterQueue] = field(default_factory=dict)
     """The backend's queue objects, by name."""
     queue_rows: dict[str, int] = field(default_factory=dict)

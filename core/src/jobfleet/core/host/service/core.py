@@ -10,9 +10,9 @@ from typing import Any
 
 from jobfleet.core.channel import Channel, EventCursor, open_channel
 from jobfleet.core.cluster_protocol import ClusterDistributor, ClusterQueue
-from jobfleet.core.host.ledger import DEFAULT_LEASE, FINAL_RUN_STATUSES, Ledger
+from jobfleet.core.host.ledger import DEFAULT_LEASE, FINAL_RUN_STATUSES, Ledger, Run
 from jobfleet.core.host.queues import queue_objects
-from jobfleet.core.host.runs import ServiceOptions
+from jobfleet.core.host.runs import ChannelOptions, ServiceOptions
 from jobfleet.core.host.service.context import RunContext, ServiceError
 from jobfleet.core.host.service.kills import handle_kills
 from jobfleet.core.host.service.lease import (
@@ -119,10 +119,43 @@ class DistributorService:
         run.queue_rows = {name: row.id for name, row in stored.queue_rows.items()}
         run.channel = open_channel(host_url, create=True)
         kwargs: dict[str, Any] = {"host_url": host_url}
+        channel_options = ChannelOptions.from_dict(stored.options.get("channel", {}))
+        if channel_options.transport == "http":
+            kwargs["host_url"], kwargs["channel_token"] = self._serve(channel_options)
         if settings is not None:
             kwargs["settings"] = settings
         run.distributor = plugin.distributor_class(stored.cluster_name, **kwargs)
         run.distributor.start()
+
+    def _serve(self, options: ChannelOptions) -> tuple[str, str]:
+        """Serve the run's file channel over HTTP(S): (its URL, its token).
+
+        The first service of a run binds the port asked for (0: any free port) and stores the
+        one taken with the run, so that a resumed service serves the same URL, and wrappers
+        still running keep reporting to it.
+        """
+        from jobfleet.core.channel import FileChannel
+        from jobfleet.core.host.channel_server import serve_channel
+
+        run = self._run
+        channel = run.channel
+        assert isinstance(channel, FileChannel)
+        key = os.path.basename(run.work_dir or "") or f"run-{run.run_id}-{run.run_token}"
+        served = serve_channel(
+            channel,
+            key,
+            bind=options.bind,
+            address=options.address,
+            tls_cert=options.tls_cert,
+            tls_key=options.tls_key,
+        )
+        run.served_channel = served
+        if served.bind != options.bind:
+            stored = options.to_dict() | {"bind": served.bind}
+            with self.ledger.session() as session:
+                row = session.get_one(Run, self.run_id)
+                row.options = {**row.options, "channel": stored}
+        return served.url, served.token
 
     def close(self) -> None:
         """Stop the backend connection and give the run up (a clean stop, not a kill)."""
@@ -131,6 +164,9 @@ class DistributorService:
         if self._run.distributor is not None:
             self._run.distributor.stop()
             self._run.distributor = None
+        if self._run.served_channel is not None:
+            self._run.served_channel.close()
+            self._run.served_channel = None
         if self._run.channel is not None:
             self._run.channel.close()
             self._run.channel = None

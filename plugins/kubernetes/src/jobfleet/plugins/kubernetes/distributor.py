@@ -52,7 +52,6 @@ from jobfleet.plugins.kubernetes.watch import Informer
 
 log = logging.getLogger(__name__)
 
-CHANNEL_TOKEN_VARIABLE = manifests.CHANNEL_TOKEN_VARIABLE
 _ID = re.compile(r"(jf-[0-9a-f]{10}(?:-[a-z0-9-]{1,16})?-[0-9a-f]{8})(?:_(\d{1,7}))?")
 _DELETE_CHUNK = 50  # Job names per deletecollection (a label selector `in (…)`)
 _KILL_POLL = 0.05
@@ -80,12 +79,11 @@ class KubernetesDistributor(BaseClusterDistributor):
         *args: Any,
         api: KubeApi | None = None,
         namespace: str | None = None,
-        channel_token: str | None = None,
         **connection_parameters: Any,
     ) -> None:
+        # The base keeps host_url, settings and the channel token (`channel_token=`, else
+        # $JOBFLEET_CHANNEL_TOKEN), which goes into the run's Secret, never into a pod spec.
         super().__init__(cluster_name, *args, **connection_parameters)
-        token = channel_token or getattr(self, "channel_token", None)
-        self.channel_token: str | None = token or os.environ.get(CHANNEL_TOKEN_VARIABLE) or None
         self.run = manifests.run_id(self.host_url, cluster_name)
         self.selector = manifests.run_selector(self.run)
         self.api = api
@@ -368,9 +366,7 @@ class KubernetesDistributor(BaseClusterDistributor):
 
     def _passed_env(self) -> dict[str, str]:
         environ = {
-            name: value
-            for name, value in os.environ.items()
-            if name not in HOST_ONLY_VARIABLES and not name.startswith("JOBFLEET_CHANNEL_TOKEN")
+            name: value for name, value in os.environ.items() if name not in HOST_ONLY_VARIABLES
         }
         return self.settings.passed_env(environ)
 

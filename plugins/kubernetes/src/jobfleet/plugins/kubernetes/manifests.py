@@ -18,7 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jobfleet.core.resources import ResourceRequest, parse_memory
-from jobfleet.core.wrapper import TERMINATION_LOG_VARIABLE
+from jobfleet.core.wrapper import (
+    CHANNEL_TOKEN_VARIABLE,
+    HOST_ONLY_VARIABLES,
+    TERMINATION_LOG_VARIABLE,
+)
 from jobfleet.plugins.kubernetes.settings import (
     KubernetesSettings,
     key_values,
@@ -45,7 +49,6 @@ JOB_VARIABLE = "JOBFLEET_KUBERNETES_JOB"
 ARRAY_JOB_VARIABLE = "JOBFLEET_KUBERNETES_ARRAY_JOB"
 POD_VARIABLE = "JOBFLEET_KUBERNETES_POD"
 NODE_VARIABLE = "JOBFLEET_KUBERNETES_NODE"
-CHANNEL_TOKEN_VARIABLE = "JOBFLEET_CHANNEL_TOKEN"  # noqa: S105 - a variable name
 
 # Spot / preemptible capacity as EKS and GKE mark it (seed 003: Toil understands both).
 SPOT_LABELS: Mapping[str, str] = {
@@ -197,7 +200,7 @@ def _env(request: JobRequest) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": name, "value": value}
         for name, value in sorted(request.passed_env.items())
-        if name != CHANNEL_TOKEN_VARIABLE
+        if name not in HOST_ONLY_VARIABLES
     ]
     env += [
         {

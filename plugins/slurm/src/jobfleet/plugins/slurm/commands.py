@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from jobfleet.core.errors import BackendError
 
@@ -25,12 +25,17 @@ class SlurmCommands:
         self.timeout = timeout
         self.calls: Counter[str] = Counter()
 
-    def run(self, argv: Sequence[str], *, check: bool = True) -> str:
-        """The command's standard output; `SlurmCommandError` when it fails (if `check`)."""
+    def run(
+        self, argv: Sequence[str], *, check: bool = True, env: Mapping[str, str] | None = None
+    ) -> str:
+        """The command's standard output; `SlurmCommandError` when it fails (if `check`).
+
+        `env` replaces the command's environment (sbatch exports its own to the job)."""
         self.calls[argv[0]] += 1
         try:
             result = subprocess.run(
                 list(argv),
+                env=None if env is None else dict(env),
                 capture_output=True,
                 text=True,
                 timeout=self.timeout,

@@ -33,6 +33,7 @@ from jobfleet.core.exit_info import RemoteExitInfo
 from jobfleet.core.polling import Poller
 from jobfleet.core.queue import DEFAULT_QUEUE
 from jobfleet.core.resources import ResourceRequest
+from jobfleet.core.wrapper import CHANNEL_TOKEN_VARIABLE
 from jobfleet.plugins.slurm import accounting
 from jobfleet.plugins.slurm.commands import SlurmCommandError, SlurmCommands
 from jobfleet.plugins.slurm.settings import SlurmSettings, extra_sbatch_options
@@ -241,7 +242,13 @@ class SlurmDistributor(BaseClusterDistributor):
             str(script),
         ]
         try:
-            output = self.commands.run(argv)
+            if self.channel_token:
+                # An http channel's token reaches the job through the environment sbatch
+                # exports (its default, --export=ALL), never its command line or the script.
+                env = {**os.environ, CHANNEL_TOKEN_VARIABLE: self.channel_token}
+                output = self.commands.run(argv, env=env)
+            else:
+                output = self.commands.run(argv)
         except SlurmCommandError as error:
             # The job may exist although sbatch did not say so: never submit it twice.
             found = self._find_by_token(token)
