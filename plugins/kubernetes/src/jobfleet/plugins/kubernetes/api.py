@@ -86,10 +86,10 @@ class TokenBucket:
                 now = self._clock()
                 self._tokens = min(self.capacity, self._tokens + (now - self._at) * self.rate)
                 self._at = now
-                if self._tokens >= 1:
-                    self._tokens -= 1
+                if self._tokens >= 1 - 1e-9:  # a float short of 1 after its wait is 1
+                    self._tokens = max(0.0, self._tokens - 1)
                     return
-                wait = (1 - self._tokens) / self.rate
+                wait = max(1e-3, (1 - self._tokens) / self.rate)
             self._sleep(wait)
 
 
