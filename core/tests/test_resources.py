@@ -788,3 +788,43 @@ def test_the_task_memory_floor() -> None:
         check_task_memory(1023 * KIB)
     with pytest.raises(ResourceError, match=r"Resource 'max_memory': '1B' is below 1M"):
         check_task_memory(1, field="max_memory", value="1B")
+
+
+# --- preemptible (an extra key with a reader of its own) ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (True, True),
+        (False, False),
+        (1, True),
+        (0, False),
+        ("yes", True),
+        (" TRUE ", True),
+        ("off", False),
+        ("0", False),
+    ],
+)
+def test_preemptible_reads_yes_and_no(value: object, expected: bool) -> None:
+    from jobfleet.core.resources import ResourceRequest, parse_preemptible
+
+    assert parse_preemptible(value) is expected
+    assert ResourceRequest.parse({"preemptible": value}).preemptible is expected
+
+
+@pytest.mark.parametrize("value", ["maybe", 2, 0.5, "", [], "spot"])
+def test_preemptible_refuses_anything_else_naming_the_field(value: object) -> None:
+    from jobfleet.core.resources import ResourceRequest
+
+    with pytest.raises(ResourceError, match="'preemptible'"):
+        _ = ResourceRequest.parse({"preemptible": value}).preemptible
+
+
+def test_preemptible_stays_an_extra_key_and_defaults_to_false() -> None:
+    from jobfleet.core.resources import ResourceRequest
+
+    request = ResourceRequest.parse({"cores": 1, "preemptible": "yes"})
+    assert request.to_dict() == {"cores": 1, "preemptible": "yes"}
+    assert ResourceRequest.parse({"cores": 1}).preemptible is False
+    assert ResourceRequest.parse({"preemptible": None}).preemptible is False

@@ -57,6 +57,7 @@ __all__ = [
     "parse_cores",
     "parse_gpus",
     "parse_memory",
+    "parse_preemptible",
     "parse_runtime",
     "validate",
 ]
@@ -103,6 +104,10 @@ GPUS_FORMS: Final = (
 )
 GPU_TYPE_FORMS: Final = "a GPU type name such as 'a100' or 'v100-32gb'"
 QUEUE_FORMS: Final = "the name of a queue, as a non-empty string"
+PREEMPTIBLE_FORMS: Final = "true or false (also yes/no, on/off, 1/0, in any letter case)"
+PREEMPTIBLE: Final = "preemptible"
+"""The request key saying a task may run on preemptible (spot) capacity. It stays an extra key
+(no queue limits it); backends that know such capacity read `ResourceRequest.preemptible`."""
 
 # ASCII only: "\d" would otherwise accept digits of every script.
 _DECIMAL: Final = r"(?:\d+(?:\.\d+)?|\.\d+)"
@@ -476,6 +481,21 @@ def _parse_gpu_type(value: object, field: str = "gpu_type") -> str:
     return text
 
 
+def parse_preemptible(value: object, *, field: str = PREEMPTIBLE) -> bool:
+    """Read the `preemptible` flag: a bool, 0 or 1, or a word such as "true" or "no"."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in ("true", "yes", "on", "1"):
+            return True
+        if word in ("false", "no", "off", "0"):
+            return False
+    raise _error(field, value, PREEMPTIBLE_FORMS, "is not a yes or no")
+
+
 def _parse_queue(value: object, field: str = "queue") -> str:
     if not isinstance(value, str) or not value.strip():
         raise _error(field, value, QUEUE_FORMS, "is not a queue name")
@@ -572,6 +592,13 @@ class ResourceRequest:
             queue=given.get("queue"),
             extra=extra,
         )
+
+    @property
+    def preemptible(self) -> bool:
+        """Whether the task may run on preemptible (spot) capacity: the extra key
+        `preemptible`, read with `parse_preemptible` (absent or None: False)."""
+        value = self.extra.get(PREEMPTIBLE)
+        return False if value is None else parse_preemptible(value)
 
     def to_dict(self, *, bare_memory_unit: str | None = None) -> dict[str, Any]:
         """The canonical JSON-ready dict: canonical fields first, then extra keys as given.

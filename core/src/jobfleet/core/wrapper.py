@@ -74,6 +74,19 @@ DEFAULT_KILL_GRACE: Final = 10.0
 HOST_URL_VARIABLE: Final = "JOBFLEET_HOST_URL"
 """Where a distributor or wrapper given no `host_url` looks for the host channel's address."""
 
+TERMINATION_LOG_VARIABLE: Final = "JOBFLEET_TERMINATION_LOG"
+"""A file the wrapper also writes its final exit record to (compact JSON of the final report,
+at most `TERMINATION_LOG_LIMIT` bytes), when set: Kubernetes pods set it to their container's
+`terminationMessagePath`, so the record survives a report that never reached the host."""
+
+TERMINATION_LOG_LIMIT: Final = 4096
+"""The most bytes Kubernetes keeps of a container's termination message."""
+
+TERMINATION_LOG_STARTED: Final = '{"jobfleet":"started"}'
+"""What the termination log holds from the wrapper's start until its final record replaces it:
+a backend that finds it knows the wrapper itself died (an exit status above 128 then means a
+signal killed the wrapper, not that the wrapper passed on its task's signal)."""
+
 CHANNEL_TOKEN_VARIABLE: Final = "JOBFLEET_CHANNEL_TOKEN"  # noqa: S105 - a variable name
 """The run's token for an http channel: the wrapper sends it as `Authorization: Bearer …`. A
 backend puts it in the wrapper's environment (never on a command line); a distributor given no
@@ -95,14 +108,15 @@ HOST_ONLY_VARIABLES: Final = frozenset(
         CHANNEL_TOKEN_VARIABLE,
         CHANNEL_TOKEN_FILE_VARIABLE,
         CHANNEL_CA_VARIABLE,
+        TERMINATION_LOG_VARIABLE,
     }
 )
 """The host's own variables, which no task gets (nor a local backend's wrapper, unless the
 backend sets them for it): the ledger's URL, which may hold its password; the channel's
 address, which the wrapper gets on its command line; libpq's password variable, which the
-host's PostgreSQL connection may read; and the http channel's token, token file and CA, which
-the wrapper reads and its task must not inherit. A task that needs one of them names it in its
-own `env`."""
+host's PostgreSQL connection may read; the http channel's token, token file and CA, which
+the wrapper reads and its task must not inherit; and the wrapper's termination log, which is
+the wrapper's alone. A task that needs one of them names it in its own `env`."""
 
 ENTRY_POINT_VARIABLE: Final = "JOBFLEET_WORKER_NODE"
 """A command (shell words) that starts the wrapper on the nodes, when it is not the one

@@ -118,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
+    if os.environ.get(wrapper.TERMINATION_LOG_VARIABLE):
+        from jobfleet.worker_node.termination import mark_started
+
+        mark_started()  # replaced by the final record, unless the wrapper is killed first
     args = _parser().parse_args(argv)
     for name in ("cluster", "host_url"):
         if not getattr(args, name):
@@ -195,11 +199,15 @@ def _array_spec(args: argparse.Namespace, channel: Channel, step: int | None) ->
 def _fail(writer: EventWriter | None, state: ErrorState, message: str) -> None:
     """Send a final report for a run that failed in the wrapper, and say it on stderr too."""
     _say(message)
+    record = ExitRecord(ExitReason.LAUNCHER_ERROR, message=message)
+    report = FinalReport(state, message, exit=record)
+    from jobfleet.worker_node.termination import write_termination_log
+
+    write_termination_log(report)  # also when there is no channel to report through
     if writer is None:
         return
-    record = ExitRecord(ExitReason.LAUNCHER_ERROR, message=message)
     try:
-        writer.send_report(FinalReport(state, message, exit=record), durable=True)
+        writer.send_report(report, durable=True)
     except Exception as exc:  # nothing left to report through
         _say(f"the final report could not be sent either: {exc}")
 

@@ -35,6 +35,7 @@ from jobfleet.worker_node.cgroup import TaskCgroup, current_memory_cgroup
 from jobfleet.worker_node.outcome import Observation, classify
 from jobfleet.worker_node.output import OutputPump
 from jobfleet.worker_node.sampler import TreeSample, TreeSampler
+from jobfleet.worker_node.termination import write_termination_log
 from jobfleet.worker_node.usage import combine, current_rss, gpu_usage, rusage_sum
 
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
@@ -408,6 +409,7 @@ class TaskRunner:
             distributor_id=self.node.distributor_id,
             hostname=self._hostname,
         )
+        write_termination_log(report)
         self.writer.send_report(report, durable=True)
 
     def _report_not_started(self, error: str, log_paths: dict[str, str | None]) -> int:
