@@ -1,0 +1,1 @@
+"""jobfleet backend for Apache Mesos (being built; not registered as a plugin yet)."""
