@@ -409,6 +409,27 @@ def test_events_sent_while_the_server_is_down_arrive_exactly_once(host, served, 
         again.close()
 
 
+def test_a_new_server_serves_the_run_before_it_accepts_a_request(host, monkeypatch, tmp_path):
+    # Wrappers of a resumed run connect while its server starts; their reports wait in the
+    # socket's backlog and are answered as soon as it accepts. A run registered only after
+    # start() made them "no such channel" (404), and they gave their final reports up.
+    served_at_start = []
+    original = ChannelServer.start
+
+    def start(self, *args, **kwargs):
+        served_at_start.append(list(self.keys))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ChannelServer, "start", start)
+    first = serve_channel(host, "run-7-first")
+    try:
+        other = serve_channel(FileChannel.create(tmp_path / "other"), "run-8-other")
+        other.close()
+    finally:
+        first.close()
+    assert served_at_start == [["run-7-first"]]  # the second run shared the running server
+
+
 def test_a_send_that_gave_up_is_delivered_with_the_next_one(host, served, monkeypatch):
     monkeypatch.setenv("JOBFLEET_CHANNEL_RETRY_SECONDS", "0.5")
     writer = open_channel(served.url).open_writer(5)

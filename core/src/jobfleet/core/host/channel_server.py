@@ -680,9 +680,14 @@ def serve_channel(
             None,
         )
         if server is None:
-            server = ChannelServer(bind, tls_cert=tls_cert, tls_key=tls_key).start()
+            server = ChannelServer(bind, tls_cert=tls_cert, tls_key=tls_key)
+            # Served before the first request is accepted: the wrappers of a resumed run are
+            # waiting for this port, and their reports queue in the socket's backlog while the
+            # server starts. Answered "no such channel", they would give their reports up.
+            server.serve(key, channel, token, address=address)
+            server.start()
             _SERVERS[_server_key(server)] = server
-        url = server.serve(key, channel, token, address=address)
+        url = server.serve(key, channel, token, address=address)  # again, with the port bound
     return ServedChannel(server, key, url, token)
 
 
