@@ -45,6 +45,7 @@ from .messages import PROTOCOL_VERSION, Event, TaskSpec
 
 __all__ = [
     "DURABLE_HEADER",
+    "LONGEST_PAUSE",
     "RETRY_VARIABLE",
     "TRANSPORTS",
     "HttpChannel",
@@ -66,7 +67,9 @@ TIMEOUT_VARIABLE: Final = "JOBFLEET_CHANNEL_TIMEOUT"
 DEFAULT_RETRY_SECONDS: Final = 300.0
 DEFAULT_TIMEOUT: Final = 30.0
 _FIRST_PAUSE: Final = 0.1
-_LONGEST_PAUSE: Final = 5.0
+LONGEST_PAUSE: Final = 5.0
+"""A wrapper that cannot reach the host tries again at least this often (seconds): a host that
+comes back hears from every live wrapper within about this long."""
 _MAX_POST: Final = 512 * 1024
 """Buffered events are posted in bodies of at most this many bytes (the server takes 1 MiB)."""
 
@@ -215,10 +218,10 @@ class _Connection:
                         status,
                     )
                 wait = _retry_after(response.getheader("Retry-After"))
-            pause = min(_LONGEST_PAUSE, _FIRST_PAUSE * 2 ** min(attempt - 1, 16))
+            pause = min(LONGEST_PAUSE, _FIRST_PAUSE * 2 ** min(attempt - 1, 16))
             pause = pause / 2 + random.uniform(0, pause / 2)  # noqa: S311 - jitter, not secrecy
             if wait is not None:
-                pause = max(pause, min(wait, _LONGEST_PAUSE))
+                pause = max(pause, min(wait, LONGEST_PAUSE))
             if time.monotonic() + pause > deadline:
                 raise ChannelError(
                     f"Could not {what}: the host at {self.url} did not answer usefully in "
