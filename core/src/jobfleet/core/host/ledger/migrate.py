@@ -66,7 +66,13 @@ def check_is_a_ledger(connection: Connection, current: str | None) -> None:
     """
     where = _where(connection)
     if current is None:
-        tables = sorted(set(inspect(connection).get_table_names()) - {VERSION_TABLE})
+        names = set(inspect(connection).get_table_names())
+        if VERSION_TABLE in names:
+            # Another jobfleet created the schema between the two reads (on PostgreSQL each
+            # statement sees what was committed when it began): judge what is there now.
+            current = current_revision(connection)
+    if current is None:
+        tables = sorted(names - {VERSION_TABLE})
         if tables:
             shown = ", ".join(tables[:5]) + (f" and {len(tables) - 5} more" if tables[5:] else "")
             raise ForeignDatabaseError(
