@@ -336,6 +336,9 @@ def test_offers_shrink_while_tasks_run_and_grow_back(
     fw.wait_state("t", "TASK_FINISHED")
     grown = fw.offer(agent)  # the task's resources are offered again
     assert {r.name: r.scalar.value for r in grown.resources}["cpus"] == pytest.approx(1.5)
+    # Two offers of one agent merged in one ACCEPT (the executor is still there: no extra).
+    fw.driver.launchTasks([rest.id, grown.id], [task_info("merged", grown, "true", cpus=1.8)])
+    fw.wait_state("merged", "TASK_FINISHED")
 
 
 def test_invalid_launches(mesos_cluster: MesosCluster, start: Callable[..., Framework]) -> None:
@@ -366,7 +369,7 @@ def test_invalid_launches(mesos_cluster: MesosCluster, start: Callable[..., Fram
         u for u in fw.sched.updates if u.state == "TASK_ERROR" and u.task_id.value == "fits"
     ]
     assert "duplicate ID" in dup_error.message
-    assert "TASK_RUNNING" in fw.sched.states("fits")
+    fw.wait_state("fits", "TASK_RUNNING")  # the first task of that id runs
     # Required fields of the TaskInfo proto: the whole call is refused (400).
     other = fw.offer()
     nameless = task_info("nameless", other)
@@ -670,3 +673,58 @@ def test_stop_leaves_no_process(tmp_path: Path) -> None:
         mc.stop()
     assert running_executors(mc) == []
     assert not mc.internal_errors
+
+
+def test_executor_that_never_subscribes(
+    mesos_cluster: MesosCluster, start: Callable[..., Framework]
+) -> None:
+    mc = mesos_cluster
+    fw = start()
+    offer = fw.offer()
+    broken = executor_info("broken", command={"value": "echo no executor here >&2; exit 3"})
+    fw.driver.launchTasks(offer.id, [task_info("stranded", offer, executor=broken)])
+    failed = fw.wait_state("stranded", "TASK_FAILED")
+    assert failed.reason == "REASON_EXECUTOR_TERMINATED"
+    mc.wait_for(lambda: fw.sched.executors_lost == [("broken", offer.agent_id.value, 3 << 8)])
+    assert fw.sched.states("stranded") == ["TASK_FAILED"]
+    stderr = next(Path(mc.root).rglob("executors/broken/runs/*/stderr"))
+    assert "no executor here" in stderr.read_text()
+
+
+def test_idle_executor_is_shut_down_and_kept_between_tasks(
+    mesos_cluster: MesosCluster, start: Callable[..., Framework]
+) -> None:
+    mc = mesos_cluster
+    mc.executor_idle_timeout = 1.0
+    mc.executor_shutdown_grace_period = 0.2
+    fw = start()
+    offer = fw.offer()
+    fw.driver.launchTasks(offer.id, [task_info("one", offer, "true")])
+    fw.wait_state("one", "TASK_FINISHED")
+    [pid] = [p.pid for p in running_executors(mc)]
+    again = fw.offer(offer.agent_id.value)
+    fw.driver.launchTasks(again.id, [task_info("two", again, "true")])
+    fw.wait_state("two", "TASK_FINISHED")
+    assert [p.pid for p in running_executors(mc)] == [pid]  # the same executor ran both
+    mc.wait_for(lambda: fw.sched.executors_lost, timeout=5)
+    assert fw.sched.executors_lost[0][:2] == ("test-executor", offer.agent_id.value)
+    mc.wait_for(lambda: not running_executors(mc))
+    assert [t["state"] for t in mc.tasks()] == ["TASK_FINISHED", "TASK_FINISHED"]
+
+
+def test_kill_command_task(mesos_cluster: MesosCluster, start: Callable[..., Framework]) -> None:
+    fw = start()
+    offer = fw.offer()
+    task = {
+        "task_id": {"value": "cmd-sleep"},
+        "agent_id": {"value": offer.agent_id.value},
+        "name": "sleeping command",
+        "command": {"value": "sleep 30"},
+        "resources": [scalar("cpus", 0.1), scalar("mem", 32)],
+    }
+    fw.driver.launchTasks(offer.id, [task])
+    fw.wait_state("cmd-sleep", "TASK_RUNNING")
+    fw.driver.killTask({"value": "cmd-sleep"})
+    fw.wait_state("cmd-sleep", "TASK_KILLED")
+    assert fw.sched.executors_lost == []  # command executors are not reported
+    mesos_cluster.wait_for(lambda: not running_executors(mesos_cluster))

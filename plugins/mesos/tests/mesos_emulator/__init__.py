@@ -101,16 +101,29 @@ class MesosCluster:
         return agent_id
 
     def remove_agent(self, agent_id: str, *, unreachable: bool = False) -> None:
-        """The agent is lost: executors killed, FAILURE {agent_id} to every framework, a
-        TASK_LOST (TASK_GONE, or TASK_UNREACHABLE with unreachable=True, for PARTITION_AWARE
-        frameworks) for each unfinished task, its offers rescinded."""
+        """The agent (id or hostname) is lost: executors killed, FAILURE {agent_id} to every
+        framework, a TASK_LOST (TASK_GONE, or TASK_UNREACHABLE with unreachable=True, for
+        PARTITION_AWARE frameworks) for each unfinished task, its offers rescinded."""
         with self.lock:
-            agent = self._agents[agent_id]
+            agent = self._agent(agent_id)
             if not agent.active:
                 return
             agent.remove()
             self._master.agent_removed(agent, unreachable)
         agent.server.stop()
+
+    def _agent(self, agent_id_or_hostname: str) -> Agent:
+        agent = self._agents.get(agent_id_or_hostname)
+        if agent is None:
+            for a in self._agents.values():
+                if a.hostname == agent_id_or_hostname:
+                    return a
+            raise KeyError(f"no agent {agent_id_or_hostname!r}")
+        return agent
+
+    def agent_id(self, hostname: str) -> str:
+        """The id of the agent with this hostname (`agent-1`, …)."""
+        return self._agent(hostname).id
 
     def agents(self) -> dict[str, dict[str, Any]]:
         with self.lock:
