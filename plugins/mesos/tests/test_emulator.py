@@ -728,3 +728,28 @@ def test_kill_command_task(mesos_cluster: MesosCluster, start: Callable[..., Fra
     fw.wait_state("cmd-sleep", "TASK_KILLED")
     assert fw.sched.executors_lost == []  # command executors are not reported
     mesos_cluster.wait_for(lambda: not running_executors(mesos_cluster))
+
+
+def test_roles_and_attributes(mesos_cluster: MesosCluster, start: Callable[..., Framework]) -> None:
+    mc = mesos_cluster
+    spot = mc.add_agent(cpus=4, mem=8192, attributes={"preemptible": "true", "rack": 3})
+    assert mc.agents()[spot]["hostname"] == "agent-3"
+    assert mc.agent_id("agent-3") == spot
+    fw = start(role="jobfleet")
+    offer = fw.offer(spot)
+    assert {r.allocation_info.role for r in offer.resources} == {"jobfleet"}
+    attrs = {a.name: a for a in offer.attributes}
+    assert attrs["preemptible"].text.value == "true"
+    assert attrs["rack"].scalar.value == 3.0
+    assert mc.frameworks()[fw.id]["role"] == "jobfleet"
+
+
+def test_event_streams_are_bounded() -> None:
+    from mesos_emulator.http import Stream
+
+    stream = Stream("s", maxsize=2)
+    assert stream.send({"type": "HEARTBEAT"})
+    assert stream.send({"type": "HEARTBEAT"})
+    assert not stream.send({"type": "HEARTBEAT"})  # a subscriber that stopped reading is cut
+    assert stream.overflowed
+    assert stream.cut

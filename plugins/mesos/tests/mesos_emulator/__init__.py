@@ -13,6 +13,31 @@ validation, reconciliation, failover), `agent` (executor API, processes, status 
 
 One control-loop thread runs the master's timers and allocator and each agent's timers, woken
 by every call and at least every `tick_interval` seconds. One lock guards all state.
+
+As the real master and agent (what a backend must cope with):
+- Required proto fields missing (TaskInfo `name`/`task_id`/`agent_id`, ExecutorInfo
+  `executor_id`, Resource `name`/`type`, FrameworkInfo `user`/`name`) fail the whole call with
+  400; in pymesos that raises in its event thread. Semantic errors give TASK_ERROR per task.
+- Invalid offers in an ACCEPT: TASK_DROPPED for PARTITION_AWARE frameworks, TASK_LOST otherwise
+  (reason REASON_INVALID_OFFERS).
+- Master-generated updates (TASK_ERROR, TASK_LOST/GONE on agent loss, KILL of an unknown task,
+  reconciliation) carry no uuid and no `data`; agent/executor ones carry a uuid and are retried
+  every `update_retry_interval` until acknowledged, one at a time per task.
+- A task whose terminal update was acknowledged is forgotten: reconciling it answers TASK_LOST
+  (TASK_GONE when PARTITION_AWARE and its agent is known). Reconcile only live tasks.
+- shell=false commands exec `value` with argv = `arguments` (arguments[0] is argv[0]).
+- Executors inherit the test process's environment (minus MESOS_*), get the MESOS_* variables a
+  real agent sets, but MESOS_CHECKPOINT only when FrameworkInfo.checkpoint is true (the real
+  agent sets "0", which pymesos reads as true) and never MESOS_LOCAL: pymesos' executor kills
+  its process group when its stream drops or on SHUTDOWN.
+- Every executor exit is reported with FAILURE (executor_id, agent_id, wait status), except for
+  command executors (tasks with `command`) and after the framework was removed.
+
+Simplified: JSON only (no protobuf); scalar resources only (cpus, mem, disk, gpus); no
+reservations, ports, task groups, health checks or containerizers; one allocation of each
+agent's free resources at a time (no DRF); an ACCEPT without filters sets none (the real master
+applies the default 5 s to the remainder); idle executors are shut down after
+`executor_idle_timeout` (None: never, as Mesos); the user is not switched.
 """
 
 from __future__ import annotations
