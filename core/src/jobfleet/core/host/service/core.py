@@ -30,8 +30,8 @@ from jobfleet.core.host.service.status import query_backend
 from jobfleet.core.host.service.submission import submit_queued
 from jobfleet.core.host.service.triage import triage
 from jobfleet.core.host.service.withdrawal import withdraw_all_ended, withdraw_ended
-from jobfleet.core.private import make_private_dirs
 from jobfleet.core.plugins import PluginRegistry, default_registry
+from jobfleet.core.private import make_private_dirs
 
 
 class DistributorService:
