@@ -72,7 +72,7 @@ class TestMesosDistributor(DistributorTests):
 
     @pytest.fixture
     def make_distributor(self, mesos: Any) -> Callable[..., MesosDistributor]:
-        settings = helpers.settings_for(mesos, pass_env="JOBFLEET_KIT_*")
+        settings = helpers.settings_for(mesos, pass_env="JOBFLEET_KIT_*")  # noqa: S106 - names
         return lambda *, host_url, **kwargs: MesosDistributor(
             "kit", host_url=host_url, settings=settings, **kwargs
         )

@@ -45,3 +45,14 @@ def load() -> Any:
         pymesos.process.thread = types.SimpleNamespace(interrupt_main=lambda *args: None)
         _loaded = pymesos
         return pymesos
+
+
+def take_failure() -> BaseException | None:
+    """The exception that ended a pymesos I/O thread last (pymesos keeps it in a module global
+    for its SIGINT handler), and forget it."""
+    module = load()
+    info = getattr(module.process, "_exc_info", None)
+    module.process._exc_info = None
+    if isinstance(info, tuple) and len(info) == 3 and isinstance(info[1], BaseException):
+        return info[1]
+    return None

@@ -731,7 +731,13 @@ class MesosDistributor(BaseClusterDistributor):
             if driver.aborted and not self._stopping.is_set():
                 delay = min(30.0, 0.5 * 2**restarts)
                 restarts += 1
-                log.warning("the Mesos scheduler driver stopped; a new one in %.1f s", delay)
+                why = self._sanitized(_pymesos.take_failure())
+                with self._lock:
+                    # Status rounds say so (BackendError) until a driver subscribes again.
+                    self._failure = f"the Mesos scheduler driver stopped: {why}"
+                log.warning(
+                    "the Mesos scheduler driver stopped (%s); a new one in %.1f s", why, delay
+                )
                 if self._stopping.wait(delay):
                     return
                 self._master_index += 1
@@ -762,10 +768,18 @@ class MesosDistributor(BaseClusterDistributor):
         try:
             method(*args)
         except Exception as exc:
-            text = str(exc).split("\n", 1)[0][:300]
-            if self.channel_token:
-                text = text.replace(self.channel_token, "***")
+            text = self._sanitized(exc)
             log.warning("the Mesos call %s failed: %s", getattr(method, "__name__", "?"), text)
+
+    def _sanitized(self, exc: BaseException | None) -> str:
+        """An exception's first line, without the token or the secret."""
+        if exc is None:
+            return "no reason given"
+        text = str(exc).split("\n", 1)[0][:300] or type(exc).__name__
+        for secret in (self.channel_token, self._secret):
+            if secret:
+                text = text.replace(secret, "***")
+        return text
 
 
 class _Scheduler:
