@@ -10,7 +10,9 @@ its scheduler's exit information):
 - `worker_node_entry_point` and the wrapper's full command line (`wrapper_argv`), as an argv
   list that never passes through a shell, with `--cluster` and `--host-url` appended to the
   worker-node arguments the host built (Jobmon's arguments-only convention);
-- the `array_length` check.
+- the `array_length` check;
+- `state_dir`: a private directory of the host's (0700) that survives `jobfleet run --resume`,
+  for what a backend must remember across a host crash (a framework id, the ids it launched).
 
     class MyDistributor(BaseClusterDistributor):
         cluster_type = "mine"
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import os
 import shlex
+from pathlib import Path
 from typing import Any, ClassVar
 
 from jobfleet.core.cluster_protocol import ClusterDistributor
@@ -60,6 +63,7 @@ class BaseClusterDistributor(ClusterDistributor):
         settings: Any = None,
         host_url: str | None = None,
         channel_token: str | None = None,
+        state_dir: str | os.PathLike[str] | None = None,
         **connection_parameters: Any,
     ) -> None:
         self.cluster_name = cluster_name
@@ -71,6 +75,13 @@ class BaseClusterDistributor(ClusterDistributor):
         """The run's token of an http channel (None for a file channel): the wrapper needs it
         in its environment as `$JOBFLEET_CHANNEL_TOKEN` (or in a file named by
         `$JOBFLEET_CHANNEL_TOKEN_FILE`); it must never appear on a command line or in logs."""
+        self.state_dir = Path(state_dir) if state_dir is not None else None
+        """A directory of the host's, private to this run's distributor (0700, made by the
+        host), kept across `jobfleet run --resume`: a backend stores there what it needs to take
+        up its work after a host crash (Mesos: the framework id and the tasks it launched).
+        None when the host keeps no state (a backend then starts afresh each time); write its
+        files atomically (a temporary file renamed over) and 0600, since it may hold ids that
+        give control over the run's tasks."""
         self.connection_parameters = connection_parameters
 
     @property

@@ -208,6 +208,10 @@ class NodeInfo:
     requested_cores: float = 0.0
     requested_memory: int = 0
     workers: int = 0
+    last_seen: float | None = None
+    """When the backend last heard of the node (seconds since the epoch), if it tracks that."""
+    preemptible: bool | None = None
+    """Whether the node is preemptible (spot) capacity; None when the backend cannot tell."""
 
 
 @runtime_checkable

@@ -187,6 +187,9 @@ class DistributorTests:
     """The kit host's channel: "file", or "http" (served on loopback; the factory then also
     gets `channel_token=`). A backend whose nodes share no file system with the host sets
     "http"; a local backend may subclass its tests with "http" to run them over both."""
+    state_dir: ClassVar[bool] = False
+    """True: the factory also gets `state_dir=`, a private directory of the kit host's (what
+    the real host passes a `BaseClusterDistributor` as `<run work dir>/distributor`)."""
 
     @pytest.fixture
     def make_distributor(self) -> DistributorFactory:
@@ -199,7 +202,7 @@ class DistributorTests:
     def kit_host(self, tmp_path: Path) -> Iterator[KitHost]:
         """The kit's host: a file channel (and log directory) under the test's tmp_path,
         served over HTTP when `channel_transport` is "http"."""
-        host = KitHost(tmp_path / "kit", self.channel_transport)
+        host = KitHost(tmp_path / "kit", self.channel_transport, state_dir=self.state_dir)
         try:
             yield host
         finally:

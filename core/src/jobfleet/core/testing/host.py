@@ -93,6 +93,7 @@ class KitHost:
         *,
         bind: str = "127.0.0.1:0",
         address: str | None = None,
+        state_dir: bool = False,
     ) -> None:
         if transport not in ("file", "http"):
             raise ValueError(f"transport must be file or http, not {transport!r}")
@@ -109,6 +110,11 @@ class KitHost:
             # One server per process serves every kit host: each under a key of its own.
             key = f"kit-{os.urandom(6).hex()}"
             self.served = serve_channel(self.channel, key, bind=bind, address=address)
+        self.state_dir: Path | None = None
+        if state_dir:
+            from jobfleet.core.private import make_private_dirs
+
+            self.state_dir = make_private_dirs(root / "distributor")
         self._task_ids = itertools.count(1)
         self._array_ids = itertools.count(1)
         self._cursor: EventCursor | None = None
@@ -129,6 +135,8 @@ class KitHost:
         kwargs: dict[str, Any] = {"host_url": self.url}
         if self.token is not None:
             kwargs["channel_token"] = self.token
+        if self.state_dir is not None:
+            kwargs["state_dir"] = self.state_dir
         return kwargs
 
     # -- specs and submission -----------------------------------------------------------------

@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
+from jobfleet.core.base_distributor import BaseClusterDistributor
 from jobfleet.core.channel import Channel, EventCursor, open_channel
 from jobfleet.core.cluster_protocol import ClusterDistributor, ClusterQueue
 from jobfleet.core.host.ledger import DEFAULT_LEASE, FINAL_RUN_STATUSES, Ledger, Run
@@ -30,6 +31,7 @@ from jobfleet.core.host.service.submission import submit_queued
 from jobfleet.core.host.service.triage import triage
 from jobfleet.core.host.service.withdrawal import withdraw_all_ended, withdraw_ended
 from jobfleet.core.plugins import PluginRegistry, default_registry
+from jobfleet.core.private import make_private_dirs
 
 
 class DistributorService:
@@ -124,6 +126,9 @@ class DistributorService:
             kwargs["host_url"], kwargs["channel_token"] = self._serve(channel_options)
         if settings is not None:
             kwargs["settings"] = settings
+        if run.work_dir and issubclass(plugin.distributor_class, BaseClusterDistributor):
+            # Plugins written against Jobmon's protocol alone never see this parameter.
+            kwargs["state_dir"] = make_private_dirs(os.path.join(run.work_dir, "distributor"))
         run.distributor = plugin.distributor_class(stored.cluster_name, **kwargs)
         run.distributor.start()
 
