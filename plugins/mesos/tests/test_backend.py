@@ -322,3 +322,86 @@ def test_a_new_distributor_on_the_same_state_takes_the_framework_up(
         assert all(isinstance(r[0], FinalReport) for r in kit.final_reports().values())
     finally:
         d2.stop()
+
+
+def test_a_task_killed_by_someone_else_is_fatal_not_ours(mesos_cluster: Any, kit: KitHost) -> None:
+    """TASK_KILLED the host never asked for (an operator's kill, mc.kill_task): F, not K."""
+    mc = mesos_cluster
+    d = distributor(mc, kit)
+    d.start()
+    try:
+        sub = kit.submit(d, "sleep 600", resources={"cores": 1, "memory": "64M"})
+        wait_for(lambda: sub.task_instance_id in kit.started(), "the task's start")
+        calls = mc.call_count("KILL")
+        mc.kill_task(sub.distributor_id)
+        info = wait_for(lambda: finished(d, sub.distributor_id), "the task's end")
+        assert info.error_state is ErrorState.ERROR_FATAL, info
+        assert "someone else" in info.error_message
+        assert mc.call_count("KILL") == calls  # the framework sent none
+        (task,) = [t for t in mc.tasks() if t["task_id"] == sub.distributor_id]
+        assert task["state"] == "TASK_KILLED"
+    finally:
+        d.stop()
+
+
+def test_an_executor_shut_down_under_its_tasks_ends_them_unknown(
+    mesos_cluster: Any, kit: KitHost
+) -> None:
+    """SHUTDOWN of jobfleet's executor (the agent's, not the framework's) with two tasks
+    running: both end U (retried by the host), never D."""
+    mc = mesos_cluster
+    mc.executor_shutdown_grace_period = 5.0
+    d = distributor(mc, kit)
+    d.start()
+    try:
+        subs = kit.submit_array(d, ["sleep 600"] * 2, {"cores": 1, "memory": "64M"})
+        wait_for(lambda: len(kit.started()) == 2, "two running tasks")
+        agents = {t["agent_id"] for t in mc.tasks()}
+        for agent in agents:
+            mc.shutdown_executor(agent, d.framework_id, "jobfleet")
+        for sub in subs:
+            info = wait_for(lambda sub=sub: finished(d, sub.distributor_id), "the tasks' ends", 30)
+            assert info.error_state is ErrorState.UNKNOWN_ERROR, info
+        assert mc.call_count("SHUTDOWN") == 0
+        for sub in subs:
+            reports = kit.final_reports().get(sub.task_instance_id, [])
+            assert all(r.error_state is not ErrorState.DONE for r in reports), reports
+        assert {t["state"] for t in mc.tasks()} <= {"TASK_KILLED", "TASK_FAILED"}
+    finally:
+        d.stop()
+
+
+def test_a_task_description_the_master_refuses_is_fatal_with_its_reason(
+    tmp_path: Path, kit: KitHost
+) -> None:
+    """TASK_ERROR: the framework taken up by a host whose executor settings changed sends an
+    ExecutorInfo that the agent's running executor (same id) is not compatible with."""
+    emulator = sys.modules["mesos_emulator"]
+    mc = emulator.MesosCluster(tmp_path / "mesos", agents=1)
+    mc.executor_idle_timeout = None
+    try:
+        d1 = distributor(mc, kit)
+        d1.start()
+        first = kit.submit(d1, "sleep 600", resources={"cores": 1, "memory": "64M"})
+        wait_for(lambda: first.task_instance_id in kit.started(), "the first task's start")
+        d1._stopping.set()
+        d1._driver.stop(failover=True)  # a host crash: the framework stays
+        d1._driver.join()
+        d1._journal.close()
+        d2 = distributor(mc, kit, node_report_interval=7.0)  # another ExecutorInfo
+        d2.start()
+        try:
+            wait_for(lambda: d2.framework_id, "the re-subscription")
+            second = kit.submit(d2, "true", resources={"cores": 0.5, "memory": "64M"})
+            info = wait_for(lambda: finished(d2, second.distributor_id), "the refusal")
+            assert info.error_state is ErrorState.ERROR_FATAL, info
+            assert "TASK_ERROR" in info.error_message
+            assert "not compatible with the running executor" in info.error_message
+            assert second.task_instance_id not in kit.started()
+            assert first.distributor_id in d2.get_submitted_or_running([first.distributor_id])
+        finally:
+            d2.stop()
+        info = d2.get_remote_exit_info(first.distributor_id)
+        assert info.error_state is ErrorState.KILL_SELF, info
+    finally:
+        mc.stop()
