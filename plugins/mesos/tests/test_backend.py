@@ -262,21 +262,67 @@ def test_secret_and_channel_token_never_travel_in_clear_or_in_logs(
     assert secret not in repr(d.settings)
 
 
-def test_a_wrong_secret_is_an_error_not_a_hang(
-    mesos_cluster: Any, kit: KitHost, tmp_path: Path
+def test_a_wrong_secret_fails_the_start_with_what_to_check(
+    mesos_cluster: Any, kit: KitHost, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """HTTP 401 at SUBSCRIBE: a BackendError from start() that names the master, says the
+    credentials were refused and which settings to check; never the secret, never pymesos'
+    `can't concat str to bytes`."""
     mc = mesos_cluster
     mc.require_auth("jobfleet-principal", "right")
     secret_file = tmp_path / "secret"
-    secret_file.write_text("wrong")
+    secret_file.write_text("wrong-secret-value")
+    caplog.set_level(logging.DEBUG)
     d = distributor(mc, kit, principal="jobfleet-principal", secret_file=secret_file)
+    with pytest.raises(BackendError) as raised:
+        d.start()
+    message = str(raised.value)
+    assert mc.master in message
+    assert "refused the framework's credentials (HTTP 401" in message
+    assert "jobfleet-principal" in message
+    assert str(secret_file) in message
+    assert "secret_file" in message
+    assert "wrong-secret-value" not in message
+    assert "wrong-secret-value" not in caplog.text
+    assert "concat" not in message
+    assert d.framework_id is None
+    assert not mc.frameworks()
+    time.sleep(1.0)  # a new driver would come after 0.5 s
+    assert mc.all_text().count('"type": "SUBSCRIBE"') == 1  # not retried: same credentials
+    d.stop()  # nothing to stop
+
+
+def test_no_credentials_for_a_master_that_wants_them(mesos_cluster: Any, kit: KitHost) -> None:
+    mesos_cluster.require_auth("jobfleet-principal", "right")
+    d = distributor(mesos_cluster, kit)
+    with pytest.raises(BackendError, match=r"requires authentication \(HTTP 401.*`principal`"):
+        d.start()
+
+
+def test_credentials_refused_at_a_re_subscription_fail_the_status_rounds(
+    mesos_cluster: Any, kit: KitHost, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The master changes the secret, then the stream drops: the next SUBSCRIBE is refused and
+    the first status round raises the same clear BackendError."""
+    mc = mesos_cluster
+    mc.require_auth("jobfleet-principal", "old-secret")
+    monkeypatch.setenv("TEST_MESOS_SECRET", "old-secret")
+    variable = "TEST_MESOS_SECRET"  # the name of a variable, not a secret
+    d = distributor(mc, kit, principal="jobfleet-principal", secret_variable=variable)
     d.start()
     try:
-        wait_for(lambda: d._failure, "the driver's failure")
-        with pytest.raises(BackendError, match="driver stopped"):
-            d.get_submitted_or_running(["x"])
-        assert d.framework_id is None
-        assert not mc.frameworks()
+        sub = kit.submit(d, "true", resources={"cores": 1, "memory": "64M"})
+        wait_for(lambda: finished(d, sub.distributor_id), "the task's end")
+        mc.require_auth("jobfleet-principal", "new-secret")
+        mc.disconnect_schedulers()
+        wait_for(lambda: d._refused, "the refusal")
+        with pytest.raises(BackendError) as raised:
+            d.get_submitted_or_running([sub.distributor_id])
+        message = str(raised.value)
+        assert mc.master in message
+        assert "refused the framework's credentials (HTTP 401" in message
+        assert "$TEST_MESOS_SECRET (setting `secret_variable`)" in message
+        assert "old-secret" not in message
     finally:
         d.stop()
 
