@@ -451,3 +451,74 @@ def test_a_task_description_the_master_refuses_is_fatal_with_its_reason(
         assert info.error_state is ErrorState.KILL_SELF, info
     finally:
         mc.stop()
+
+
+def test_a_master_disconnect_re_subscribes_the_same_framework_and_loses_nothing(
+    mesos_cluster: Any, kit: KitHost, tmp_path: Path
+) -> None:
+    """mc.disconnect_schedulers() while tasks run: the distributor backs off, subscribes again
+    as the same framework, and every task ends D exactly once."""
+    mc = mesos_cluster
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    d = distributor(mc, kit)
+    d.start()
+    try:
+        framework = d.framework_id
+        subs = [
+            kit.submit(
+                d, f"sleep 2; echo ran >> {marks}/{n}", resources={"cores": 0.5, "memory": "64M"}
+            )
+            for n in range(6)
+        ]
+        wait_for(lambda: len(kit.started()) == 6, "six running tasks")
+        mc.reset_counts()
+        cut = time.monotonic()
+        mc.disconnect_schedulers()
+        wait_for(lambda: mc.call_count("SUBSCRIBE") >= 1, "the re-subscription")
+        assert time.monotonic() - cut >= 0.2  # backed off, not at once
+        wait_for(lambda: mc.frameworks()[framework]["connected"], "the framework connected")
+        assert list(mc.frameworks()) == [framework]
+        assert d.framework_id == framework
+        ids = [s.distributor_id for s in subs]
+        for did in ids:
+            info = wait_for(lambda did=did: finished(d, did), "the tasks' ends", 60)
+            assert info.error_state is ErrorState.DONE, info
+        assert sorted(p.name for p in marks.iterdir()) == [str(n) for n in range(6)]
+        assert all(p.read_text() == "ran\n" for p in marks.iterdir())
+        assert all(len(r) == 1 for r in kit.final_reports().values())
+        assert len(kit.final_reports()) == 6
+        assert len({t["task_id"] for t in mc.tasks()}) == 6  # none launched twice
+    finally:
+        d.stop()
+
+
+def test_placement_constraints_choose_the_agents(tmp_path: Path, kit: KitHost) -> None:
+    """placement=rack=r1|r2,ssd: only agents with rack r1 or r2 *and* an ssd attribute take
+    tasks; a task only an excluded agent could hold is a queueing error that says so."""
+    emulator = sys.modules["mesos_emulator"]
+    mc = emulator.MesosCluster(tmp_path / "mesos", agents=0)
+    try:
+        mc.add_agent(cpus=2.0, attributes={"rack": "r1"}, hostname="no-ssd")
+        good = mc.add_agent(cpus=2.0, attributes={"rack": "r2", "ssd": "yes"}, hostname="good")
+        mc.add_agent(cpus=4.0, attributes={"ssd": "yes"}, hostname="no-rack")
+        mc.add_agent(cpus=4.0, attributes={"rack": "r3", "ssd": "yes"}, hostname="other-rack")
+        d = distributor(mc, kit, placement="rack=r1|r2,ssd", unplaceable_timeout=0.5)
+        d.start()
+        try:
+            subs = kit.submit_array(d, ["sleep 0.5"] * 4, {"cores": 1, "memory": "64M"})
+            big = kit.submit(d, "true", resources={"cores": 3, "memory": "64M"})
+            for sub in subs:
+                info = wait_for(lambda sub=sub: finished(d, sub.distributor_id), "the ends", 60)
+                assert info.error_state is ErrorState.DONE, info
+            errors = wait_for(
+                lambda: d.get_queueing_errors([big.distributor_id]), "a queueing error"
+            )
+            assert "placement" in errors[big.distributor_id]
+            assert {t["agent_id"] for t in mc.tasks()} == {good}
+            assert big.task_instance_id not in kit.started()
+            d.terminate_task_instances([big.distributor_id])
+        finally:
+            d.stop()
+    finally:
+        mc.stop()
