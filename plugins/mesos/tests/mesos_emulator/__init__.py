@@ -7,6 +7,11 @@ code). Usage:
     ...
     mc.stop()                                 # kills every executor, stops serving
 
+Cluster-side actions (the framework asks for none of them): `mc.remove_agent(id or hostname)`,
+`mc.disconnect_schedulers()`, `mc.kill_task(task_id)` (an operator's kill),
+`mc.shutdown_executor(agent, framework_id, executor_id)` (an agent's SHUTDOWN),
+`mc.require_auth(principal, secret)`.
+
 Modules: `http` (servers, request log, RecordIO streams), `master` (scheduler API, offers,
 validation, reconciliation, failover), `agent` (executor API, processes, status update retry),
 `state` (frameworks, tasks, offers), `resources` (scalars and attributes).
