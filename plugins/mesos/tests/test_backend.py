@@ -262,21 +262,67 @@ def test_secret_and_channel_token_never_travel_in_clear_or_in_logs(
     assert secret not in repr(d.settings)
 
 
-def test_a_wrong_secret_is_an_error_not_a_hang(
-    mesos_cluster: Any, kit: KitHost, tmp_path: Path
+def test_a_wrong_secret_fails_the_start_with_what_to_check(
+    mesos_cluster: Any, kit: KitHost, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """HTTP 401 at SUBSCRIBE: a BackendError from start() that names the master, says the
+    credentials were refused and which settings to check; never the secret, never pymesos'
+    `can't concat str to bytes`."""
     mc = mesos_cluster
     mc.require_auth("jobfleet-principal", "right")
     secret_file = tmp_path / "secret"
-    secret_file.write_text("wrong")
+    secret_file.write_text("wrong-secret-value")
+    caplog.set_level(logging.DEBUG)
     d = distributor(mc, kit, principal="jobfleet-principal", secret_file=secret_file)
+    with pytest.raises(BackendError) as raised:
+        d.start()
+    message = str(raised.value)
+    assert mc.master in message
+    assert "refused the framework's credentials (HTTP 401" in message
+    assert "jobfleet-principal" in message
+    assert str(secret_file) in message
+    assert "secret_file" in message
+    assert "wrong-secret-value" not in message
+    assert "wrong-secret-value" not in caplog.text
+    assert "concat" not in message
+    assert d.framework_id is None
+    assert not mc.frameworks()
+    time.sleep(1.0)  # a new driver would come after 0.5 s
+    assert mc.all_text().count('"type": "SUBSCRIBE"') == 1  # not retried: same credentials
+    d.stop()  # nothing to stop
+
+
+def test_no_credentials_for_a_master_that_wants_them(mesos_cluster: Any, kit: KitHost) -> None:
+    mesos_cluster.require_auth("jobfleet-principal", "right")
+    d = distributor(mesos_cluster, kit)
+    with pytest.raises(BackendError, match=r"requires authentication \(HTTP 401.*`principal`"):
+        d.start()
+
+
+def test_credentials_refused_at_a_re_subscription_fail_the_status_rounds(
+    mesos_cluster: Any, kit: KitHost, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The master changes the secret, then the stream drops: the next SUBSCRIBE is refused and
+    the first status round raises the same clear BackendError."""
+    mc = mesos_cluster
+    mc.require_auth("jobfleet-principal", "old-secret")
+    monkeypatch.setenv("TEST_MESOS_SECRET", "old-secret")
+    variable = "TEST_MESOS_SECRET"  # the name of a variable, not a secret
+    d = distributor(mc, kit, principal="jobfleet-principal", secret_variable=variable)
     d.start()
     try:
-        wait_for(lambda: d._failure, "the driver's failure")
-        with pytest.raises(BackendError, match="driver stopped"):
-            d.get_submitted_or_running(["x"])
-        assert d.framework_id is None
-        assert not mc.frameworks()
+        sub = kit.submit(d, "true", resources={"cores": 1, "memory": "64M"})
+        wait_for(lambda: finished(d, sub.distributor_id), "the task's end")
+        mc.require_auth("jobfleet-principal", "new-secret")
+        mc.disconnect_schedulers()
+        wait_for(lambda: d._refused, "the refusal")
+        with pytest.raises(BackendError) as raised:
+            d.get_submitted_or_running([sub.distributor_id])
+        message = str(raised.value)
+        assert mc.master in message
+        assert "refused the framework's credentials (HTTP 401" in message
+        assert "$TEST_MESOS_SECRET (setting `secret_variable`)" in message
+        assert "old-secret" not in message
     finally:
         d.stop()
 
@@ -322,3 +368,157 @@ def test_a_new_distributor_on_the_same_state_takes_the_framework_up(
         assert all(isinstance(r[0], FinalReport) for r in kit.final_reports().values())
     finally:
         d2.stop()
+
+
+def test_a_task_killed_by_someone_else_is_fatal_not_ours(mesos_cluster: Any, kit: KitHost) -> None:
+    """TASK_KILLED the host never asked for (an operator's kill, mc.kill_task): F, not K."""
+    mc = mesos_cluster
+    d = distributor(mc, kit)
+    d.start()
+    try:
+        sub = kit.submit(d, "sleep 600", resources={"cores": 1, "memory": "64M"})
+        wait_for(lambda: sub.task_instance_id in kit.started(), "the task's start")
+        calls = mc.call_count("KILL")
+        mc.kill_task(sub.distributor_id)
+        info = wait_for(lambda: finished(d, sub.distributor_id), "the task's end")
+        assert info.error_state is ErrorState.ERROR_FATAL, info
+        assert "someone else" in info.error_message
+        assert mc.call_count("KILL") == calls  # the framework sent none
+        (task,) = [t for t in mc.tasks() if t["task_id"] == sub.distributor_id]
+        assert task["state"] == "TASK_KILLED"
+    finally:
+        d.stop()
+
+
+def test_an_executor_shut_down_under_its_tasks_ends_them_unknown(
+    mesos_cluster: Any, kit: KitHost
+) -> None:
+    """SHUTDOWN of jobfleet's executor (the agent's, not the framework's) with two tasks
+    running: both end U (retried by the host), never D."""
+    mc = mesos_cluster
+    mc.executor_shutdown_grace_period = 5.0
+    d = distributor(mc, kit)
+    d.start()
+    try:
+        subs = kit.submit_array(d, ["sleep 600"] * 2, {"cores": 1, "memory": "64M"})
+        wait_for(lambda: len(kit.started()) == 2, "two running tasks")
+        agents = {t["agent_id"] for t in mc.tasks()}
+        for agent in agents:
+            mc.shutdown_executor(agent, d.framework_id, "jobfleet")
+        for sub in subs:
+            info = wait_for(lambda sub=sub: finished(d, sub.distributor_id), "the tasks' ends", 30)
+            assert info.error_state is ErrorState.UNKNOWN_ERROR, info
+        assert mc.call_count("SHUTDOWN") == 0
+        for sub in subs:
+            reports = kit.final_reports().get(sub.task_instance_id, [])
+            assert all(r.error_state is not ErrorState.DONE for r in reports), reports
+        assert {t["state"] for t in mc.tasks()} <= {"TASK_KILLED", "TASK_FAILED"}
+    finally:
+        d.stop()
+
+
+def test_a_task_description_the_master_refuses_is_fatal_with_its_reason(
+    tmp_path: Path, kit: KitHost
+) -> None:
+    """TASK_ERROR: the framework taken up by a host whose executor settings changed sends an
+    ExecutorInfo that the agent's running executor (same id) is not compatible with."""
+    emulator = sys.modules["mesos_emulator"]
+    mc = emulator.MesosCluster(tmp_path / "mesos", agents=1)
+    mc.executor_idle_timeout = None
+    try:
+        d1 = distributor(mc, kit)
+        d1.start()
+        first = kit.submit(d1, "sleep 600", resources={"cores": 1, "memory": "64M"})
+        wait_for(lambda: first.task_instance_id in kit.started(), "the first task's start")
+        d1._stopping.set()
+        d1._driver.stop(failover=True)  # a host crash: the framework stays
+        d1._driver.join()
+        d1._journal.close()
+        d2 = distributor(mc, kit, node_report_interval=7.0)  # another ExecutorInfo
+        d2.start()
+        try:
+            wait_for(lambda: d2.framework_id, "the re-subscription")
+            second = kit.submit(d2, "true", resources={"cores": 0.5, "memory": "64M"})
+            info = wait_for(lambda: finished(d2, second.distributor_id), "the refusal")
+            assert info.error_state is ErrorState.ERROR_FATAL, info
+            assert "TASK_ERROR" in info.error_message
+            assert "not compatible with the running executor" in info.error_message
+            assert second.task_instance_id not in kit.started()
+            assert first.distributor_id in d2.get_submitted_or_running([first.distributor_id])
+        finally:
+            d2.stop()
+        info = d2.get_remote_exit_info(first.distributor_id)
+        assert info.error_state is ErrorState.KILL_SELF, info
+    finally:
+        mc.stop()
+
+
+def test_a_master_disconnect_re_subscribes_the_same_framework_and_loses_nothing(
+    mesos_cluster: Any, kit: KitHost, tmp_path: Path
+) -> None:
+    """mc.disconnect_schedulers() while tasks run: the distributor backs off, subscribes again
+    as the same framework, and every task ends D exactly once."""
+    mc = mesos_cluster
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    d = distributor(mc, kit)
+    d.start()
+    try:
+        framework = d.framework_id
+        subs = [
+            kit.submit(
+                d, f"sleep 2; echo ran >> {marks}/{n}", resources={"cores": 0.5, "memory": "64M"}
+            )
+            for n in range(6)
+        ]
+        wait_for(lambda: len(kit.started()) == 6, "six running tasks")
+        mc.reset_counts()
+        cut = time.monotonic()
+        mc.disconnect_schedulers()
+        wait_for(lambda: mc.call_count("SUBSCRIBE") >= 1, "the re-subscription")
+        assert time.monotonic() - cut >= 0.2  # backed off, not at once
+        wait_for(lambda: mc.frameworks()[framework]["connected"], "the framework connected")
+        assert list(mc.frameworks()) == [framework]
+        assert d.framework_id == framework
+        ids = [s.distributor_id for s in subs]
+        for did in ids:
+            info = wait_for(lambda did=did: finished(d, did), "the tasks' ends", 60)
+            assert info.error_state is ErrorState.DONE, info
+        assert sorted(p.name for p in marks.iterdir()) == [str(n) for n in range(6)]
+        assert all(p.read_text() == "ran\n" for p in marks.iterdir())
+        assert all(len(r) == 1 for r in kit.final_reports().values())
+        assert len(kit.final_reports()) == 6
+        assert len({t["task_id"] for t in mc.tasks()}) == 6  # none launched twice
+    finally:
+        d.stop()
+
+
+def test_placement_constraints_choose_the_agents(tmp_path: Path, kit: KitHost) -> None:
+    """placement=rack=r1|r2,ssd: only agents with rack r1 or r2 *and* an ssd attribute take
+    tasks; a task only an excluded agent could hold is a queueing error that says so."""
+    emulator = sys.modules["mesos_emulator"]
+    mc = emulator.MesosCluster(tmp_path / "mesos", agents=0)
+    try:
+        mc.add_agent(cpus=2.0, attributes={"rack": "r1"}, hostname="no-ssd")
+        good = mc.add_agent(cpus=2.0, attributes={"rack": "r2", "ssd": "yes"}, hostname="good")
+        mc.add_agent(cpus=4.0, attributes={"ssd": "yes"}, hostname="no-rack")
+        mc.add_agent(cpus=4.0, attributes={"rack": "r3", "ssd": "yes"}, hostname="other-rack")
+        d = distributor(mc, kit, placement="rack=r1|r2,ssd", unplaceable_timeout=0.5)
+        d.start()
+        try:
+            subs = kit.submit_array(d, ["sleep 0.5"] * 4, {"cores": 1, "memory": "64M"})
+            big = kit.submit(d, "true", resources={"cores": 3, "memory": "64M"})
+            for sub in subs:
+                info = wait_for(lambda sub=sub: finished(d, sub.distributor_id), "the ends", 60)
+                assert info.error_state is ErrorState.DONE, info
+            errors = wait_for(
+                lambda: d.get_queueing_errors([big.distributor_id]), "a queueing error"
+            )
+            assert "placement" in errors[big.distributor_id]
+            assert {t["agent_id"] for t in mc.tasks()} == {good}
+            assert big.task_instance_id not in kit.started()
+            d.terminate_task_instances([big.distributor_id])
+        finally:
+            d.stop()
+    finally:
+        mc.stop()

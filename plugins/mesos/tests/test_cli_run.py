@@ -125,3 +125,72 @@ def test_host_killed_and_resumed_loses_nothing_and_runs_nothing_twice(
     assert mc.call_count("RECONCILE") >= 1
     ran = {p.name: p.read_text().count("ran") for p in done.iterdir()}
     assert ran == {f"t{n}": 1 for n in range(12)}, ran
+
+
+def cli(mc: Any, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    assert JOBFLEET
+    return subprocess.run(
+        [JOBFLEET, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=environment(mc, cwd),
+        check=False,
+        timeout=60,
+    )
+
+
+@pytest.mark.slow
+def test_agent_lost_mid_task_is_unknown_and_the_host_retries_it_elsewhere(
+    mesos_cluster: Any, tmp_path: Path
+) -> None:
+    """The agent running a long task is removed: that attempt ends U, the host starts another,
+    which the other agent runs, and the run ends done."""
+    mc = mesos_cluster
+    tasks = {
+        "defaults": {"resources": {"cores": 1, "memory": "100M", "runtime": "5m"}},
+        "tasks": [{"name": "long", "command": "sleep 3; echo finished"}],
+    }
+    (tmp_path / "tasks.json").write_text(json.dumps(tasks))
+    assert JOBFLEET
+    host = subprocess.Popen(
+        [JOBFLEET, "run", "--cluster", "mesos", "tasks.json", "--json"],
+        cwd=tmp_path,
+        env=environment(mc, tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        first = wait_for(
+            lambda: [t for t in mc.tasks() if t["state"] == "TASK_RUNNING"], "a running task", 60
+        )[0]
+        time.sleep(0.5)  # the wrapper is under way
+        mc.remove_agent(first["agent_id"])
+        out, err = host.communicate(timeout=300)
+    finally:
+        if host.poll() is None:
+            host.kill()
+            host.wait()
+    assert host.returncode == 0, err[-3000:]
+    summary = json.loads(out)
+    assert summary["status"] == "done"
+    (task,) = summary["tasks"]
+    assert (task["name"], task["task_state"], task["attempts"]) == ("long", "done", 2), task
+    # At the master: the first task lost with its agent, the retry finished on the other one.
+    states = {t["task_id"]: (t["state"], t["agent_id"]) for t in mc.tasks()}
+    assert len(states) == 2, states
+    lost = states.pop(first["task_id"])
+    assert lost == ("TASK_LOST", first["agent_id"])
+    ((state, agent),) = states.values()
+    assert state == "TASK_FINISHED"
+    assert agent != first["agent_id"]
+    # What the ledger says: U, then a second attempt done.
+    status = cli(mc, tmp_path, "status", "1", "--all", "--json")
+    assert status.returncode == 0, status.stderr[-2000:]
+    shown = json.loads(status.stdout)
+    assert shown["run"]["status"] == "done", shown
+    events = cli(mc, tmp_path, "events", "1")
+    assert events.returncode == 0, events.stderr[-2000:]
+    assert "→ U" in events.stdout, events.stdout
+    assert "agent" in events.stdout.lower()

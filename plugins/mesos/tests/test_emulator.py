@@ -753,3 +753,33 @@ def test_event_streams_are_bounded() -> None:
     assert not stream.send({"type": "HEARTBEAT"})  # a subscriber that stopped reading is cut
     assert stream.overflowed
     assert stream.cut
+
+
+def test_kill_and_shutdown_from_the_cluster_side(
+    mesos_cluster: MesosCluster, start: Callable[..., Framework]
+) -> None:
+    """mc.kill_task (an operator's kill) and mc.shutdown_executor (an agent's SHUTDOWN): the
+    framework asked for neither, and makes no call."""
+    mc = mesos_cluster
+    mc.executor_shutdown_grace_period = 0.5
+    fw = start()
+    offer = fw.offer()
+    fw.driver.launchTasks(
+        offer.id, [task_info("a", offer, "sleep 30"), task_info("b", offer, "sleep 30")]
+    )
+    fw.wait_state("a", "TASK_RUNNING")
+    fw.wait_state("b", "TASK_RUNNING")
+    calls = mc.call_count("KILL") + mc.call_count("SHUTDOWN")
+    mc.kill_task("a")
+    assert fw.wait_state("a", "TASK_KILLED").source == "SOURCE_EXECUTOR"
+    assert fw.sched.last("b").state == "TASK_RUNNING"
+    with pytest.raises(KeyError):
+        mc.kill_task("a")  # no longer live
+    with pytest.raises(KeyError):
+        mc.shutdown_executor(offer.agent_id.value, fw.id, "no-such-executor")
+    mc.shutdown_executor(offer.hostname, fw.id, "test-executor")
+    # The test executor kills its processes on SHUTDOWN and exits: the agent reports the task.
+    mc.wait_for(lambda: fw.sched.last("b").state != "TASK_RUNNING", 20)
+    assert fw.sched.last("b").state in ("TASK_FAILED", "TASK_KILLED")
+    mc.wait_for(lambda: fw.sched.executors_lost)
+    assert mc.call_count("KILL") + mc.call_count("SHUTDOWN") == calls

@@ -7,6 +7,11 @@ code). Usage:
     ...
     mc.stop()                                 # kills every executor, stops serving
 
+Cluster-side actions (the framework asks for none of them): `mc.remove_agent(id or hostname)`,
+`mc.disconnect_schedulers()`, `mc.kill_task(task_id)` (an operator's kill),
+`mc.shutdown_executor(agent, framework_id, executor_id)` (an agent's SHUTDOWN),
+`mc.require_auth(principal, secret)`.
+
 Modules: `http` (servers, request log, RecordIO streams), `master` (scheduler API, offers,
 validation, reconciliation, failover), `agent` (executor API, processes, status update retry),
 `state` (frameworks, tasks, offers), `resources` (scalars and attributes).
@@ -230,6 +235,31 @@ class MesosCluster:
             for fw in self._master.frameworks.values():
                 if fw.stream is not None:
                     fw.stream.cut_now()
+
+    def kill_task(self, task_id: str) -> None:
+        """Kill a live task from the cluster's side, as an operator (an agent drain, a
+        maintenance) does: KILL to its executor (SIGTERM to a command task), which the framework
+        never asked for. Its terminal update is whatever the executor sends."""
+        with self.lock:
+            for fw in self._master.frameworks.values():
+                task = fw.tasks.get(task_id)
+                if task is not None and not task.terminal:
+                    agent = self._agents[task.agent_id]
+                    if agent.active:
+                        agent.kill_task(task)
+                    return
+            raise KeyError(f"no live task {task_id!r}")
+
+    def shutdown_executor(self, agent_id: str, framework_id: str, executor_id: str) -> None:
+        """SHUTDOWN to an executor (agent id or hostname) that the framework did not ask for,
+        as an agent does when it drains or restarts; its container is killed after
+        `executor_shutdown_grace_period`."""
+        with self.lock:
+            agent = self._agent(agent_id)
+            if (framework_id, executor_id) not in agent.executors:
+                raise KeyError(f"no executor {executor_id!r} of {framework_id!r} on {agent_id!r}")
+            agent.shutdown_executor(framework_id, executor_id)
+            self.wake()
 
     def require_auth(self, principal: str, secret: str) -> None:
         with self.lock:

@@ -61,6 +61,8 @@ EXECUTOR_ID = "jobfleet"
 _ID = re.compile(r"jf-[0-9a-f]{10}-[0-9a-f]{10}(?:_\d{1,7})?")
 _TICK = 0.25  # seconds between the monitor's checks
 _REVIVE_GAP = 0.25  # seconds between two REVIVE calls at most
+_START_WAIT = 10.0  # seconds start() waits for the first subscription's outcome
+_REFUSED = frozenset({401, 403})  # SUBSCRIBE answers no retry can change
 
 
 @dataclass
@@ -147,6 +149,7 @@ class MesosDistributor(BaseClusterDistributor):
         self._down_since: float | None = None
         self._master_index = 0
         self._registered = threading.Event()
+        self._refused: str | None = None  # why the master refused the framework, for good
         self.tasks_per_accept: list[int] = []
         """How many tasks each ACCEPT launched (for tests and benchmarks)."""
 
@@ -177,10 +180,29 @@ class MesosDistributor(BaseClusterDistributor):
                     self._waiting[did] = task
             self._revive_wanted = bool(self._waiting)
         self._stopping.clear()
+        self._refused = None
         self._driver = self._new_driver()
         self._driver.start()
         self._monitor = threading.Thread(target=self._watch, name="mesos-monitor", daemon=True)
         self._monitor.start()
+        # The first subscription's outcome, so that refused credentials fail the start itself
+        # (a master still unreachable after the wait is left to the driver's retries).
+        deadline = time.monotonic() + _START_WAIT
+        while not self._registered.wait(0.05) and self._refused is None:
+            if time.monotonic() > deadline:
+                log.warning(
+                    "no Mesos master of %s answered within %.0f s; still trying",
+                    self.settings.master,
+                    _START_WAIT,
+                )
+                break
+        if self._refused is not None:
+            self._stopping.set()
+            self._monitor.join(timeout=5)
+            self._monitor = None
+            self._driver = None
+            self._journal.close()
+            raise BackendError(self._refused)
 
     def stop(self) -> None:
         """Kill every task of the run, tear the framework down, forget the journal."""
@@ -323,6 +345,8 @@ class MesosDistributor(BaseClusterDistributor):
                 self._kill(did)
             deadline = time.monotonic() + self.settings.kill_wait
             while any(did in self._tasks for did in to_kill):
+                if self._refused is not None:
+                    break  # no driver: no terminal update can come
                 left = deadline - time.monotonic()
                 if left <= 0:
                     log.warning(
@@ -731,7 +755,15 @@ class MesosDistributor(BaseClusterDistributor):
             if driver.aborted and not self._stopping.is_set():
                 delay = min(30.0, 0.5 * 2**restarts)
                 restarts += 1
-                why = self._sanitized(_pymesos.take_failure())
+                failure = _pymesos.take_failure()
+                if isinstance(failure, _pymesos.MasterRefused) and failure.code in _REFUSED:
+                    # No new driver: the same credentials would be refused again.
+                    message = self._refusal_message(failure)
+                    log.error("%s", message)
+                    with self._lock:
+                        self._failure = self._refused = message
+                    return
+                why = self._sanitized(failure)
                 with self._lock:
                     # Status rounds say so (BackendError) until a driver subscribes again.
                     self._failure = f"the Mesos scheduler driver stopped: {why}"
@@ -761,6 +793,33 @@ class MesosDistributor(BaseClusterDistributor):
                 if not master.startswith(("zk://", "zoo://")):
                     driver.change_master(master)
             self._maybe_revive()
+
+    def _refusal_message(self, refused: _pymesos.MasterRefused) -> str:
+        """What to check when the master refuses the framework: the settings, never the
+        secret."""
+        settings = self.settings
+        master = f"The Mesos master {refused.master}"
+        if refused.code == 401 and not self._secret:
+            return (
+                f"{master} requires authentication (HTTP 401 at SUBSCRIBE) and the framework "
+                "sent no credentials: set `principal` (--mesos-principal) with `secret_file` "
+                "(--mesos-secret-file) or `secret_variable`."
+            )
+        if settings.secret_file is not None:
+            where = f"the file {settings.secret_file} (setting `secret_file`)"
+        else:
+            where = f"the variable ${settings.secret_variable} (setting `secret_variable`)"
+        if refused.code == 401:
+            return (
+                f"{master} refused the framework's credentials (HTTP 401 at SUBSCRIBE): check "
+                f"the principal {settings.principal!r} (setting `principal`) and the secret in "
+                f"{where}."
+            )
+        return (
+            f"{master} refused the framework (HTTP {refused.code} at SUBSCRIBE): check that "
+            f"the principal {settings.principal!r} (setting `principal`) may register with "
+            f"the role {settings.role!r} (setting `role`), and the secret in {where}."
+        )
 
     def _call(self, method: Any, *args: Any) -> None:
         """A driver call; a failure is logged by its first line only (pymesos puts the whole

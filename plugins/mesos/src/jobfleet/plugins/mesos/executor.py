@@ -12,9 +12,11 @@ exit status (see exits.py for how the host reads it).
 
 KILL: SIGTERM to the wrapper's process group (the wrapper stops its task with its own kill
 grace), SIGKILL after the task's kill grace and a margin, then `TASK_KILLED`. SHUTDOWN (the
-framework is torn down) and a lost agent connection kill every task so, before the executor
-exits. Every `node_report_interval` seconds, a framework message tells the scheduler its
-agent's cores, memory and load (`get_nodes`).
+framework is torn down, or the agent shuts the executor down) and a lost agent connection kill
+every task so, before the executor exits; those updates carry `"shutdown": true` in their
+`data`, so that the host tells them from a KILL (U rather than F when it had not asked).
+Every `node_report_interval` seconds, a framework message tells the scheduler its agent's
+cores, memory and load (`get_nodes`).
 
 pymesos' driver `killpg(0, SIGKILL)`s its own process group after a shutdown grace (unless
 `MESOS_LOCAL` is set): the wrappers are in their own sessions, so that kill can only reach the
@@ -62,6 +64,7 @@ class _Running:
     exit_log: Path
     kill_grace: float
     killed: bool = False
+    shutdown: bool = False  # killed because the executor was shut down, not by a KILL
     done: threading.Event = field(default_factory=threading.Event)
 
 
@@ -157,6 +160,7 @@ class JobfleetExecutor:
         with self.lock:
             running = list(self.tasks.values())
         for task in running:
+            task.shutdown = True
             self._kill(task, wait=False)
         deadline = time.monotonic() + max([t.kill_grace for t in running] or [0]) + _KILL_MARGIN
         for task in running:
@@ -196,8 +200,11 @@ class JobfleetExecutor:
                 record = None
         started = text is not None and text.strip() == TERMINATION_LOG_STARTED
         status = returncode if returncode >= 0 else 128 - returncode
-        payload = {"record": record, "returncode": returncode, "started": started}
-        if running.killed:
+        payload: dict[str, Any] = {"record": record, "returncode": returncode, "started": started}
+        if running.shutdown:
+            payload["shutdown"] = True
+            state, message = "TASK_KILLED", "killed: the executor was shut down"
+        elif running.killed:
             state, message = "TASK_KILLED", "killed on the framework's request"
         elif returncode == 0:
             state, message = "TASK_FINISHED", "the wrapper exited with status 0"

@@ -3,23 +3,31 @@
 jobfleet's executor puts, in the `data` of a task's terminal update, a JSON object:
 `{"record": <the wrapper's final record or null>, "returncode": <the wrapper's exit status,
 negative for a signal, or null>, "started": <true when the termination log still held the
-wrapper's "started" marker>}`. The wrapper's own record comes first; then how its process
+wrapper's "started" marker>}`, plus `"shutdown": true` when the task was killed because the
+executor was shut down (not by a KILL). The wrapper's own record comes first; then how its process
 ended, through the core's one mapping (`exit_info_from_wrapper`).
 
 | Mesos state | error state |
 |---|---|
 | `TASK_FINISHED` | D, unless the record says otherwise |
-| `TASK_FAILED` | the record's (Z for oom/timeout, E for exit codes, …) |
-| `TASK_KILLED` | K when the host asked, F when someone else killed it |
+| `TASK_FAILED` | the record's (Z for oom/timeout, E for exit codes, …); see below |
+| `TASK_KILLED` | K when the host asked, F when someone else killed it, U when the executor |
+|               | was shut down under it (`"shutdown": true`) |
 | `TASK_LOST`, `TASK_GONE(_BY_OPERATOR)`, `TASK_DROPPED`, `TASK_UNREACHABLE`, … | U |
 | agent `FAILURE` (its tasks) | U |
 | `TASK_ERROR` | F, with the master's reason |
+
+A `TASK_FAILED` without the wrapper's record: its exit status through the core's mapping
+(`exit_info_from_wrapper`), an OOM kill (Z) when the reason is
+`REASON_CONTAINER_LIMITATION_MEMORY`; without an exit status either (the agent's update for a
+task whose executor died: executor `FAILURE`), U.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import signal
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,6 +46,8 @@ LOST = frozenset(
         "TASK_UNKNOWN",
     }
 )
+OOM_REASONS = frozenset({"REASON_CONTAINER_LIMITATION_MEMORY"})
+"""Mesos reasons that say the container was killed for its memory (an OOM kill: Z)."""
 TERMINAL = frozenset({"TASK_FINISHED", "TASK_FAILED", "TASK_KILLED", "TASK_ERROR"}) | LOST
 
 
@@ -62,10 +72,15 @@ def exit_info(status: Mapping[str, Any], *, killed_by_us: bool) -> RemoteExitInf
     if said:
         detail += f": {said}"
     payload = decode_payload(status.get("data"))
+    oom = f"Mesos {reason}" if reason in OOM_REASONS else None
     if state == "TASK_KILLED" and killed_by_us:
         message = f"cancelled: killed on the host's request ({task})"
         record = ExitRecord(ExitReason.CANCELLED, raw_state=state, message=message)
         return RemoteExitInfo(ErrorState.KILL_SELF, message, record=record)
+    if state == "TASK_KILLED" and payload and payload.get("shutdown"):
+        message = f"lost: the jobfleet executor was shut down with the task running: {detail}"
+        record = ExitRecord(ExitReason.LOST, raw_state=state, message=message)
+        return RemoteExitInfo(ErrorState.UNKNOWN_ERROR, message, record=record)
     if state == "TASK_KILLED":
         message = f"cancelled by someone else: {detail}"
         record = ExitRecord(ExitReason.CANCELLED, raw_state=state, message=message)
@@ -87,11 +102,19 @@ def exit_info(status: Mapping[str, Any], *, killed_by_us: bool) -> RemoteExitInf
         if payload and payload.get("started") and 128 < returncode < 128 + 65:
             # The wrapper never wrote its record: a status above 128 is the signal that killed
             # the wrapper itself.
-            return exit_info_from_wrapper(None, returncode - 128, raw_state=state, detail=detail)
-        return exit_info_from_wrapper(returncode, raw_state=state, detail=detail)
+            return exit_info_from_wrapper(
+                None, returncode - 128, oom_evidence=oom, raw_state=state, detail=detail
+            )
+        return exit_info_from_wrapper(returncode, oom_evidence=oom, raw_state=state, detail=detail)
+    if oom is not None:
+        # The containerizer killed the executor's container for its memory: no exit status.
+        return exit_info_from_wrapper(
+            None, signal.SIGKILL, oom_evidence=oom, raw_state=state, detail=detail
+        )
     if state == "TASK_FINISHED":
         return exit_info_from_wrapper(0, raw_state=state, detail=detail)
-    return RemoteExitInfo.unknown(f"lost: the task ended without an exit status; {detail}")
+    # No exit status at all (the agent's update for a task whose executor died): U.
+    return exit_info_from_wrapper(None, raw_state=state, detail=detail)
 
 
 def _record(payload: Mapping[str, Any] | None) -> RemoteExitInfo | None:
