@@ -122,7 +122,7 @@ class Framework:
     def offer(self, agent_id: str | None = None, timeout: float = 10) -> Any:
         return self.mc.wait_for(lambda: self.sched.take_offer(agent_id), timeout)
 
-    def wait_state(self, task_id: str, state: str, timeout: float = 20) -> Any:
+    def wait_state(self, task_id: str, state: str, timeout: float = 60) -> Any:
         self.mc.wait_for(lambda: state in self.sched.states(task_id), timeout)
         return self.sched.last(task_id)
 
