@@ -30,8 +30,10 @@ from psij import (
     Job,
     JobExecutor,
     JobExecutorConfig,
+    JobSpec,
     JobState,
     JobStatus,
+    ResourceSpecV1,
     SubmitException,
 )
 from sqlalchemy import select
@@ -216,6 +218,8 @@ class JobfleetJobExecutor(JobExecutor):
             directory=str(spec.directory) if spec.directory is not None else None,
             env=mapping.environment_of(spec),
             inherit_environment=spec.inherit_environment,
+            nodefile=str(self._nodefile(job)),
+            process_count=_process_count(spec),
         )
         return TaskDefinition(
             name=f"psij-{job.id}",
@@ -224,6 +228,10 @@ class JobfleetJobExecutor(JobExecutor):
             env=env,
             max_attempts=self.jobfleet_config.max_attempts,
         )
+
+    def _nodefile(self, job: Job) -> Path:
+        # PSI/J's work directory: where its launcher scripts are, reachable from the nodes.
+        return self.config.work_directory / "jobfleet-nodefiles" / job.id
 
     def cancel(self, job: Job) -> None:
         """Ask for the job's run to be killed; it ends CANCELED (unless it ended first)."""
@@ -366,6 +374,7 @@ class JobfleetJobExecutor(JobExecutor):
             except Exception as exc:
                 logger.warning("jobfleet run %s: closing its service: %s", item.run_id, exc)
             item.service = None
+        self._nodefile(item.job).unlink(missing_ok=True)
         self._publish(item.job, status)
 
     def _publish(self, job: Job, status: JobStatus) -> None:
@@ -384,6 +393,11 @@ class JobfleetJobExecutor(JobExecutor):
                 except Exception as exc:
                     logger.warning("jobfleet run %s: closing its service: %s", item.run_id, exc)
                 item.service = None
+
+
+def _process_count(spec: JobSpec) -> int:
+    resources = spec.resources
+    return resources.computed_process_count if isinstance(resources, ResourceSpecV1) else 1
 
 
 _EXECUTORS: weakref.WeakSet[JobfleetJobExecutor] = weakref.WeakSet()

@@ -7,6 +7,7 @@ row of the tables in docs/psij.md to the code.
 from __future__ import annotations
 
 import math
+import os
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -97,21 +98,34 @@ def shell_command(
     directory: str | None,
     env: Mapping[str, str],
     inherit_environment: bool,
+    nodefile: str | None = None,
+    process_count: int = 1,
 ) -> tuple[str, dict[str, str]]:
     """The task's shell command for a launcher argv, and the env jobfleet sets for it.
 
     The working directory becomes a `cd`; with `inherit_environment=False` the launcher starts
     under `env -i` with the job's variables alone (which then travel on its command line,
-    not in the task's env, which jobfleet adds to the inherited environment).
+    not in the task's env, which jobfleet adds to the inherited environment). `nodefile`: where
+    the command writes PSI/J's node file ($PSIJ_NODEFILE: the node's name once per process;
+    jobfleet runs a job within one node), on the node, before the launcher starts.
     """
     words = list(argv)
     task_env = dict(env)
+    if nodefile is not None:
+        task_env["PSIJ_NODEFILE"] = nodefile
     if not inherit_environment:
-        words = ["env", "-i", *(f"{key}={value}" for key, value in env.items()), *words]
+        words = ["env", "-i", *(f"{key}={value}" for key, value in task_env.items()), *words]
         task_env = {}
     command = "exec " + shlex.join(words)
     if directory is not None:
         command = f"cd {shlex.quote(directory)} && {command}"
+    if nodefile is not None:
+        path = shlex.quote(nodefile)
+        command = (
+            f"mkdir -p {shlex.quote(os.path.dirname(nodefile))} && _psij_node=$(hostname) && "
+            f'for _ in $(seq {int(process_count)}); do echo "$_psij_node"; done > {path} && '
+            + command
+        )
     return command, task_env
 
 
