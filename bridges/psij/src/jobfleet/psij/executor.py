@@ -166,6 +166,7 @@ class JobfleetJobExecutor(JobExecutor):
         self._watched: dict[str, _Watched] = {}  # by PSI/J job id
         self._wake = threading.Event()
         self._round_lock = threading.Lock()  # a round and `close` never overlap
+        self._leaving = False
         self._thread: threading.Thread | None = None
         _EXECUTORS.add(self)
 
@@ -294,7 +295,7 @@ class JobfleetJobExecutor(JobExecutor):
         while True:
             with self._lock:
                 watched = list(self._watched.values())
-                if not watched:
+                if not watched or self._leaving:
                     self._thread = None
                     return
             with self._round_lock:
@@ -381,8 +382,18 @@ class JobfleetJobExecutor(JobExecutor):
         self._set_job_status(job, status)
         self._notify_callback(job, status)
 
+    def leave(self) -> None:
+        """Stop the host thread between two rounds and leave the runs as they are, owned by a
+        process about to end: their jobs go on (a local backend's wrappers run in sessions of
+        their own), and an executor that attaches to them takes them over. Called at exit."""
+        with self._round_lock:
+            self._leaving = True
+
     def close(self) -> None:
-        """Give up the runs this executor drives (their jobs go on; `attach` resumes them)."""
+        """Stop driving the runs this executor drives, cleanly: the service of each stops its
+        backend connection and gives the run up. A local backend (multiprocess, sequential)
+        stops its running jobs then, as `jobfleet run` does on a clean stop; a batch backend's
+        jobs go on, and `attach` resumes them."""
         with self._round_lock, self._lock:
             watched = list(self._watched.values())
             self._watched.clear()
@@ -404,7 +415,7 @@ _EXECUTORS: weakref.WeakSet[JobfleetJobExecutor] = weakref.WeakSet()
 
 
 @atexit.register
-def _close_all() -> None:
-    """Release the leases at exit, so that another process can attach at once."""
+def _leave_all() -> None:
+    """At exit, no round is cut off halfway; the runs stay for a later `attach`."""
     for executor in list(_EXECUTORS):
-        executor.close()
+        executor.leave()

@@ -74,10 +74,8 @@ def _from_attributes(attributes: JobAttributes, cluster: str) -> dict[str, Any]:
         out["runtime"] = max(1, math.ceil(attributes.duration.total_seconds()))
     if attributes.queue_name:
         out["queue"] = attributes.queue_name
-    if attributes.account:
+    if attributes.account:  # `project_name` is PSI/J's deprecated alias of it
         out["account"] = attributes.account
-    if attributes.project_name:
-        out["project"] = attributes.project_name
     if attributes.reservation_id:
         out["reservation"] = attributes.reservation_id
     for key, value in (attributes.custom_attributes or {}).items():
