@@ -1,10 +1,13 @@
-"""Fixtures of the Slurm plugin's tests: a real single-node Slurm cluster for the session.
+"""The workspace's shared test fixture: one real single-node Slurm cluster for the session.
 
-`slurm_cluster` starts munged, MariaDB, slurmdbd, slurmctld and slurmd under a temporary
-directory (see slurm_cluster.py) and puts its SLURM_CONF and PATH into os.environ for the whole
-session, so every Slurm command a test or the plugin runs talks to it. It skips when the
-machine cannot run one (not root, no Slurm binaries) and fails when it can but the cluster does
-not start: in CI, as root with the packages installed, the tests must run.
+It lives at the root so that every suite that needs Slurm (the Slurm plugin's, PSI/J's on
+jobfleet) shares one cluster: a fixture defined in two conftest files is two fixtures, and
+would start two clusters. `slurm_cluster` starts munged, MariaDB, slurmdbd, slurmctld and
+slurmd under a temporary directory (see plugins/slurm/tests/slurm_cluster.py) and puts its
+SLURM_CONF and PATH into os.environ for the whole session, so every Slurm command a test or
+the plugin runs talks to it. It skips when the machine cannot run one (not root, no Slurm
+binaries) and fails when it can but the cluster does not start: in CI, as root with the
+packages installed, the tests must run.
 
 The helper module is importable as `slurm_cluster` once this conftest is loaded (test modules
 are imported after it): `from slurm_cluster import SlurmCluster`.
@@ -35,7 +38,7 @@ def _load_helper() -> ModuleType:
     if "slurm_cluster" in sys.modules:
         return sys.modules["slurm_cluster"]
     spec = importlib.util.spec_from_file_location(
-        "slurm_cluster", Path(__file__).with_name("slurm_cluster.py")
+        "slurm_cluster", Path(__file__).parent / "plugins" / "slurm" / "tests" / "slurm_cluster.py"
     )
     assert spec is not None
     assert spec.loader is not None
