@@ -82,7 +82,8 @@ class BridgeOptions:
                 f"Unknown connection parameters {', '.join(map(repr, unknown))} for a jobfleet "
                 f"cluster; accepted: {', '.join(sorted(CONNECTION_KEYS))} (docs/jobmon.md)."
             )
-        settings = parameters.get("settings") or {}
+        settings = parameters.get("settings")
+        settings = {} if settings is None else settings
         if not isinstance(settings, Mapping):
             raise BackendError(f"connection parameter 'settings' must be an object: {settings!r}")
         arrays = parameters.get("arrays", True)
