@@ -11,7 +11,9 @@ subclasses the Jobmon plugin's classes to say so, and nothing else:
   Jobmon plugin raises `RemoteExitInfoNotAvailable`;
 - the queue gives the limits Jobmon's queue insists on (`cores`: `(1, <this machine's>)`)
   when the jobfleet queue row has none, and reads jobfleet's memory spellings ("4G");
-- the worker node is the Jobmon plugin's own (it reads the ids its distributor set).
+- the worker node is the Jobmon plugin's own (it reads the ids its distributor set), except
+  that exit code 0 is success: Jobmon's worker asks only about failures, jobfleet's wrapper
+  asks about every end, and Jobmon's plugins answer E whatever the code.
 
 Only plugins that start a separate process per instance can be adapted: Jobmon's sequential and
 dummy plugins run Jobmon's worker inside their own process, against a Jobmon server.
@@ -44,7 +46,9 @@ def adapt(jobmon_type: str, name: str) -> dict[str, Callable[[], type]]:
         return once("distributor", lambda: _distributor(jobmon_class(), name))
 
     def get_cluster_worker_node_class() -> type:
-        return once("worker_node", _plugin(jobmon_type).get_cluster_worker_node_class)
+        return once(
+            "worker_node", lambda: _worker_node(_plugin(jobmon_type).get_cluster_worker_node_class())
+        )
 
     return {
         "get_cluster_queue_class": get_cluster_queue_class,
@@ -99,6 +103,19 @@ def _queue(jobmon_queue: type) -> type:
     return AdaptedQueue
 
 
+def _worker_node(jobmon_worker_node: type) -> type:
+    class AdaptedWorkerNode(jobmon_worker_node):  # type: ignore[misc,valid-type]
+        def get_exit_info(self, exit_code: int, error_msg: str) -> tuple[str, str]:
+            if exit_code == 0:
+                return "D", ""
+            state, message = super().get_exit_info(exit_code, error_msg)
+            return str(state), str(message)
+
+    AdaptedWorkerNode.__name__ = f"Adapted{jobmon_worker_node.__name__}"
+    AdaptedWorkerNode.__qualname__ = AdaptedWorkerNode.__name__
+    return AdaptedWorkerNode
+
+
 def _distributor(jobmon_distributor: type, name: str) -> type:
     from jobmon.core.exceptions import RemoteExitInfoNotAvailable
 
@@ -123,7 +140,17 @@ def _distributor(jobmon_distributor: type, name: str) -> type:
                     f"{name} runs jobfleet's wrappers on this machine with Jobmon's plugin, "
                     "which cannot give them a channel token: use a file channel."
                 )
-            super().__init__(cluster_name, *args, **connection_parameters)
+            try:
+                super().__init__(cluster_name, *args, **connection_parameters)
+            except ValueError as exc:
+                if "worker_node_entry_point" not in str(exc):
+                    raise
+                # Jobmon's plugin insists on finding its own worker on PATH, though under
+                # jobfleet it starts jobfleet's wrapper instead.
+                raise BackendError(
+                    f"{name}: Jobmon's plugin wants Jobmon's worker_node_entry_point on PATH "
+                    "(it is installed beside jobmon_core; activate that environment)."
+                ) from exc
             self.host_url = host_url or os.environ.get(HOST_URL_VARIABLE) or None
 
         @property
