@@ -11,15 +11,14 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 pytest.importorskip("jobmon.worker_node.cli", reason="needs the `jobmon` dependency group")
 
-from jobmon.core.cluster_type import ClusterType  # noqa: E402
-from jobmon.core.exceptions import RemoteExitInfoNotAvailable  # noqa: E402
+from jobmon.core.cluster_type import ClusterType
+from jobmon.core.exceptions import RemoteExitInfoNotAvailable
 
 pytestmark = pytest.mark.slow
 
@@ -50,8 +49,11 @@ def exit_info(distributor: Any, distributor_id: str) -> tuple[str, str]:
 
 @pytest.fixture
 def distributor(jobmon_server, tmp_path):
-    parameters = {"settings": {"cores": 4}, "work_dir": str(tmp_path / "work"),
-                  "triage_patience": 60}
+    parameters = {
+        "settings": {"cores": 4},
+        "work_dir": str(tmp_path / "work"),
+        "triage_patience": 60,
+    }
     jobmon_server.clusters[CLUSTER] = ("jobfleet_multiprocess", parameters)
     built = ClusterType("jobfleet_multiprocess").cluster_distributor_class(CLUSTER, **parameters)
     built.start()
@@ -68,7 +70,8 @@ def test_done_failure_retried_and_an_array(distributor, jobmon_server, tmp_path)
     jobmon_server.add_task(2, flaky)
     ids = {
         ti: distributor.submit_to_batch_distributor(
-            distributor.build_worker_node_command(task_instance_id=ti), f"task-{ti}",
+            distributor.build_worker_node_command(task_instance_id=ti),
+            f"task-{ti}",
             {"cores": 1, "memory": 1, "runtime": 60, "queue": "default"},
         )
         for ti in (1, 2)

@@ -11,8 +11,8 @@ import pytest
 
 pytest.importorskip("jobmon.core", reason="needs the `jobmon` dependency group")
 
-from jobmon.core import cluster_protocol as jobmon_protocol  # noqa: E402
-from jobmon.core.cluster_type import ClusterType  # noqa: E402
+from jobmon.core import cluster_protocol as jobmon_protocol
+from jobmon.core.cluster_type import ClusterType
 
 BACKENDS = ["dummy", "sequential", "multiprocess", "slurm", "kubernetes", "mesos"]
 BRIDGE = Path(__file__).resolve().parents[1]

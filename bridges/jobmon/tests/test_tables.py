@@ -8,20 +8,20 @@ import pytest
 
 pytest.importorskip("jobmon.core", reason="needs the `jobmon` dependency group")
 
-from jobmon.core.cluster_protocol import ClusterDistributor as JobmonClusterDistributor  # noqa: E402
+from jobmon.core.cluster_protocol import ClusterDistributor as JobmonClusterDistributor
 
-from jobfleet.core.errors import BackendError, ResourceError  # noqa: E402
-from jobfleet.jobmon import make_plugin  # noqa: E402
-from jobfleet.jobmon.command import (  # noqa: E402
+from jobfleet.core.errors import BackendError, ResourceError
+from jobfleet.jobmon import make_plugin
+from jobfleet.jobmon.command import (
     JobmonCommandError,
     WorkerCommand,
     parse_worker_command,
     triage_state,
 )
-from jobfleet.jobmon.distributor import BridgeOptions, inner_resources  # noqa: E402
-from jobfleet.jobmon.queue import ROUNDED_TO_ZERO  # noqa: E402
-from jobfleet.jobmon.units import GIB, queue_parameters, whole_gib  # noqa: E402
-from jobfleet.jobmon.worker_node import JobmonWorkerNode  # noqa: E402
+from jobfleet.jobmon.distributor import BridgeOptions, inner_resources
+from jobfleet.jobmon.queue import ROUNDED_TO_ZERO
+from jobfleet.jobmon.units import GIB, queue_parameters, whole_gib
+from jobfleet.jobmon.worker_node import JobmonWorkerNode
 
 TUPLES = {"cores": (1, 20), "memory": (1, 512), "runtime": (10, 86400)}
 
@@ -35,12 +35,18 @@ def queue():
 @pytest.mark.parametrize(
     ("parameters", "translated", "minima"),
     [
-        (TUPLES, {"min_cores": 1, "max_cores": 20, "max_memory": "512G", "max_runtime": 86400},
-         {"memory": 1, "runtime": 10}),
+        (
+            TUPLES,
+            {"min_cores": 1, "max_cores": 20, "max_memory": "512G", "max_runtime": 86400},
+            {"memory": 1, "runtime": 10},
+        ),
         ({"cores": 8, "memory": 0.5}, {"max_cores": 8, "max_memory": "0.5G"}, {}),
         ({"memory": [0, 64], "project": "p"}, {"max_memory": "64G", "project": "p"}, {}),
-        ({"max_memory": "64G", "default_runtime": "1h"},
-         {"max_memory": "64G", "default_runtime": "1h"}, {}),
+        (
+            {"max_memory": "64G", "default_runtime": "1h"},
+            {"max_memory": "64G", "default_runtime": "1h"},
+            {},
+        ),
     ],
 )
 def test_queue_parameters(parameters, translated, minima):
@@ -112,7 +118,11 @@ def test_coerced_memory_never_exceeds_a_fractional_limit():
 def test_requested_resources_reach_the_backend_in_its_units():
     resources = {"memory": 4, "runtime": 60, "cores": 2, "queue": "q", "project": "p"}
     assert inner_resources(resources) == {
-        "cores": 2, "memory": "4G", "runtime": 60, "queue": "q", "project": "p"
+        "cores": 2,
+        "memory": "4G",
+        "runtime": 60,
+        "queue": "q",
+        "project": "p",
     }
 
 
@@ -149,14 +159,25 @@ def test_worker_commands_jobmon_builds_are_read(command, parsed):
         ("", "does not start with"),
         ("rm -rf /", "does not start with"),
         ("worker_node_job --task_instance_id 1 --cluster_name c", "exactly the options"),
-        (f"worker_node_job --task_instance_id x --expected_jobmon_version {VERSION} "
-         "--cluster_name c", "not a whole number"),
-        (f"worker_node_job --task_instance_id 1 --expected_jobmon_version {VERSION} "
-         "--cluster_name 'c; rm -rf /'", "shell syntax"),
-        (f"worker_node_job --task_instance_id 1 --task_instance_id 2 "
-         f"--expected_jobmon_version {VERSION}", "given twice"),
-        (f"worker_node_job --array_id 1 --expected_jobmon_version {VERSION} --cluster_name c",
-         "not an option"),
+        (
+            f"worker_node_job --task_instance_id x --expected_jobmon_version {VERSION} "
+            "--cluster_name c",
+            "not a whole number",
+        ),
+        (
+            f"worker_node_job --task_instance_id 1 --expected_jobmon_version {VERSION} "
+            "--cluster_name 'c; rm -rf /'",
+            "shell syntax",
+        ),
+        (
+            f"worker_node_job --task_instance_id 1 --task_instance_id 2 "
+            f"--expected_jobmon_version {VERSION}",
+            "given twice",
+        ),
+        (
+            f"worker_node_job --array_id 1 --expected_jobmon_version {VERSION} --cluster_name c",
+            "not an option",
+        ),
         ("worker_node_job --task_instance_id '1", "cannot be split"),
         (f"task_generator --module_name m --expected_jobmon_version {VERSION}", "does not start"),
     ],
@@ -181,8 +202,16 @@ def test_parsing_reads_back_what_jobmons_own_builder_writes():
 
 @pytest.mark.parametrize(
     ("state", "answer"),
-    [("Z", "Z"), ("U", "U"), ("F", "F"), ("E", "U"), ("D", "U"), ("K", "F"), ("R", "U"),
-     ("?", "U")],
+    [
+        ("Z", "Z"),
+        ("U", "U"),
+        ("F", "F"),
+        ("E", "U"),
+        ("D", "U"),
+        ("K", "F"),
+        ("R", "U"),
+        ("?", "U"),
+    ],
 )
 def test_triage_mapping_gives_only_z_u_or_f(state, answer):
     assert triage_state(state) == answer

@@ -94,24 +94,24 @@ def parse_worker_command(command: str) -> WorkerCommand:
             raise _refused(command, f"{option} is given twice")
         values[option] = value
     for option in expected:
-        if option.endswith("_id") or option == "--batch_number":
-            if not _ID.fullmatch(values[option]):
-                raise _refused(command, f"{option} {values[option]!r} is not a whole number")
+        numeric = option.endswith("_id") or option == "--batch_number"
+        if numeric and not _ID.fullmatch(values[option]):
+            raise _refused(command, f"{option} {values[option]!r} is not a whole number")
     if not _VERSION.fullmatch(values["--expected_jobmon_version"]):
         raise _refused(command, "--expected_jobmon_version is not a version")
     if not _CLUSTER.fullmatch(values["--cluster_name"]):
         raise _refused(command, "--cluster_name holds spaces or shell syntax")
-    common = {
-        "expected_jobmon_version": values["--expected_jobmon_version"],
-        "cluster_name": values["--cluster_name"],
-    }
+    version, cluster = values["--expected_jobmon_version"], values["--cluster_name"]
     if sub == "worker_node_job":
-        return WorkerCommand("job", task_instance_id=int(values["--task_instance_id"]), **common)
+        return WorkerCommand(
+            "job", version, cluster, task_instance_id=int(values["--task_instance_id"])
+        )
     return WorkerCommand(
         "array",
+        version,
+        cluster,
         array_id=int(values["--array_id"]),
         batch_number=int(values["--batch_number"]),
-        **common,
     )
 
 

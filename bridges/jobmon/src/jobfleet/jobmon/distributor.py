@@ -27,15 +27,14 @@ from pathlib import Path
 from typing import Any, ClassVar, Final
 from urllib.parse import urlsplit
 
-from jobmon.core.cluster_protocol import ClusterDistributor
-from jobmon.core.exceptions import RemoteExitInfoNotAvailable
-
 from jobfleet.core.channel import Channel, EventCursor, FinalReport, TaskSpec, open_channel
 from jobfleet.core.errors import BackendError
 from jobfleet.core.exit_info import RemoteExitInfo
 from jobfleet.core.resources import ResourceRequest
 from jobfleet.jobmon.command import WorkerCommand, parse_worker_command, triage_state
 from jobfleet.jobmon.worker_node import ARRAY_STEP_VARIABLE
+from jobmon.core.cluster_protocol import ClusterDistributor
+from jobmon.core.exceptions import RemoteExitInfoNotAvailable
 
 logger = logging.getLogger(__name__)
 
@@ -183,7 +182,7 @@ class JobmonDistributor(ClusterDistributor):
             wanted = "http" if network else None
         scheme = urlsplit(wanted).scheme.lower() if wanted else ""
         kwargs: dict[str, Any] = {}
-        if wanted == "http" or scheme in ("http", "https"):
+        if wanted is not None and (wanted == "http" or scheme in ("http", "https")):
             channel = open_channel(str(work / "channel"), create=True)
             kwargs.update(self._serve(channel, wanted))
         else:
@@ -367,9 +366,8 @@ class JobmonDistributor(ClusterDistributor):
 
     def _report_without_running(self, distributor_id: str, task_instance_id: int | None) -> None:
         """Tell Jobmon the instance ran and succeeded, as Jobmon's own dummy does."""
-        from jobmon.worker_node.worker_node_task_instance import WorkerNodeTaskInstance
-
         from jobfleet.jobmon.worker_node import JobmonWorkerNode
+        from jobmon.worker_node.worker_node_task_instance import WorkerNodeTaskInstance
 
         assert task_instance_id is not None
         node = JobmonWorkerNode(distributor_id=distributor_id)
@@ -494,4 +492,3 @@ def build(backend: str) -> type[JobmonDistributor]:
     }
     name = f"Jobfleet{backend.title().replace('_', '')}Distributor"
     return type(name, (JobmonDistributor,), attributes)
-

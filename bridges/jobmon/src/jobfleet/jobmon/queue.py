@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from jobmon.core.cluster_protocol import ClusterQueue
-
 from jobfleet.core.errors import ResourceError
 from jobfleet.jobmon.units import GIB, jobfleet_request, jobmon_resources, queue_parameters
+from jobmon.core.cluster_protocol import ClusterQueue
 
 ROUNDED_TO_ZERO = (
     "The memory request reached the queue as 0 GiB: Jobmon rounds memory to whole GiB, so a "
@@ -78,7 +77,7 @@ class JobmonQueue(ClusterQueue):
             notes.append(ROUNDED_TO_ZERO)
         for key, low in self._minima.items():
             value = request.get(key)
-            if _is_number(value) and value < low:
+            if isinstance(value, int | float) and not isinstance(value, bool) and value < low:
                 request[key] = low
                 unit = "GiB" if key == "memory" else "s"
                 notes.append(

@@ -15,9 +15,8 @@ import signal
 import time
 from typing import Any, ClassVar, Final
 
-from jobmon.core.cluster_protocol import ClusterWorkerNode
-
 from jobfleet.core.exit_info import ErrorState
+from jobmon.core.cluster_protocol import ClusterWorkerNode
 
 DISTRIBUTOR_ID_VARIABLE: Final = "JOBFLEET_TASK_INSTANCE_ID"
 """The jobfleet wrapper's task-instance id, which is the distributor id the bridge gave Jobmon."""

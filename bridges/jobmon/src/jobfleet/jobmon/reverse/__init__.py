@@ -47,7 +47,8 @@ def adapt(jobmon_type: str, name: str) -> dict[str, Callable[[], type]]:
 
     def get_cluster_worker_node_class() -> type:
         return once(
-            "worker_node", lambda: _worker_node(_plugin(jobmon_type).get_cluster_worker_node_class())
+            "worker_node",
+            lambda: _worker_node(_plugin(jobmon_type).get_cluster_worker_node_class()),
         )
 
     return {
@@ -72,7 +73,7 @@ def _plugin(jobmon_type: str) -> Any:
 def _queue(jobmon_queue: type) -> type:
     from jobfleet.jobmon.units import GIB
 
-    class AdaptedQueue(jobmon_queue):  # type: ignore[misc,valid-type]
+    class AdaptedQueue(jobmon_queue):  # type: ignore[misc]
         def __init__(self, queue_id: int, queue_name: str, parameters: dict[str, Any]) -> None:
             given = dict(parameters)
             given.setdefault("cores", (1, os.cpu_count() or 1))
@@ -104,7 +105,7 @@ def _queue(jobmon_queue: type) -> type:
 
 
 def _worker_node(jobmon_worker_node: type) -> type:
-    class AdaptedWorkerNode(jobmon_worker_node):  # type: ignore[misc,valid-type]
+    class AdaptedWorkerNode(jobmon_worker_node):  # type: ignore[misc]
         def get_exit_info(self, exit_code: int, error_msg: str) -> tuple[str, str]:
             if exit_code == 0:
                 return "D", ""
@@ -117,14 +118,13 @@ def _worker_node(jobmon_worker_node: type) -> type:
 
 
 def _distributor(jobmon_distributor: type, name: str) -> type:
-    from jobmon.core.exceptions import RemoteExitInfoNotAvailable
-
     from jobfleet.core.cluster_protocol import ClusterDistributor as JobfleetDistributor
     from jobfleet.core.errors import BackendError
     from jobfleet.core.exit_info import RemoteExitInfo
     from jobfleet.core.wrapper import HOST_URL_VARIABLE, entry_point_argv
+    from jobmon.core.exceptions import RemoteExitInfoNotAvailable
 
-    class AdaptedDistributor(jobmon_distributor):  # type: ignore[misc,valid-type]
+    class AdaptedDistributor(jobmon_distributor):  # type: ignore[misc]
         def __init__(
             self,
             cluster_name: str,
