@@ -164,3 +164,33 @@ def test_a_backend_that_runs_nothing_reports_to_jobmon_itself(jobmon_server, tmp
         assert jobmon_server.statuses(5) == ["log_running", "log_done"]
     finally:
         dummy.stop()
+
+
+@pytest.mark.parametrize("channel", ["http", "shared directory"])
+def test_the_channel_kinds_a_cluster_can_name(jobmon_server, tmp_path, channel):
+    shared = tmp_path / "shared"
+    parameters = {"channel": "http" if channel == "http" else str(shared)}
+    jobmon_server.clusters["jf-channel"] = ("jobfleet_multiprocess", parameters)
+    built = ClusterType("jobfleet_multiprocess").cluster_distributor_class(
+        "jf-channel", **parameters
+    )
+    built.start()
+    try:
+        if channel == "http":
+            assert built._inner.host_url.startswith("http://127.0.0.1:")
+            assert built._inner.channel_token
+        else:
+            (made,) = shared.iterdir()  # a fresh directory per distributor under the shared one
+            assert built._inner.host_url.endswith(str(made))
+        jobmon_server.add_task(1, "echo over the channel")
+        distributor_id = built.submit_to_batch_distributor(
+            built.build_worker_node_command(task_instance_id=1), "t", {"runtime": 60}
+        )
+        assert wait(lambda: jobmon_server.ended(1), "the task") == "D"
+        # Its final report came back over the channel: triage would read it.
+        wait(lambda: not built.get_submitted_or_running([distributor_id]), "its end")
+        assert built._finals[int(distributor_id)].error_state == "D"
+    finally:
+        built.stop()
+    if channel != "http":
+        assert list(shared.iterdir()) == []  # the distributor's directory goes with it
