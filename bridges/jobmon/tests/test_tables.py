@@ -295,3 +295,68 @@ def test_the_distributor_refuses_other_commands_before_submitting():
             "t",
             {},
         )
+
+
+class _Inner:
+    """A backend distributor whose triage answer a test sets."""
+
+    def __init__(self, answer: object) -> None:
+        self.answer = answer
+
+    def get_remote_exit_info(self, distributor_id: str) -> object:
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+def _distributor(answer: object, patience: float):
+    distributor_class = make_plugin("multiprocess")["get_cluster_distributor_class"]()
+    distributor = distributor_class("jf", triage_patience=patience)
+    distributor._inner = _Inner(answer)
+    distributor._inner_ids["1"] = "inner-1"
+    return distributor
+
+
+def _info(state: str, *, finalized: bool = True):
+    from jobfleet.core.exit_info import RemoteExitInfo
+
+    return RemoteExitInfo(state, f"the backend says {state}", finalized=finalized)
+
+
+@pytest.mark.parametrize(
+    ("answer", "patient", "expected"),
+    [
+        (_info("Z"), True, "Z"),  # decisive at once
+        (_info("F"), True, "F"),
+        (_info("K"), True, "F"),  # cancelled by someone else: decisive too
+        (_info("E"), True, None),  # the wrapper's report may still come
+        (_info("Z", finalized=False), True, None),
+        (RuntimeError("squeue failed"), True, None),
+        (_info("E"), False, "U"),
+        (_info("D"), False, "U"),
+        (_info("K"), False, "F"),
+        (_info("Z", finalized=False), False, "Z"),
+        (RuntimeError("squeue failed"), False, "U"),
+        (("E", "a Jobmon-style pair"), False, "U"),
+    ],
+)
+def test_triage_answers_z_u_f_or_not_yet(answer, patient, expected):
+    from jobmon.core.exceptions import RemoteExitInfoNotAvailable
+
+    distributor = _distributor(answer, 3600 if patient else 0)
+    if expected is None:
+        with pytest.raises(RemoteExitInfoNotAvailable):
+            distributor.get_remote_exit_info("1")
+    else:
+        state, message = distributor.get_remote_exit_info("1")
+        assert state == expected, message
+
+
+def test_triage_of_an_unknown_instance_is_u_once_patience_is_over():
+    from jobmon.core.exceptions import RemoteExitInfoNotAvailable
+
+    with pytest.raises(RemoteExitInfoNotAvailable):
+        _distributor(_info("Z"), 3600).get_remote_exit_info("99")
+    state, message = _distributor(_info("Z"), 0).get_remote_exit_info("99")
+    assert state == "U"
+    assert "does not know the instance 99" in message
