@@ -21,10 +21,12 @@ pytest.importorskip(
     reason="needs the `jobmon` dependency group (uv sync --all-groups)",
 )
 
+# Named apart from jobfleet-jobmon's own `jobmon_multiprocess` (the adapter that runs Jobmon's
+# plugin under `jobfleet run`): two distributions claiming one name would both be refused.
 JOBMON_PLUGINS = {
-    "jobmon_multiprocess": "jobmon.plugins.multiprocess",
-    "jobmon_sequential": "jobmon.plugins.sequential",
-    "jobmon_dummy": "jobmon.plugins.dummy",
+    "jobmon_raw_multiprocess": "jobmon.plugins.multiprocess",
+    "jobmon_raw_sequential": "jobmon.plugins.sequential",
+    "jobmon_raw_dummy": "jobmon.plugins.dummy",
 }
 
 
@@ -55,7 +57,7 @@ def test_the_wrapper_path_loads_their_worker_nodes(registry: PluginRegistry, nam
     assert ClusterWorkerNode not in node_class.__mro__  # Jobmon's own protocol class, not ours
 
 
-@pytest.mark.parametrize("name", ["jobmon_sequential", "jobmon_dummy"])
+@pytest.mark.parametrize("name", ["jobmon_raw_sequential", "jobmon_raw_dummy"])
 def test_static_methods_are_what_these_worker_nodes_have(
     registry: PluginRegistry, name: str
 ) -> None:
@@ -63,3 +65,20 @@ def test_static_methods_are_what_these_worker_nodes_have(
     node_class = registry.get_cluster(name).worker_node_class
     for member in ("get_exit_info", "get_usage_stats"):
         assert isinstance(inspect.getattr_static(node_class, member), staticmethod), member
+
+
+def test_the_bridges_adapter_loads_through_its_installed_entry_point() -> None:
+    # jobfleet-jobmon's `jobmon_multiprocess`: Jobmon's plugin, adapted to start jobfleet's
+    # wrapper (bridges/jobmon/tests/test_reverse.py runs it under `jobfleet run`).
+    registry = PluginRegistry(environ={"JOBFLEET_LOAD_PLUGINS": "jobmon_multiprocess"})
+    (info,) = [i for i in registry.list_plugins() if i.name == "jobmon_multiprocess"]
+    assert (info.status, info.error, info.distribution) == (
+        PluginStatus.OK,
+        None,
+        "jobfleet-jobmon",
+    )
+    plugin = registry.get_cluster("jobmon_multiprocess")
+    jobmon_base = plugin.distributor_class.__mro__[1]
+    assert jobmon_base.__module__ == "jobmon.plugins.multiprocess.multiproc_distributor"
+    node_class = PluginRegistry().get_worker_node_class("jobmon_multiprocess")
+    assert node_class.__mro__[1].__name__ == "MultiprocessWorkerNode"

@@ -7,7 +7,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from jobfleet.core.cluster_protocol import ClusterDistributor
 from jobfleet.core.exit_info import ExitReason, ExitRecord, RemoteExitInfo
@@ -23,6 +23,11 @@ class _Instance:
 
 class DummyDistributor(ClusterDistributor):
     """Runs nothing. An instance is running for `report_delay` seconds, then done (or E)."""
+
+    runs_commands: ClassVar[bool] = False
+    """No command runs, so no worker node will ever report: a host engine that learns of its
+    tasks' ends only from its own worker (Jobmon, through jobfleet-jobmon) reports them
+    itself, as Jobmon's own dummy distributor does."""
 
     def __init__(
         self,
