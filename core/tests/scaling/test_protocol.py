@@ -58,7 +58,8 @@ def test_shape_refuses_negative_and_non_numbers():
 def test_node_types_parse_with_and_without_bids():
     found = parse_node_types("c5.large:0.05, m5.xlarge")
     assert found == [NodeType("c5.large", 0.05), NodeType("m5.xlarge")]
-    assert found[0].preemptible and not found[1].preemptible
+    assert found[0].preemptible
+    assert not found[1].preemptible
     assert format_node_types(found) == "c5.large:0.05,m5.xlarge"
 
 

@@ -118,10 +118,13 @@ class _Tracked:
     launched: float
     state: NodeState = NodeState.LAUNCHING
     seen_as: str | None = None
+    pool: tuple[str, bool] | None = None
+    """The pool whose target the node counts toward: an on-demand node launched because spot
+    capacity fell short counts toward the spot pool that asked for it."""
 
     @property
     def pool_key(self) -> tuple[str, bool]:
-        return (self.node.node_type, self.node.preemptible)
+        return self.pool or (self.node.node_type, self.node.preemptible)
 
 
 @dataclass(frozen=True)
@@ -407,7 +410,7 @@ class ClusterScaler:
             return
         kind = "spot" if preemptible else "on-demand"
         tasks = waiting_for.get(key, 0) or waiting
-        launched = self._launch(node_type, preemptible, count)
+        launched = self._launch(node_type, preemptible, count, key)
         self._emit(
             f"{len(launched)} × {node_type.name} ({kind}) for {tasks} waiting task"
             f"{'s' if tasks != 1 else ''}"
@@ -422,7 +425,7 @@ class ClusterScaler:
         )
         short = count - len(launched)
         if preemptible and short > 0 and self.config.spot_fallback:
-            fallback = self._launch(node_type, False, short)
+            fallback = self._launch(node_type, False, short, key)
             self._emit(
                 f"Spot capacity for {node_type.name} fell {short} short: "
                 f"{len(fallback)} × {node_type.name} (on-demand) instead",
@@ -433,7 +436,9 @@ class ClusterScaler:
                 nodes=[n.name for n in fallback],
             )
 
-    def _launch(self, node_type: NodeType, preemptible: bool, count: int) -> list[Node]:
+    def _launch(
+        self, node_type: NodeType, preemptible: bool, count: int, pool: tuple[str, bool]
+    ) -> list[Node]:
         now = self.clock()
         launched: list[Node] = self._call(
             f"launch {count} × {node_type.name}",
@@ -444,7 +449,7 @@ class ClusterScaler:
             spot_bid=node_type.spot_bid if preemptible else None,
         )
         for node in launched:
-            self._nodes[node.name] = _Tracked(node, now)
+            self._nodes[node.name] = _Tracked(node, now, pool=pool)
         return launched
 
     def _scale_down(self, key: tuple[str, bool], active: list[_Tracked], count: int) -> None:
