@@ -154,7 +154,7 @@ def test_a_provisioner_only_plugin_is_found_and_listed():
 
 def test_an_unknown_provisioner_lists_the_installed_ones():
     registry = PluginRegistry([_EntryPoint("fakecloud", _provisioner_module())], environ={})
-    with pytest.raises(UnknownProvisionerError, match="'nope'.*installed: fakecloud"):
+    with pytest.raises(UnknownProvisionerError, match=r"'nope'.*installed: fakecloud"):
         registry.get_provisioner("nope")
 
 
