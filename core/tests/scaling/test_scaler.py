@@ -284,3 +284,15 @@ def test_other_errors_are_recorded_as_not_retryable(clock):
     scaler.step([task(cores=4, wall=3000)])
     assert events[-1].details["retryable"] is False
     assert "bad AMI" in events[-1].message
+
+
+def test_a_failing_distributor_ends_the_step_not_the_run(clock):
+    scaler, provisioner, distributor, events = make(clock)
+
+    def away():
+        raise ConnectionError("API server away")
+
+    distributor.get_nodes = away
+    scaler.step([task(cores=4, wall=3000)])
+    assert "API server away" in events[-1].message
+    assert provisioner.live == {}

@@ -237,6 +237,14 @@ class ClusterScaler:
                 self._note_unplaceable(unplaceable)
         except _Deferred:
             pass
+        except Exception as exc:
+            # The distributor failed (an API server away): the run goes on, the next step
+            # looks again.
+            self._emit(
+                f"The scaling step failed: {type(exc).__name__}: {exc} (trying at the next step)",
+                action="error",
+                retryable=True,
+            )
         return self.nodes()
 
     def _call(self, what: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
