@@ -95,3 +95,66 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
         environ.undo()
         cluster.stop()
         lock.close()
+
+
+# --- elastic Slurm ------------------------------------------------------------------------------
+
+ELASTIC_PREFIX = "jobfleet-slurm-elastic-"
+# Short enough for a test to see nodes come and go, long enough for a loaded 2-core machine.
+POWER_SAVING_TIMES = {"SuspendTime": 10, "ResumeTimeout": 90, "SuspendTimeout": 30}
+
+
+@pytest.fixture(scope="session")
+def elastic_slurm_cluster() -> Iterator[SlurmCluster]:
+    """A second, independent cluster for elastic Slurm: one static node, three `State=CLOUD`
+    nodes that slurmctld resumes and suspends through `jobfleet-slurm-resume` and
+    `jobfleet-slurm-suspend`, and two spare nodes (partition "spare") for the local provisioner's
+    own tests. The programs call the test's local provisioner (plugins/slurm/tests/
+    local_provisioner.py), whose nodes are `slurmd -N NAME` daemons on this machine; its
+    configuration is `jobfleet-power.toml` beside the cluster's slurm.conf.
+
+    Its own directory, ports, munge socket and node names: it runs beside `slurm_cluster`.
+    Unlike that one it leaves os.environ alone (both may be up in one session): tests pass
+    `cluster.env` to what they run.
+    """
+    missing = helper.missing_binaries()
+    if missing:
+        pytest.skip(f"{NO_SLURM}; missing: {', '.join(missing)}")
+    if os.geteuid() != 0:
+        pytest.skip(NOT_ROOT)
+    import shutil
+
+    programs = {
+        name: shutil.which(f"jobfleet-slurm-{name}")
+        for name in ("resume", "suspend", "resume-fail")
+    }
+    absent = [name for name, path in programs.items() if path is None]
+    if absent:
+        pytest.fail(f"the power programs are not installed: {', '.join(absent)} (uv sync)")
+    _sweep_stale_clusters()
+    root = Path(tempfile.mkdtemp(prefix=ELASTIC_PREFIX))
+    lock = hold_session_lock(root)
+    cluster: SlurmCluster = helper.SlurmCluster(
+        cloud_nodes=3,
+        cloud_cpus=4,
+        spare_nodes=2,
+        power_saving=[
+            f"ResumeProgram={programs['resume']}",
+            f"SuspendProgram={programs['suspend']}",
+            f"ResumeFailProgram={programs['resume-fail']}",
+            *(f"{key}={value}" for key, value in POWER_SAVING_TIMES.items()),
+            "ResumeRate=0",
+            "SuspendRate=0",
+        ],
+    )
+    try:
+        cluster.start(root)
+        helper.write_power_config(cluster)
+    except BaseException:
+        cluster.stop()
+        raise
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        lock.close()

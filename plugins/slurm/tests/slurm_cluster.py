@@ -88,6 +88,10 @@ class SlurmCluster:
         node_memory_mb: int | None = None,
         max_array_size: int = 1001,
         scheduler_parameters: Sequence[str] = (),
+        cloud_nodes: int = 0,
+        cloud_cpus: int = 4,
+        spare_nodes: int = 0,
+        power_saving: Sequence[str] = (),
     ) -> None:
         # More CPUs than the machine has (SlurmdParameters=config_overrides) so that short
         # jobs run side by side; memory is what limits jobs (DefMemPerCPU=256).
@@ -99,6 +103,16 @@ class SlurmCluster:
         # job too big to start reserves nothing and smaller jobs behind it start at once
         # (by default backfill holds them back when their --time would overlap its start).
         self.scheduler_parameters = tuple(scheduler_parameters)
+        # Elastic Slurm: `cloud_nodes` nodes declared State=CLOUD in the default partition
+        # (slurmctld runs the ResumeProgram of `power_saving` for them), and `spare_nodes`
+        # ordinary nodes in the partition "spare" that no slurmd serves until a test starts one.
+        # Each has its own Port=; nothing starts their slurmd here. `power_saving` holds the
+        # slurm.conf lines (ResumeProgram=…, SuspendTime=…); the static node and the spares
+        # are excluded from power saving.
+        self.cloud_nodes = cloud_nodes
+        self.cloud_cpus = cloud_cpus
+        self.spare_nodes = spare_nodes
+        self.power_saving = tuple(power_saving)
         self.root = Path()
         # name -> (pid, kernel start time); in start order, stopped in reverse.
         self.pids: dict[str, tuple[int, str | None]] = {}
@@ -117,6 +131,24 @@ class SlurmCluster:
         """Unique per cluster: slurmd names its cgroups after it (/sys/fs/cgroup/*/slurm_<name>),
         so two test sessions side by side do not share job cgroups."""
         return f"node{self.ports.get('slurmd', 0)}"
+
+    def _extra_names(self, kind: str) -> list[str]:
+        # Named after this cluster's slurmd port, like `node_name`: unique per cluster.
+        port = self.ports.get("slurmd", 0)
+        count = sum(1 for key in self.ports if key.startswith(f"{kind}:"))
+        return [f"{kind}{port}n{n}" for n in range(1, count + 1)]
+
+    @property
+    def cloud_node_names(self) -> list[str]:
+        return self._extra_names("cloud")
+
+    @property
+    def spare_node_names(self) -> list[str]:
+        return self._extra_names("spare")
+
+    @property
+    def elastic(self) -> bool:
+        return any(":" in key for key in self.ports)
 
     @property
     def env(self) -> dict[str, str]:
@@ -157,6 +189,9 @@ class SlurmCluster:
         for sub in ("etc", "log", "run", "state", "spool", "db"):
             (root / sub).mkdir(mode=0o755)
         self.ports = {name: free_port() for name in ("mariadb", "slurmdbd", "slurmctld", "slurmd")}
+        for kind, count in (("cloud", self.cloud_nodes), ("spare", self.spare_nodes)):
+            for n in range(1, count + 1):
+                self.ports[f"{kind}:{n}"] = free_port()
         # The one slow step (≈ 2 s), run while munged starts.
         with open(self.log_path("mariadb-install-db"), "wb") as log:
             install = subprocess.Popen(
@@ -182,7 +217,8 @@ class SlurmCluster:
         self._spawn("slurmctld", ["slurmctld", "-D", "-f", str(self.conf_path)])
         self._wait("slurmctld", lambda: self._quiet("scontrol", "ping"), what="scontrol ping")
         self._spawn("slurmd", ["slurmd", "-D", "-N", self.node_name, "-f", str(self.conf_path)])
-        self._wait("slurmd", lambda: self._output("sinfo", "-h", "-o", "%T") == "idle",
+        self._wait("slurmd",
+                   lambda: self._output("sinfo", "-h", "-n", self.node_name, "-o", "%T") == "idle",
                    what="the node to be idle")  # fmt: skip
         self._wait("slurmdbd", lambda: self._quiet("sacct", "-n", "-X"), what="sacct to answer")
 
@@ -252,6 +288,7 @@ class SlurmCluster:
             "CgroupPlugin=cgroup/v1",
             "ConstrainRAMSpace=yes",
         ))  # fmt: skip
+        partition_nodes = ",".join([self.node_name, *self.cloud_node_names])
         self.conf_path.write_text(_lines(
             f"ClusterName={self.cluster_name}",
             "SlurmctldHost=localhost",
@@ -263,11 +300,9 @@ class SlurmCluster:
             "CredType=cred/munge",
             auth,
             f"StateSaveLocation={root / 'state'}",
-            f"SlurmdSpoolDir={root / 'spool' / 'slurmd'}",
+            *self._slurmd_paths(),
             f"SlurmctldPidFile={root / 'run' / 'slurmctld.pid'}",
-            f"SlurmdPidFile={root / 'run' / 'slurmd.pid'}",
             f"SlurmctldLogFile={self.log_path('slurmctld')}",
-            f"SlurmdLogFile={self.log_path('slurmd')}",
             "SlurmctldDebug=info",
             "SlurmdDebug=info",
             "MpiDefault=none",
@@ -294,9 +329,38 @@ class SlurmCluster:
             "KillWait=5",
             f"NodeName={self.node_name} NodeHostname=localhost NodeAddr=127.0.0.1 "
             f"CPUs={self.cpus} RealMemory={self.node_memory_mb} State=UNKNOWN",
-            f"PartitionName={self.partition} Nodes={self.node_name} Default=YES MaxTime=INFINITE "
-            "State=UP",
+            *self._elastic_lines(),
+            f"PartitionName={self.partition} Nodes={partition_nodes} Default=YES "
+            "MaxTime=INFINITE State=UP",
+            *([f"PartitionName=spare Nodes={','.join(self.spare_node_names)} MaxTime=INFINITE "
+               "State=UP"] if self.spare_nodes else []),
         ))  # fmt: skip
+
+    def _slurmd_paths(self) -> list[str]:
+        run, spool = self.root / "run", self.root / "spool"
+        if not self.elastic:
+            return [f"SlurmdSpoolDir={spool / 'slurmd'}", f"SlurmdPidFile={run / 'slurmd.pid'}",
+                    f"SlurmdLogFile={self.log_path('slurmd')}"]  # fmt: skip
+        # Several slurmd on this host: each its own spool, pid and log file (%n: node name).
+        return [f"SlurmdSpoolDir={spool / 'slurmd-%n'}", f"SlurmdPidFile={run / 'slurmd-%n.pid'}",
+                f"SlurmdLogFile={self.root / 'log' / 'slurmd-%n.log'}"]  # fmt: skip
+
+    def _elastic_lines(self) -> list[str]:
+        """The cloud and spare nodes, each with its own port, and the power-saving lines."""
+        lines = []
+        memory = min(self.node_memory_mb, 2048)
+        for kind in ("cloud", "spare"):
+            for n, name in enumerate(self._extra_names(kind), start=1):
+                lines.append(
+                    f"NodeName={name} NodeHostname=localhost NodeAddr=127.0.0.1 "
+                    f"Port={self.ports[f'{kind}:{n}']} CPUs={self.cloud_cpus} "
+                    f"RealMemory={memory} State={'CLOUD' if kind == 'cloud' else 'UNKNOWN'}"
+                )
+        if self.power_saving:
+            excluded = ",".join([self.node_name, *self.spare_node_names])
+            lines += [*self.power_saving, f"SuspendExcNodes={excluded}",
+                      "PrivateData=cloud"]  # fmt: skip
+        return lines
 
     # --- processes --------------------------------------------------------------------------
 
@@ -329,10 +393,16 @@ class SlurmCluster:
     def _failure(self, name: str, problem: str) -> SlurmClusterError:
         logs = "".join(
             f"\n--- {path.name} ---\n{_tail(path)}"
-            for path in (self.log_path(name), self.log_path(f"{name}.out"))
+            for path in self._logs_of(name)
             if path.exists() and path.stat().st_size
         )
         return SlurmClusterError(f"{name} {problem}; its log:{logs or ' (empty)'}")
+
+    def _logs_of(self, name: str) -> list[Path]:
+        paths = [self.log_path(name), self.log_path(f"{name}.out")]
+        if name == "slurmd" and self.elastic:  # SlurmdLogFile holds %n
+            paths.insert(0, self.log_path(f"slurmd-{self.node_name}"))
+        return paths
 
     def _answers(self, port: int) -> bool:
         with socket.socket() as sock:
@@ -359,6 +429,11 @@ class SlurmCluster:
             cluster.pids = {name: (pid, started) for name, (pid, started) in state["pids"].items()}
             cluster.ports = state["ports"]
         return cluster
+
+    @property
+    def node_names(self) -> list[str]:
+        """Every node of the cluster: the static one, the cloud and the spare ones."""
+        return [self.node_name, *self.cloud_node_names, *self.spare_node_names]
 
     def stop(self, remove: bool = True) -> None:
         """Cancel every job, stop every daemon (TERM, then KILL), remove the directory."""
@@ -405,21 +480,25 @@ class SlurmCluster:
             with contextlib.suppress(OSError):
                 if entry.name.isdigit() and marker in (entry / "environ").read_bytes().split(b"\0"):
                     found.add(int(entry.name))
-        for procs in Path("/sys/fs/cgroup").glob(f"*/slurm_{self.node_name}/**/cgroup.procs"):
-            with contextlib.suppress(OSError):
-                found.update(int(pid) for pid in procs.read_text().split())
+        for node in self.node_names:
+            for procs in Path("/sys/fs/cgroup").glob(f"*/slurm_{node}/**/cgroup.procs"):
+                with contextlib.suppress(OSError):
+                    found.update(int(pid) for pid in procs.read_text().split())
         found -= {os.getpid(), os.getppid()}
         return {pid for pid in found if _start_time(pid) is not None}  # zombies are gone
 
     def _kill_strays(self) -> None:
         """KILL the strays, then remove the job cgroups (named after the node, so unique to
         this cluster; a cgroup directory goes with rmdir once its processes are gone)."""
-        tops = list(Path("/sys/fs/cgroup").glob(f"*/slurm_{self.node_name}"))
-        for state in Path("/sys/fs/cgroup/freezer").glob(
-            f"slurm_{self.node_name}/**/freezer.state"
-        ):
-            with contextlib.suppress(OSError):
-                state.write_text("THAWED")  # a frozen process would never see its KILL
+        tops = [
+            top
+            for node in self.node_names
+            for top in Path("/sys/fs/cgroup").glob(f"*/slurm_{node}")
+        ]
+        for node in self.node_names:
+            for state in Path("/sys/fs/cgroup/freezer").glob(f"slurm_{node}/**/freezer.state"):
+                with contextlib.suppress(OSError):
+                    state.write_text("THAWED")  # a frozen process would never see its KILL
         deadline = time.monotonic() + 10
         while True:
             strays = self._strays()
@@ -435,6 +514,31 @@ class SlurmCluster:
             if time.monotonic() > deadline:
                 return  # best effort: a later session's sweep tries again
             time.sleep(0.1)
+
+
+def write_power_config(cluster: SlurmCluster) -> Path:
+    """`jobfleet-power.toml` beside the cluster's slurm.conf: the power programs call the local
+    provisioner (local_provisioner.py beside this file) for the cloud nodes, one node type
+    "cloud" of the cloud nodes' size; its log in the cluster's log directory."""
+    memory_mb = min(cluster.node_memory_mb, 2048)
+    path = cluster.conf_path.parent / "jobfleet-power.toml"
+    path.write_text(_lines(
+        'provisioner = "local_provisioner:LocalSlurmdProvisioner"',
+        f"python_path = [{json.dumps(str(Path(__file__).resolve().parent))}]",
+        f"log_file = {json.dumps(str(cluster.log_path('jobfleet-power')))}",
+        'node_type = "cloud"',
+        "attempts = 2",
+        "",
+        "[parameters]",
+        f"state_dir = {json.dumps(str(cluster.root / 'local-nodes'))}",
+        "",
+        "[parameters.node_types.cloud]",
+        f"names = {json.dumps(cluster.cloud_node_names)}",
+        f"cores = {cluster.cloud_cpus}",
+        f"memory = {memory_mb * 2**20}",
+        f"disk = {10 * 2**30}",
+    ))  # fmt: skip
+    return path
 
 
 def _lines(*lines: str) -> str:
