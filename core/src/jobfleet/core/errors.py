@@ -64,3 +64,18 @@ class ProtocolVersionError(ChannelError):
 
 class BackendError(JobfleetError):
     """The backend (scheduler, API server, local process table) failed to do what was asked."""
+
+
+class UnknownProvisionerError(JobfleetError, LookupError):
+    """No usable plugin provides a provisioner under the name asked for."""
+
+    def __init__(self, name: str, installed: Iterable[str]) -> None:
+        names = sorted(installed)
+        listing = ", ".join(names) if names else "none"
+        super().__init__(
+            f"No jobfleet plugin provides a provisioner named {name!r}. "
+            f"Provisioners installed: {listing}. "
+            f"If it is published, install it with: pip install jobfleet-{name}"
+        )
+        self.name = name
+        self.installed = names

@@ -76,3 +76,14 @@ def get_cluster_queues(settings: Any) -> Mapping[str, Mapping[str, Any]] | None:
     (e.g. Slurm's `scontrol show partition`); raise an exception with a clear message if it
     cannot be reached.
     """
+
+
+@hookspec(firstresult=True)
+def get_provisioner_class() -> type | None:
+    """Return the plugin's provisioner class, fitting `jobfleet.core.scaling.Provisioner`.
+
+    Optional. A module may define only this hook (and optionally `get_cluster_settings_class`
+    and `get_cluster_version_info`): it is then a provisioner, not a backend, and
+    `jobfleet run --autoscale --provisioner NAME` uses it under its entry point's name. The
+    class is built as `Provisioner(cluster_name, settings=<settings instance>, **parameters)`.
+    """

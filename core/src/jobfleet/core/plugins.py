@@ -34,7 +34,12 @@ from jobfleet.core.cluster_protocol import (
     ClusterWorkerNode,
     protocol_problems,
 )
-from jobfleet.core.errors import JobfleetError, PluginLoadError, UnknownClusterError
+from jobfleet.core.errors import (
+    JobfleetError,
+    PluginLoadError,
+    UnknownClusterError,
+    UnknownProvisionerError,
+)
 from jobfleet.core.settings import SettingOption, resolve_settings, setting_options
 
 if TYPE_CHECKING:
@@ -90,16 +95,47 @@ class PluginInfo:
     entry_point: str
     status: PluginStatus
     error: str | None = None
+    kinds: tuple[str, ...] = ()
+    """What the plugin provides: "backend", "provisioner" or both (empty when not loaded)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
+            "kinds": list(self.kinds),
             "distribution": self.distribution,
             "version": self.version,
             "entry_point": self.entry_point,
             "status": self.status.value,
             "error": self.error,
         }
+
+
+@dataclass(frozen=True)
+class ProvisionerPlugin:
+    """A loaded provisioner: its class, its settings and where it came from."""
+
+    name: str
+    provisioner_class: type
+    settings_class: type | None
+    distribution: str | None
+    version: str | None
+    module: ModuleType = field(repr=False)
+
+    def setting_options(self) -> list[SettingOption]:
+        """The plugin's settings as CLI options and environment variables."""
+        if self.settings_class is None:
+            return []
+        return setting_options(self.name, self.settings_class)
+
+    def settings(
+        self,
+        cli_values: Mapping[str, Any] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> Any:
+        """The resolved settings instance (None when the plugin has no settings)."""
+        if self.settings_class is None:
+            return None
+        return resolve_settings(self.name, self.settings_class, cli_values, environ)
 
 
 def _names_from(environ: Mapping[str, str], variable: str) -> frozenset[str] | None:
@@ -129,8 +165,13 @@ class _PluginManager(pluggy.PluginManager):
 _HOOK_NAMES = frozenset(
     name
     for name in dir(hookspecs)
-    if name.startswith("get_cluster_") and callable(getattr(hookspecs, name))
+    if name.startswith(("get_cluster_", "get_provisioner_")) and callable(getattr(hookspecs, name))
 )
+
+PROVISIONER_HOOK = "get_provisioner_class"
+
+BACKEND = "backend"
+PROVISIONER = "provisioner"
 
 
 class PluginRegistry:
@@ -150,6 +191,9 @@ class PluginRegistry:
         self._conflicts: dict[str, str] = {}
         self._modules: dict[str, tuple[ModuleType, _EntryPointLike]] = {}
         self._loaded: dict[str, ClusterPlugin] = {}
+        self._provisioners: dict[str, ProvisionerPlugin] = {}
+        self._provisioner_errors: dict[str, PluginLoadError] = {}
+        self._kinds: dict[str, tuple[str, ...]] = {}
         self._errors: dict[str, PluginLoadError] = {}
         self._lock = threading.RLock()
         self.plugin_manager = _PluginManager(hookspecs.PROJECT_NAME)
@@ -210,6 +254,12 @@ class PluginRegistry:
             if name in self._errors:
                 raise self._errors[name]
             module, found = self._module_for(name)
+            if BACKEND not in self._kinds.get(name, (BACKEND,)):
+                raise UnknownClusterError(
+                    name,
+                    [n for n in self._usable_names() if n != name],
+                    detail=f"The jobfleet plugin {name!r} is a provisioner, not a backend.",
+                )
             # The distribution's metadata (name, version) comes from a full discovery, even
             # when the wrapper's quick scan imported the module first.
             ep = self._discover().get(name, found)
@@ -295,6 +345,13 @@ class PluginRegistry:
             raise PluginLoadError(name, str(exc)) from exc
         provided = {caller.name for caller in self.plugin_manager.get_hookcallers(module) or ()}
         missing = [hook for hook in hookspecs.REQUIRED_HOOKS if hook not in provided]
+        kinds: tuple[str, ...] = () if missing else (BACKEND,)
+        if PROVISIONER_HOOK in provided:
+            kinds += (PROVISIONER,)
+        if len(missing) == len(hookspecs.REQUIRED_HOOKS) and kinds:
+            # A provisioner only: none of the backend hooks, and none is missing by mistake.
+            missing = []
+        self._kinds[name] = kinds
         if missing:
             self.plugin_manager.unregister(module)
             raise PluginLoadError(
@@ -341,11 +398,80 @@ class PluginRegistry:
                 name, f"its hook {hook}() raised {type(exc).__name__}: {exc}"
             ) from exc
 
+    def kinds(self, name: str) -> tuple[str, ...]:
+        """What an installed plugin provides ("backend", "provisioner"); imports its module."""
+        with self._lock:
+            self._module_for(name)
+            return self._kinds.get(name, ())
+
+    def get_provisioner(self, name: str) -> ProvisionerPlugin:
+        """The loaded provisioner of a plugin.
+
+        Raises `UnknownProvisionerError` when no installed plugin of that name provides one,
+        and `PluginLoadError` when it does but the class does not fit the protocol.
+        """
+        from jobfleet.core.scaling.provisioner import provisioner_problems
+
+        with self._lock:
+            if name in self._provisioners:
+                return self._provisioners[name]
+            if name in self._provisioner_errors:
+                raise self._provisioner_errors[name]
+            try:
+                module, ep = self._module_for(name)
+            except UnknownClusterError as exc:
+                raise UnknownProvisionerError(name, self.provisioner_names()) from exc
+            if PROVISIONER not in self._kinds.get(name, ()):
+                raise UnknownProvisionerError(name, self.provisioner_names())
+            ep = self._discover().get(name, ep)
+            try:
+                found = self._call(name, module, PROVISIONER_HOOK)
+                if found is None:
+                    raise PluginLoadError(name, f"its hook {PROVISIONER_HOOK}() returned None")
+                problems = provisioner_problems(found)
+                if problems:
+                    raise PluginLoadError(name, "; ".join(problems))
+                settings_class = None
+                if BACKEND not in self._kinds[name]:  # a backend's settings are its own
+                    settings_class = self._call(name, module, "get_cluster_settings_class")
+                    if settings_class is not None:
+                        try:
+                            setting_options(name, settings_class)
+                        except JobfleetError as exc:
+                            raise PluginLoadError(name, str(exc)) from exc
+            except PluginLoadError as exc:
+                self._provisioner_errors[name] = exc
+                raise
+            plugin = ProvisionerPlugin(
+                name=name,
+                provisioner_class=found,
+                settings_class=settings_class,
+                distribution=_distribution(ep),
+                version=_version(ep),
+                module=module,
+            )
+            self._provisioners[name] = plugin
+            return plugin
+
+    def provisioner_names(self) -> list[str]:
+        """Every usable plugin that provides a provisioner (imports their modules)."""
+        names = []
+        for name in sorted(self._usable_names()):
+            try:
+                self._module_for(name)
+            except JobfleetError:
+                continue
+            if PROVISIONER in self._kinds.get(name, ()):
+                names.append(name)
+        return names
+
     def version_info(self, name: str) -> Mapping[str, str]:
         """What the plugin's optional `get_cluster_version_info` hook says (may be empty)."""
-        plugin = self.get_cluster(name)
+        module = self._module_for(name)[0]
+        if BACKEND in self._kinds.get(name, ()):
+            module = self.get_cluster(name).module
         try:
-            info = self._call(name, plugin.module, "get_cluster_version_info")
+            info = self._call(name, module, "get_cluster_version_info")
         except PluginLoadError as exc:
             return {"error": exc.reason}
         return dict(info or {})
@@ -369,13 +495,18 @@ class PluginRegistry:
 
     def _info(self, name: str, ep: EntryPoint) -> PluginInfo:
         def info(status: PluginStatus, error: str | None = None) -> PluginInfo:
-            return PluginInfo(name, _distribution(ep), _version(ep), ep.value, status, error)
+            kinds = self._kinds.get(name, ())
+            return PluginInfo(name, _distribution(ep), _version(ep), ep.value, status, error, kinds)
 
         blocked = self._blocked_reason(name)
         if blocked:
             return info(PluginStatus.DISABLED, blocked)
         try:
-            self.get_cluster(name)
+            self._module_for(name)
+            if BACKEND in self._kinds.get(name, ()):
+                self.get_cluster(name)
+            if PROVISIONER in self._kinds.get(name, ()):
+                self.get_provisioner(name)
         except PluginLoadError as exc:
             return info(PluginStatus.BROKEN, exc.reason)
         return info(PluginStatus.OK)
@@ -529,6 +660,11 @@ def get_cluster(name: str) -> ClusterPlugin:
 def get_worker_node_class(name: str) -> type[ClusterWorkerNode]:
     """Only the worker-node class of a cluster type, from the process-wide registry."""
     return default_registry().get_worker_node_class(name)
+
+
+def get_provisioner(name: str) -> ProvisionerPlugin:
+    """The provisioner of a plugin, from the process-wide registry."""
+    return default_registry().get_provisioner(name)
 
 
 def list_plugins() -> list[PluginInfo]:

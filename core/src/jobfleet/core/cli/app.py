@@ -88,7 +88,7 @@ def version(as_json: bool) -> None:
 @click.argument("name", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 def plugins(name: str | None, as_json: bool) -> None:
-    """List the installed backends, or show one backend and its settings.
+    """List the installed backends and provisioners, or show one plugin and its settings.
 
     A backend that fails to load is listed as broken with its error; the others still work.
     Set JOBFLEET_DISABLE_PLUGINS=a,b or JOBFLEET_LOAD_PLUGINS=a,b to leave plugins out.
@@ -111,7 +111,7 @@ def _plugins_table(infos: list[PluginInfo]) -> Table:
     from jobfleet.core.plugins import PluginStatus
 
     table = Table(title="jobfleet plugins", title_justify="left")
-    for column in ("name", "distribution", "version", "status"):
+    for column in ("name", "provides", "distribution", "version", "status"):
         table.add_column(column, no_wrap=column != "status")
     styles = {PluginStatus.OK: "green", PluginStatus.BROKEN: "red", PluginStatus.DISABLED: "yellow"}
     for info in infos:
@@ -119,6 +119,7 @@ def _plugins_table(infos: list[PluginInfo]) -> Table:
         # As text, never markup: an error message may hold brackets ("[Errno 2] …").
         table.add_row(
             Text(info.name),
+            Text(", ".join(info.kinds) or "?"),
             Text(info.distribution or "?"),
             Text(info.version or "?"),
             Text(status, style=styles[info.status]),
@@ -132,6 +133,12 @@ def _show_plugin(registry: PluginRegistry, name: str, as_json: bool) -> None:
     from rich.table import Table
     from rich.text import Text
 
+    from jobfleet.core.plugins import BACKEND, PROVISIONER
+
+    kinds = registry.kinds(name)
+    if BACKEND not in kinds and PROVISIONER in kinds:
+        _show_provisioner(registry, name, as_json)
+        return
     plugin = registry.get_cluster(name)
     options = plugin.setting_options()
     detail = {
@@ -142,6 +149,9 @@ def _show_plugin(registry: PluginRegistry, name: str, as_json: bool) -> None:
         "queue_class": _qualname(plugin.queue_class),
         "distributor_class": _qualname(plugin.distributor_class),
         "worker_node_class": _qualname(plugin.worker_node_class),
+        "provisioner_class": _qualname(registry.get_provisioner(name).provisioner_class)
+        if PROVISIONER in kinds
+        else None,
         "settings": [
             {
                 "field": o.field,
@@ -178,6 +188,31 @@ def _show_plugin(registry: PluginRegistry, name: str, as_json: bool) -> None:
     if not options:
         table.caption = "This backend has no settings."
     out.print(table)
+
+
+def _show_provisioner(registry: PluginRegistry, name: str, as_json: bool) -> None:
+    from rich.text import Text
+
+    plugin = registry.get_provisioner(name)
+    detail = {
+        "name": plugin.name,
+        "distribution": plugin.distribution,
+        "version": plugin.version,
+        "module": plugin.module.__name__,
+        "provisioner_class": _qualname(plugin.provisioner_class),
+        "settings": [
+            {"field": o.field, "option": o.flag, "envvar": o.envvar, "help": o.help}
+            for o in plugin.setting_options()
+        ],
+    }
+    if as_json:
+        print_json(detail)
+        return
+    out = console()
+    for key in ("name", "distribution", "version", "module", "provisioner_class"):
+        out.print(Text.assemble((key, "bold"), f": {detail[key]}"))
+    for option in plugin.setting_options():
+        out.print(Text(f"  {option.flag} ({option.envvar}): {option.help}"))
 
 
 def _qualname(cls: type) -> str:

@@ -20,6 +20,7 @@ with the reason. The classes carry no `Test` prefix, so pytest collects only the
 from jobfleet.core.testing.capabilities import Capabilities
 from jobfleet.core.testing.distributor import DistributorFactory, DistributorTests
 from jobfleet.core.testing.host import KitHost, Submitted
+from jobfleet.core.testing.provisioner import ProvisionerFactory, ProvisionerTests
 from jobfleet.core.testing.queue import QueueTests
 from jobfleet.core.testing.registration import RegistrationTests
 from jobfleet.core.testing.worker_node import WorkerNodeTests
@@ -29,6 +30,8 @@ __all__ = [
     "DistributorFactory",
     "DistributorTests",
     "KitHost",
+    "ProvisionerFactory",
+    "ProvisionerTests",
     "QueueTests",
     "RegistrationTests",
     "Submitted",
