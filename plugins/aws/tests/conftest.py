@@ -38,8 +38,9 @@ def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(autouse=True)
-def fake_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """boto3's chain finds these in the environment; no shared file of the machine is read."""
+def fake_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[str, str]:
+    """boto3's chain finds these in the environment; no shared file of the machine is read.
+    Returns (access key id, secret key)."""
     for variable in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
         monkeypatch.delenv(variable, raising=False)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", FAKE_KEY_ID)
@@ -48,10 +49,11 @@ def fake_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    return FAKE_KEY_ID, FAKE_SECRET
 
 
 @pytest.fixture
-def ec2(moto_endpoint: str, fake_credentials: None) -> Any:
+def ec2(moto_endpoint: str, fake_credentials: tuple[str, str]) -> Any:
     """A plain boto3 client of the same server, to look behind the provisioner's back."""
     import boto3
 

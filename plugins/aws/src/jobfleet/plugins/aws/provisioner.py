@@ -387,14 +387,15 @@ class AwsProvisioner(Provisioner):
         """
         rendered = self.instance_configuration.render()
         extra_path = self.settings.user_data_extra
-        if extra_path is not None:
-            extra = extra_path.read_text()
+        extra = None if extra_path is None else extra_path.read_text()
+        # Checked as written: a MIME part is base64 on the wire.
+        self._refuse_credentials(rendered if extra is None else f"{rendered}\n{extra}")
+        if extra is not None:
             message = MIMEMultipart()
             for part in (rendered, extra):
                 subtype = "cloud-config" if part.startswith("#cloud-config") else "x-shellscript"
                 message.attach(MIMEText(part, subtype, "utf-8"))
             rendered = message.as_string()
-        self._refuse_credentials(rendered)
         size = len(rendered.encode())
         if size > MAX_USER_DATA_BYTES:
             raise ProvisionerError(
