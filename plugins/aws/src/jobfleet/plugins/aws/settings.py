@@ -58,7 +58,7 @@ class AwsSettings:
         "", help="More tags on every node and its volumes: key=value,key2=value2."
     )
     volume_size: int = setting(
-        50, help="Root volume of each node in GiB (gp3, deleted with the node); 0: the AMI's."
+        50, help="Root volume of each node in GiB (gp3, deleted with the node); 0: the AMI's own."
     )
     user_data_extra: Path | None = setting(
         None,
