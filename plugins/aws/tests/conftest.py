@@ -21,7 +21,7 @@ from jobfleet.plugins.aws.settings import AwsSettings
 
 REGION = "us-east-1"
 FAKE_KEY_ID = "AKIAFAKEJOBFLEET0001"
-FAKE_SECRET = "fake-secret-Zq8PjobfleetNEVERshown42"
+FAKE_SECRET = "fake-secret-Zq8PjobfleetNEVERshown42"  # noqa: S105 - a fake, for moto
 
 
 @pytest.fixture(scope="module")

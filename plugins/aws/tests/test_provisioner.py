@@ -511,5 +511,4 @@ def test_credentials_come_from_the_environment_chain(
 ) -> None:
     credentials = make_aws()._session_credentials()
     assert credentials.access_key == fake_credentials[0]
-    assert REGION == make_aws().client.meta.region_name
-
+    assert make_aws().client.meta.region_name == REGION

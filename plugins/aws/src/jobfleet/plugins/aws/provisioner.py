@@ -433,7 +433,9 @@ class AwsProvisioner(Provisioner):
             {"Name": f"tag:{CLUSTER_TAG}", "Values": [self.cluster_name]},
             {"Name": "instance-state-name", "Values": list(states)},
         ]
-        query += [{"Name": f"tag:{key}", "Values": [value]} for key, value in (filters or {}).items()]
+        query += [
+            {"Name": f"tag:{key}", "Values": [value]} for key, value in (filters or {}).items()
+        ]
 
         def read() -> list[dict[str, Any]]:
             paginator = self.client.get_paginator("describe_instances")
@@ -576,4 +578,3 @@ def _tags(instance: Mapping[str, Any]) -> dict[str, str]:
 def _batches(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-

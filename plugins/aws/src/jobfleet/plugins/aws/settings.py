@@ -54,9 +54,7 @@ class AwsSettings:
     instance_profile: str | None = setting(
         None, help="IAM instance profile of the nodes (a name or an arn:aws:iam::… ARN)."
     )
-    tags: str = setting(
-        "", help="More tags on every node and its volumes: key=value,key2=value2."
-    )
+    tags: str = setting("", help="More tags on every node and its volumes: key=value,key2=value2.")
     volume_size: int = setting(
         50, help="Root volume of each node in GiB (gp3, deleted with the node); 0: the AMI's own."
     )
@@ -70,9 +68,7 @@ class AwsSettings:
         help="Allocation slice of a node in seconds: the scaler packs short tasks into it one "
         "after another.",
     )
-    page_size: int = setting(
-        1000, help="Results per DescribeInstances page (5 to 1000)."
-    )
+    page_size: int = setting(1000, help="Results per DescribeInstances page (5 to 1000).")
     api_retries: int = setting(
         8, help="Retries of an EC2 call that was throttled or failed in transit (with backoff)."
     )
@@ -82,8 +78,9 @@ class AwsSettings:
 
     def __post_init__(self) -> None:
         if self.image_id is not None and not _AMI.fullmatch(self.image_id):
-            raise ValueError(f"image_id must be an AMI id such as ami-0123456789abcdef0, not "
-                             f"{self.image_id!r}")
+            raise ValueError(
+                f"image_id must be an AMI id such as ami-0123456789abcdef0, not {self.image_id!r}"
+            )
         if self.volume_size < 0:
             raise ValueError(f"volume_size must be 0 or more GiB, not {self.volume_size}")
         if not 5 <= self.page_size <= 1000:
@@ -109,8 +106,10 @@ class AwsSettings:
         """The `LaunchTemplate` parameter of RunInstances (None without a template)."""
         if self.launch_template is None:
             return None
-        key = "LaunchTemplateId" if _TEMPLATE_ID.fullmatch(self.launch_template) else (
-            "LaunchTemplateName"
+        key = (
+            "LaunchTemplateId"
+            if _TEMPLATE_ID.fullmatch(self.launch_template)
+            else ("LaunchTemplateName")
         )
         return {key: self.launch_template, "Version": self.launch_template_version}
 
