@@ -170,10 +170,13 @@ def status(
                 "task_counts": view.tasks,
                 "tasks": [row.to_dict() for row in view.rows],
                 "tasks_not_shown": view.hidden,
+                "nodes": view.nodes,
             }
         )
         return
     _print_run(view.summary, view.states, view.tasks, view.rows, view.hidden)
+    if view.nodes is not None:
+        _print_nodes(view.nodes)
 
 
 @dataclass(frozen=True)
@@ -194,6 +197,8 @@ class _RunView:
     tasks: dict[str, int]
     rows: list[TaskRow]
     hidden: int
+    nodes: dict[str, Any] | None = None
+    """The autoscaler's last view of the nodes, for an autoscaled run."""
 
 
 def _status_view(
@@ -210,7 +215,40 @@ def _status_view(
     # tens of milliseconds.
     tasks = summary.task_counts()
     task_rows = source.task_rows(summary.id, limit)
-    return _RunView(summary, states, tasks, task_rows, summary.tasks_total - len(task_rows))
+    return _RunView(
+        summary,
+        states,
+        tasks,
+        task_rows,
+        summary.tasks_total - len(task_rows),
+        source.scaler_view(summary.id),
+    )
+
+
+def _print_nodes(view: dict[str, Any]) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    nodes = view.get("nodes") or []
+    source = f"{view.get('provisioner')}: {view.get('node_types')}"
+    table = Table(title=f"nodes ({source}; as of {view.get('at')})", title_justify="left")
+    for column in ("node", "type", "capacity", "state", "seen as", "cores used", "age"):
+        table.add_column(column)
+    for node in nodes:
+        used = node.get("cores_used")
+        total = node.get("cores_total")
+        table.add_row(
+            Text(str(node.get("name"))),
+            Text(str(node.get("node_type"))),
+            Text("spot" if node.get("preemptible") else "on demand"),
+            Text(str(node.get("state"))),
+            Text(str(node.get("distributor_name") or "-")),
+            Text("-" if used is None else f"{used:g}/{total:g}"),
+            Text(f"{float(node.get('age') or 0):.0f}s"),
+        )
+    if not nodes:
+        table.caption = "No nodes."
+    console().print(table)
 
 
 def _from_status_source(url: str | None, read: Callable[[StatusSource], _T]) -> _T:

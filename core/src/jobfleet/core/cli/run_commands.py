@@ -61,8 +61,12 @@ class _RunCommand(click.Command):
             registry = default_registry()
             found: list[SettingOption] = []
             for info in registry.list_plugins():
-                if info.status is PluginStatus.OK:
+                if info.status is not PluginStatus.OK:
+                    continue
+                if "backend" in info.kinds:
                     found.extend(registry.get_cluster(info.name).setting_options())
+                elif "provisioner" in info.kinds:
+                    found.extend(registry.get_provisioner(info.name).setting_options())
             self._plugin_options = found
             add_setting_options(self, found)
         return self._plugin_options
@@ -151,6 +155,38 @@ class _RunCommand(click.Command):
     envvar="JOBFLEET_CHANNEL_TLS_KEY",
     help="The private key of --channel-tls-cert (PEM).",
 )
+@click.option(
+    "--autoscale",
+    is_flag=True,
+    help="Size the cluster to the work with a provisioner (needs --provisioner, --node-types "
+    "and --max-nodes, and a backend whose nodes can be drained; see docs/scaling.md).",
+)
+@click.option("--provisioner", help="The provisioner plugin that adds nodes (`jobfleet plugins`).")
+@click.option(
+    "--node-types",
+    metavar="TYPE[:BID],…",
+    help="Node types to launch, in order of preference, each with an optional spot bid, "
+    "e.g. c5.large:0.05,m5.xlarge.",
+)
+@click.option(
+    "--max-nodes",
+    metavar="N[,N…]",
+    help="Most nodes of each node type: one count for every type, or one per type.",
+)
+@click.option(
+    "--min-nodes",
+    metavar="N[,N…]",
+    default="0",
+    show_default=True,
+    help="Fewest nodes of each node type, kept even without work.",
+)
+@click.option(
+    "--scale-interval",
+    type=SECONDS,
+    default=30.0,
+    show_default=True,
+    help="Seconds between two scaling decisions.",
+)
 @ledger_option
 @json_option
 @click.pass_context
@@ -216,6 +252,7 @@ def _create(
     settings = setting_values(
         [o for o in command_spec.plugin_options() if o.cluster == flags["cluster"]], ctx.params
     )
+    autoscale = _autoscale_options(ctx, flags, command_spec.plugin_options())
     run_id = create_run(
         ledger,
         definitions,
@@ -225,6 +262,7 @@ def _create(
         options=ServiceOptions(array_size=flags["array_size"]),
         new_queues=flags["new_queues"],
         channel=_channel_options(ctx, flags),
+        autoscale=autoscale,
     )
     error_console().print(
         f"run {run_id}: {len(definitions)} task(s) on {flags['cluster']} "
@@ -233,6 +271,42 @@ def _create(
         markup=False,
     )
     return run_id
+
+
+_AUTOSCALE_FLAGS: Final = ("provisioner", "node_types", "max_nodes")
+
+
+def _autoscale_options(
+    ctx: click.Context, flags: Mapping[str, Any], plugin_options: Sequence[SettingOption]
+) -> Any:
+    """The run's `AutoscaleOptions` from the flags, or None without --autoscale."""
+    from click.core import ParameterSource
+
+    from jobfleet.core.cli.options import setting_values
+    from jobfleet.core.host.autoscale import AutoscaleOptions
+
+    if not flags["autoscale"]:
+        given = [
+            f"--{name.replace('_', '-')}"
+            for name in (*_AUTOSCALE_FLAGS, "min_nodes", "scale_interval")
+            if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
+        ]
+        if given:
+            raise click.UsageError(f"{', '.join(given)} only apply with --autoscale.")
+        return None
+    missing = [f"--{name.replace('_', '-')}" for name in _AUTOSCALE_FLAGS if not flags[name]]
+    if missing:
+        raise click.UsageError(f"--autoscale needs {', '.join(missing)}.")
+    provisioner = flags["provisioner"]
+    settings = setting_values([o for o in plugin_options if o.cluster == provisioner], ctx.params)
+    return AutoscaleOptions(
+        provisioner=provisioner,
+        node_types=flags["node_types"],
+        max_nodes=flags["max_nodes"],
+        min_nodes=flags["min_nodes"],
+        interval=flags["scale_interval"],
+        provisioner_settings=settings,
+    )
 
 
 def _channel_options(ctx: click.Context, flags: Mapping[str, Any]) -> Any:

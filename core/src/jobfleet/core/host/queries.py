@@ -218,6 +218,11 @@ class SessionStatus:
     def task_rows(self, run_id: int, limit: int | None) -> list[TaskRow]:
         return task_rows(self.session, run_id, limit=limit)
 
+    def scaler_view(self, run_id: int) -> dict[str, Any] | None:
+        run = self.session.get(Run, run_id)
+        view = None if run is None else (run.options or {}).get("scaler_view")
+        return dict(view) if isinstance(view, dict) else None
+
 
 # --- tasks ----------------------------------------------------------------------------------
 

@@ -176,6 +176,13 @@ class QuickReader:
         rows = self._rows(_TASK_ROWS, (run_id, -1 if limit is None else limit))
         return [task_row(columns) for columns in rows]
 
+    def scaler_view(self, run_id: int) -> dict[str, Any] | None:
+        found = self._rows("SELECT options FROM runs WHERE id = ?", (run_id,))
+        if not found or not found[0][0]:
+            return None
+        view = json.loads(found[0][0]).get("scaler_view")
+        return dict(view) if isinstance(view, dict) else None
+
     # --- the pieces ---
 
     def _find_run(self, ref: str) -> _Run:

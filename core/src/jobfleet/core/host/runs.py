@@ -173,6 +173,7 @@ def create_run(
     registry: PluginRegistry | None = None,
     new_queues: bool = False,
     channel: ChannelOptions | None = None,
+    autoscale: Any = None,
 ) -> int:
     """Check everything, then write the run, its tasks and their first attempts; return its id.
 
@@ -185,7 +186,12 @@ def create_run(
     """
     if not tasks:
         raise RunDefinitionError("A run needs at least one task.")
-    plugin = (registry or default_registry()).get_cluster(cluster)
+    registry = registry or default_registry()
+    plugin = registry.get_cluster(cluster)
+    if autoscale is not None:  # an `autoscale.AutoscaleOptions`: refused before any write
+        from jobfleet.core.host.autoscale import check_autoscale
+
+        check_autoscale(registry, plugin, autoscale)
     settings_values = dict(cluster_settings or {})
     settings = plugin.settings(settings_values, os.environ)  # bad ones fail before any write
     options = options or ServiceOptions()
@@ -209,6 +215,7 @@ def create_run(
                 "service": options.to_dict(),
                 "cluster_settings": settings_values,
                 "channel": channel.to_dict(),
+                **({"autoscale": autoscale.to_dict()} if autoscale is not None else {}),
             },
         )
         session.add(run)

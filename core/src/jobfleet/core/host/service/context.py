@@ -70,6 +70,8 @@ class RunContext:
     """Submission: each distinct request checked against its queue once, by its JSON text."""
     ended: set[int] = field(default_factory=set)
     """Attempts that ended since their specs were last withdrawn from the channel."""
+    scaler: Any = None
+    """`host.autoscale.RunScaler` when the run autoscales its cluster."""
 
     def started_distributor(self) -> ClusterDistributor:
         if self.distributor is None:

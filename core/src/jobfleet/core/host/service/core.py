@@ -56,6 +56,7 @@ class DistributorService:
         self.environ = dict(os.environ if environ is None else environ)
         self._run = RunContext(ledger, run_id, owner or owner_token(), lease)
         self._stop = threading.Event()
+        self._final = False
 
     # -- the run's state, which the steps share through the context -----------------------------
 
@@ -131,6 +132,19 @@ class DistributorService:
             kwargs["state_dir"] = make_private_dirs(os.path.join(run.work_dir, "distributor"))
         run.distributor = plugin.distributor_class(stored.cluster_name, **kwargs)
         run.distributor.start()
+        autoscale = stored.options.get("autoscale")
+        if autoscale:
+            from jobfleet.core.host.autoscale import AutoscaleOptions, RunScaler
+
+            options = AutoscaleOptions.from_dict(autoscale)
+            run.scaler = RunScaler(
+                self.ledger,
+                self.run_id,
+                options,
+                self.registry.get_provisioner(options.provisioner),
+                run.distributor,
+                cluster_name=f"{stored.cluster_name}-run-{self.run_id}",
+            )
 
     def _serve(self, options: ChannelOptions) -> tuple[str, str]:
         """Serve the run's file channel over HTTP(S): (its URL, its token).
@@ -163,7 +177,12 @@ class DistributorService:
         return served.url, served.token
 
     def close(self) -> None:
-        """Stop the backend connection and give the run up (a clean stop, not a kill)."""
+        """Stop the backend connection and give the run up (a clean stop, not a kill).
+
+        When the run is over and autoscaled, its nodes are terminated first."""
+        if self._run.scaler is not None and self._final:
+            self._run.scaler.release()
+        self._run.scaler = None
         if self._run.channel is not None:
             withdraw_ended(self._run)
         if self._run.distributor is not None:
@@ -220,4 +239,8 @@ class DistributorService:
         changed |= triage(run, view)
         changed |= submit_queued(run)
         withdraw_ended(run)
-        return take_stock(run, changed)
+        if run.scaler is not None:
+            run.scaler.step()  # at its own interval; not a change that speeds the rounds up
+        progress = take_stock(run, changed)
+        self._final = progress.status in FINAL_RUN_STATUSES
+        return progress
