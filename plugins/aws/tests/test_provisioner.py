@@ -153,6 +153,12 @@ def test_nodes_carry_the_cluster_run_type_and_user_tags(make_aws: Any, ec2: Any)
     assert instance["PrivateIpAddress"] in node.known_names()
 
 
+def test_the_run_tag_follows_from_the_hosts_cluster_name(make_aws: Any, ec2: Any) -> None:
+    (node,) = make_aws("kubernetes-run-17").add_nodes(NODE_TYPE, 1)
+    assert node.tags[RUN_TAG] == "17"
+    assert "jobfleet:run" not in make_aws("no-run-here").add_nodes(NODE_TYPE, 1)[0].tags
+
+
 def test_other_clusters_instances_are_never_listed_nor_terminated(
     make_aws: Any, ec2: Any, image_id: str
 ) -> None:

@@ -83,6 +83,7 @@ LIVE_STATES = ("pending", "running")
 # What destroy_cluster terminates: everything not already going away.
 NOT_TERMINATED_STATES = ("pending", "running", "stopping", "stopped")
 
+_RUN_SUFFIX = re.compile(r"-run-(\d+)$")
 MAX_USER_DATA_BYTES = 16 * 1024  # EC2's limit, before base64
 # An access key id (long-term AKIA…, temporary ASIA…) or a secret key written as a setting.
 _CREDENTIAL_SHAPES = re.compile(
@@ -102,7 +103,8 @@ def error_code(error: BaseException) -> str | None:
 class AwsProvisioner(Provisioner):
     """Adds and removes EC2 instances of one cluster.
 
-    Parameters (beyond the settings): `run_id` (tagged on every node), `node_types` (a list of
+    Parameters (beyond the settings): `run_id` (tagged on every node; by default the run id
+    of a cluster named `…-run-<id>`, as the host names them), `node_types` (a list of
     `NodeType` or a spec such as `c5.large:0.05,m5.xlarge`) and `instance_configuration` (an
     `InstanceConfiguration` rendered as the nodes' cloud-init user data).
     """
@@ -136,7 +138,9 @@ class AwsProvisioner(Provisioner):
                 "The AWS provisioner needs an AMI (--aws-image-id) or a launch template "
                 "(--aws-launch-template) to start nodes from."
             )
-        self.run_id = run_id
+        # The host names a run's cluster `<cluster>-run-<run id>`: the run tag follows from it.
+        found = _RUN_SUFFIX.search(cluster_name)
+        self.run_id = run_id if run_id is not None else (found.group(1) if found else None)
         self.node_types: list[NodeType] = (
             parse_node_types(node_types) if isinstance(node_types, str) else list(node_types)
         )

@@ -70,7 +70,7 @@ class AwsSettings:
     )
     page_size: int = setting(1000, help="Results per DescribeInstances page (5 to 1000).")
     api_retries: int = setting(
-        8, help="Retries of an EC2 call that was throttled or failed in transit (with backoff)."
+        4, help="Retries of an EC2 call that was throttled or failed in transit (with backoff)."
     )
     retry_delay: float = setting(
         1.0, help="Seconds before the first retry of a throttled call; doubled at each retry."
