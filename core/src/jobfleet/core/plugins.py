@@ -35,10 +35,11 @@ from jobfleet.core.cluster_protocol import (
     protocol_problems,
 )
 from jobfleet.core.errors import JobfleetError, PluginLoadError, UnknownClusterError
-from jobfleet.core.settings import SettingOption, resolve_settings, setting_options
 
 if TYPE_CHECKING:
     from importlib.metadata import EntryPoint
+
+    from jobfleet.core.settings import SettingOption
 
 ENTRY_POINT_GROUP = "jobfleet.plugins"
 _VALID_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -67,6 +68,8 @@ class ClusterPlugin:
         """The plugin's settings as CLI options and environment variables."""
         if self.settings_class is None:
             return []
+        from jobfleet.core.settings import setting_options
+
         return setting_options(self.name, self.settings_class)
 
     def settings(
@@ -77,6 +80,8 @@ class ClusterPlugin:
         """The resolved settings instance (None when the plugin has no settings)."""
         if self.settings_class is None:
             return None
+        from jobfleet.core.settings import resolve_settings
+
         return resolve_settings(self.name, self.settings_class, cli_values, environ)
 
 
@@ -315,6 +320,9 @@ class PluginRegistry:
             raise PluginLoadError(name, "; ".join(problems))
         settings_class = self._call(name, module, "get_cluster_settings_class")
         if settings_class is not None:
+            # Imported here: the worker-node wrapper loads plugins but never their settings.
+            from jobfleet.core.settings import setting_options
+
             try:
                 setting_options(name, settings_class)
             except JobfleetError as exc:

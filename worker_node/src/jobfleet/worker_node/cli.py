@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 phases.mark("imports")
 
+
 def _parser() -> argparse.ArgumentParser:
     import argparse
 
@@ -104,6 +105,10 @@ class Arguments:
     def __init__(self, **values: Any) -> None:
         self.__dict__.update(values)
 
+    if TYPE_CHECKING:  # like argparse.Namespace: any attribute, for the type checker
+
+        def __getattr__(self, name: str) -> Any: ...
+
     def __eq__(self, other: object) -> bool:
         return vars(self) == vars(other)
 
@@ -143,6 +148,7 @@ def _fast_parse(args: list[str]) -> Arguments | None:
             return None
         given[key] = value
     values: dict[str, Any] = {
+        "version": None,  # as argparse's namespace has it
         "mode": mode,
         "cluster": given.get("cluster", os.environ.get("JOBFLEET_CLUSTER")),
         "host_url": given.get("host_url", os.environ.get(wrapper.HOST_URL_VARIABLE)),
@@ -218,11 +224,11 @@ def run() -> None:
     still runs, which only the orderly way waits for.
     """
     code = main()
+    import contextlib
+
     for stream in (sys.stdout, sys.stderr):
-        try:
+        with contextlib.suppress(OSError, ValueError):  # closed, or a reader that went away
             stream.flush()
-        except (OSError, ValueError):  # closed, or a reader that went away
-            pass
     threading = sys.modules.get("threading")
     if threading is not None and any(
         thread is not threading.main_thread() and not thread.daemon and thread.is_alive()
@@ -307,7 +313,9 @@ def _worker_node(cluster: str) -> Any:
     return get_worker_node_class(cluster)()
 
 
-def _array_spec(args: Arguments | argparse.Namespace, channel: Channel, step: int | None) -> TaskSpec:
+def _array_spec(
+    args: Arguments | argparse.Namespace, channel: Channel, step: int | None
+) -> TaskSpec:
     if step is None:
         raise ChannelError(
             f"The {args.cluster} worker node found no array step in this task's environment, "

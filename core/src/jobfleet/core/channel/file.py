@@ -47,11 +47,7 @@ def path_from_url(url: str) -> str:
     """The directory a `file:///abs/path` URL (or a plain absolute path) names."""
     if os.path.isabs(url):
         return os.path.normpath(url)
-    if (
-        url[:8].lower() == "file:///"
-        and url.isprintable()
-        and not any(c in url for c in "?#%[]")
-    ):
+    if url[:8].lower() == "file:///" and url.isprintable() and not any(c in url for c in "?#%[]"):
         # What urlsplit and unquote make of it, without importing urllib.parse (ipaddress):
         # the wrapper opens one channel per task.
         return os.path.normpath(url[7:])
