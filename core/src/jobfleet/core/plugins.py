@@ -40,10 +40,11 @@ from jobfleet.core.errors import (
     UnknownClusterError,
     UnknownProvisionerError,
 )
-from jobfleet.core.settings import SettingOption, resolve_settings, setting_options
 
 if TYPE_CHECKING:
     from importlib.metadata import EntryPoint
+
+    from jobfleet.core.settings import SettingOption
 
 ENTRY_POINT_GROUP = "jobfleet.plugins"
 _VALID_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -72,6 +73,8 @@ class ClusterPlugin:
         """The plugin's settings as CLI options and environment variables."""
         if self.settings_class is None:
             return []
+        from jobfleet.core.settings import setting_options
+
         return setting_options(self.name, self.settings_class)
 
     def settings(
@@ -82,6 +85,8 @@ class ClusterPlugin:
         """The resolved settings instance (None when the plugin has no settings)."""
         if self.settings_class is None:
             return None
+        from jobfleet.core.settings import resolve_settings
+
         return resolve_settings(self.name, self.settings_class, cli_values, environ)
 
 
@@ -125,6 +130,8 @@ class ProvisionerPlugin:
         """The plugin's settings as CLI options and environment variables."""
         if self.settings_class is None:
             return []
+        from jobfleet.core.settings import setting_options
+
         return setting_options(self.name, self.settings_class)
 
     def settings(
@@ -135,6 +142,8 @@ class ProvisionerPlugin:
         """The resolved settings instance (None when the plugin has no settings)."""
         if self.settings_class is None:
             return None
+        from jobfleet.core.settings import resolve_settings
+
         return resolve_settings(self.name, self.settings_class, cli_values, environ)
 
 
@@ -372,6 +381,9 @@ class PluginRegistry:
             raise PluginLoadError(name, "; ".join(problems))
         settings_class = self._call(name, module, "get_cluster_settings_class")
         if settings_class is not None:
+            # Imported here: the worker-node wrapper loads plugins but never their settings.
+            from jobfleet.core.settings import setting_options
+
             try:
                 setting_options(name, settings_class)
             except JobfleetError as exc:
@@ -435,6 +447,8 @@ class PluginRegistry:
                 if BACKEND not in self._kinds[name]:  # a backend's settings are its own
                     settings_class = self._call(name, module, "get_cluster_settings_class")
                     if settings_class is not None:
+                        from jobfleet.core.settings import setting_options
+
                         try:
                             setting_options(name, settings_class)
                         except JobfleetError as exc:

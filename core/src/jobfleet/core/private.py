@@ -11,8 +11,11 @@ Kept to the standard library: the worker-node wrapper imports it around every ta
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Final
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
 
 FILE_MODE: Final = 0o600
 """Files: read and written by their owner only."""
@@ -27,6 +30,8 @@ def make_private_dirs(path: str | os.PathLike[str]) -> Path:
     Directories that exist already keep their mode: a parent such as the user's project
     directory is not jobfleet's to change.
     """
+    from pathlib import Path  # here: the wrapper's path never makes directories
+
     target = Path(path)
     missing: list[Path] = []
     current = target

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import secrets
 import signal
 import time
 from collections.abc import Sequence
@@ -350,7 +349,7 @@ def _v2_effective_limit(path: Path) -> int | None:
 
 def _cgroup_name(name: str) -> str:
     clean = _UNSAFE_NAME.sub("_", name).strip("._-")[:_NAME_MAX] or "task"
-    return f"{_NAME_PREFIX}{clean}-{secrets.token_hex(4)}"
+    return f"{_NAME_PREFIX}{clean}-{os.urandom(4).hex()}"
 
 
 # -- small file helpers ---------------------------------------------------------------------------

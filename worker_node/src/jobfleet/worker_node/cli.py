@@ -13,25 +13,39 @@ one plugin named by --cluster, and psutil; no database, no CLI library, no other
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
-from typing import Any
+from jobfleet.worker_node import phases
 
-from jobfleet.core import wrapper
-from jobfleet.core.channel import (
+phases.mark("interpreter start")
+
+# The hot path (a well-formed command line, a task that runs) imports neither argparse (nor the
+# shutil, gettext and re it pulls in) nor typing: `_fast_parse` reads the one shape a backend
+# writes, and anything else goes to argparse, which stays the reference for every message.
+import os  # noqa: E402
+import sys  # noqa: E402
+
+from jobfleet.core import wrapper  # noqa: E402
+from jobfleet.core.channel import (  # noqa: E402
     PROTOCOL_VERSION,
     Channel,
     EventWriter,
-    FinalReport,
     TaskSpec,
     open_channel,
 )
-from jobfleet.core.errors import ChannelError, JobfleetError, ProtocolVersionError
-from jobfleet.core.exit_info import ErrorState, ExitReason, ExitRecord
+from jobfleet.core.errors import ChannelError, JobfleetError, ProtocolVersionError  # noqa: E402
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from typing import Any
+
+    from jobfleet.core.exit_info import ErrorState
+
+phases.mark("imports")
 
 
 def _parser() -> argparse.ArgumentParser:
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="jobfleet-worker-node",
         description="Run one jobfleet task instance on this node and report it to the host.",
@@ -39,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
         "mismatch; 2 bad command line.",
     )
     parser.add_argument(
-        "--version", action=_VersionAction, nargs=0, help="Show the version and exit."
+        "--version", action=_version_action(), nargs=0, help="Show the version and exit."
     )
     commands = parser.add_subparsers(dest="mode", required=True, metavar="{job,array}")
     job = commands.add_parser("job", help="Run one task instance.")
@@ -81,20 +95,102 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+_IDS = {"job": ("task_instance_id",), "array": ("array_id", "batch_number")}
+_COMMON = ("cluster", "host_url", "kill_grace", "cgroup")
+
+
+class Arguments:
+    """The parsed command line: the attributes argparse's namespace has for the same argv."""
+
+    def __init__(self, **values: Any) -> None:
+        self.__dict__.update(values)
+
+    if TYPE_CHECKING:  # like argparse.Namespace: any attribute, for the type checker
+
+        def __getattr__(self, name: str) -> Any: ...
+
+    def __eq__(self, other: object) -> bool:
+        return vars(self) == vars(other)
+
+    def __repr__(self) -> str:
+        return f"Arguments({vars(self)!r})"
+
+
+def parse_args(argv: list[str] | None = None) -> Arguments | argparse.Namespace:
+    """The command line, read by `_fast_parse` when it can, else by argparse."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    fast = _fast_parse(args)
+    return fast if fast is not None else _parser().parse_args(args)
+
+
+def _fast_parse(args: list[str]) -> Arguments | None:
+    """The command line as argparse would read it, for the plain form a backend writes:
+    `job|array` and then every option spelled out in full, each once, as `--name value` or
+    `--name=value`, each value valid. None for anything else (help, abbreviations, errors,
+    a value starting with "-"), which argparse then reads and, where wrong, explains."""
+    if not args or args[0] not in _IDS:
+        return None
+    mode = args[0]
+    allowed = {"--" + name.replace("_", "-"): name for name in (*_IDS[mode], *_COMMON)}
+    given: dict[str, str] = {}
+    position = 1
+    while position < len(args):
+        token = args[position]
+        name, equals, value = token.partition("=")
+        if not equals:
+            if position + 1 >= len(args):
+                return None
+            value = args[position + 1]
+            position += 1
+        position += 1
+        key = allowed.get(name)
+        if key is None or key in given or value.startswith("-"):
+            return None
+        given[key] = value
+    values: dict[str, Any] = {
+        "version": None,  # as argparse's namespace has it
+        "mode": mode,
+        "cluster": given.get("cluster", os.environ.get("JOBFLEET_CLUSTER")),
+        "host_url": given.get("host_url", os.environ.get(wrapper.HOST_URL_VARIABLE)),
+        "kill_grace": wrapper.DEFAULT_KILL_GRACE,
+        "cgroup": given.get("cgroup", wrapper.DEFAULT_CGROUP),
+    }
+    if values["cgroup"] not in wrapper.CGROUP_MODES:
+        return None
+    try:
+        if "kill_grace" in given:
+            values["kill_grace"] = float(given["kill_grace"])
+        for key in _IDS[mode]:
+            number = int(given[key])  # KeyError: a required option is missing
+            if number < 0:
+                return None
+            values[key] = number
+    except (KeyError, ValueError):
+        return None
+    return Arguments(**values)
+
+
 def _non_negative(text: str) -> int:
+    import argparse
+
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
     return value
 
 
-class _VersionAction(argparse.Action):
-    """Like argparse's "version" action, but reads package metadata only when asked:
-    importlib.metadata costs ~20 ms, and the wrapper starts around every task."""
+def _version_action() -> type[argparse.Action]:
+    import argparse
 
-    def __call__(self, parser: argparse.ArgumentParser, *_args: Any, **_kwargs: Any) -> None:
-        sys.stdout.write(_version() + "\n")
-        parser.exit()
+    class VersionAction(argparse.Action):
+        """Like argparse's "version" action, but reads package metadata only when asked:
+        importlib.metadata costs ~20 ms, and the wrapper starts around every task."""
+
+        def __call__(self, parser: argparse.ArgumentParser, *_args: Any, **_kwargs: Any) -> None:
+            sys.stdout.write(_version() + "\n")
+            parser.exit()
+
+    return VersionAction
 
 
 def _version() -> str:
@@ -109,6 +205,8 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     code = _main(argv)
+    phases.mark("done")
+    phases.write()
     if code >= wrapper.TRUNCATED_STATUS:
         # Some schedulers' accounting keeps 7 bits of a job's exit status (Slurm: 240 reads
         # 112): say the whole of it where the job's output goes.
@@ -117,12 +215,35 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+def run() -> None:
+    """The console script: `main`, then an immediate exit.
+
+    Once the final report is durable there is nothing left to do, and an orderly interpreter
+    shutdown (module teardown, freeing every object) costs a short task several milliseconds:
+    flush the standard streams and leave with `os._exit`, unless a thread that is not a daemon
+    still runs, which only the orderly way waits for.
+    """
+    code = main()
+    import contextlib
+
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # closed, or a reader that went away
+            stream.flush()
+    threading = sys.modules.get("threading")
+    if threading is not None and any(
+        thread is not threading.main_thread() and not thread.daemon and thread.is_alive()
+        for thread in threading.enumerate()
+    ):
+        sys.exit(code)
+    os._exit(code)
+
+
 def _main(argv: list[str] | None) -> int:
     if os.environ.get(wrapper.TERMINATION_LOG_VARIABLE):
         from jobfleet.worker_node.termination import mark_started
 
         mark_started()  # replaced by the final record, unless the wrapper is killed first
-    args = _parser().parse_args(argv)
+    args = parse_args(argv)
     for name in ("cluster", "host_url"):
         if not getattr(args, name):
             option, variable = name.replace("_", "-"), f"JOBFLEET_{name.upper()}"
@@ -130,6 +251,7 @@ def _main(argv: list[str] | None) -> int:
             return wrapper.USAGE_ERROR
     try:
         channel = open_channel(args.host_url)
+        phases.mark("channel")
     except JobfleetError as exc:
         _say(f"cannot open the host channel {args.host_url}: {exc}")
         return wrapper.WRAPPER_FAILED
@@ -139,13 +261,14 @@ def _main(argv: list[str] | None) -> int:
         channel.close()
 
 
-def _run(args: argparse.Namespace, channel: Channel) -> int:
+def _run(args: Arguments | argparse.Namespace, channel: Channel) -> int:
     writer: EventWriter | None = None
     try:
         if args.mode == "job":
             # Known before anything can fail, so every later failure is reported for it.
             writer = channel.open_writer(args.task_instance_id)
         node = _worker_node(args.cluster)
+        phases.mark("plugin")
         step = node.array_step_id if args.mode == "array" else None
         if writer is None:
             spec = _array_spec(args, channel, step)
@@ -154,16 +277,19 @@ def _run(args: argparse.Namespace, channel: Channel) -> int:
             spec = channel.get_spec(args.task_instance_id)
         # Every report from now on says which run's spec it ran: the host refuses the rest.
         writer.run_token = spec.run_token
+        phases.mark("spec")
         from jobfleet.worker_node.runner import RunOptions, TaskRunner
+
+        phases.mark("runner imports")
 
         options = RunOptions(kill_grace=args.kill_grace, array_step=step, cgroup=args.cgroup)
         return TaskRunner(spec, node, writer, options).run()
     except ProtocolVersionError as exc:
-        _fail(writer, ErrorState.ERROR_FATAL, str(exc))
+        _fail(writer, "F", str(exc))
         return wrapper.VERSION_MISMATCH
     except JobfleetError as exc:
         # Known failures: no spec, no plugin, a log directory that cannot be written.
-        _fail(writer, ErrorState.ERROR_FATAL, f"{type(exc).__name__}: {exc}")
+        _fail(writer, "F", f"{type(exc).__name__}: {exc}")
         return wrapper.WRAPPER_FAILED
     except BaseException as exc:  # whatever happens, report it before dying
         if isinstance(exc, KeyboardInterrupt | SystemExit) and writer is None:
@@ -172,7 +298,7 @@ def _run(args: argparse.Namespace, channel: Channel) -> int:
 
         _fail(
             writer,
-            ErrorState.UNKNOWN_ERROR,
+            "U",
             "the worker-node wrapper failed:\n" + traceback.format_exc(),
         )
         return wrapper.WRAPPER_FAILED
@@ -187,7 +313,9 @@ def _worker_node(cluster: str) -> Any:
     return get_worker_node_class(cluster)()
 
 
-def _array_spec(args: argparse.Namespace, channel: Channel, step: int | None) -> TaskSpec:
+def _array_spec(
+    args: Arguments | argparse.Namespace, channel: Channel, step: int | None
+) -> TaskSpec:
     if step is None:
         raise ChannelError(
             f"The {args.cluster} worker node found no array step in this task's environment, "
@@ -196,11 +324,14 @@ def _array_spec(args: argparse.Namespace, channel: Channel, step: int | None) ->
     return channel.get_array_step(args.array_id, args.batch_number, step)
 
 
-def _fail(writer: EventWriter | None, state: ErrorState, message: str) -> None:
+def _fail(writer: EventWriter | None, state: ErrorState | str, message: str) -> None:
     """Send a final report for a run that failed in the wrapper, and say it on stderr too."""
     _say(message)
+    from jobfleet.core.channel import FinalReport
+    from jobfleet.core.exit_info import ErrorState, ExitReason, ExitRecord
+
     record = ExitRecord(ExitReason.LAUNCHER_ERROR, message=message)
-    report = FinalReport(state, message, exit=record)
+    report = FinalReport(ErrorState(state), message, exit=record)
     from jobfleet.worker_node.termination import write_termination_log
 
     write_termination_log(report)  # also when there is no channel to report through
@@ -218,4 +349,4 @@ def _say(message: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -31,6 +31,7 @@ from jobfleet.core.cluster_protocol import ClusterWorkerNode
 from jobfleet.core.errors import ChannelError, JobfleetError
 from jobfleet.core.exit_info import ErrorState, ExitRecord
 from jobfleet.core.wrapper import DEFAULT_CGROUP, DEFAULT_KILL_GRACE, without_host_variables
+from jobfleet.worker_node import phases
 from jobfleet.worker_node.cgroup import TaskCgroup, current_memory_cgroup
 from jobfleet.worker_node.outcome import Observation, classify
 from jobfleet.worker_node.output import OutputPump
@@ -133,24 +134,36 @@ class TaskRunner:
         wrapper_rss = current_rss()
         started_at = time.monotonic()
         self._install_signal_handlers()
+        phases.mark("prepare")
         try:
             process = self._start(cgroup)
         except OSError as exc:
             return self._report_not_started(str(exc), log_paths)
+        phases.mark("fork/exec")
         self._run.process = process
         if self._run.cancelled_by is not None:  # told to stop while the command was starting
             process_tree.signal_group(process.pid, self._run.cancelled_by)
             self._stop_later(process.pid)
         self._send_running(process, log_paths)
-        sampler = self._start_sampler(process.pid)
         pumps = self._start_pumps(process, log_paths)
-        helpers = [
-            self._start_heartbeats(sampler),
-            self._start_deadline(),
-            self._start_memory_guard(sampler, cgroup),
-        ]
+        # Rooted at the wrapper (excluded from the sums): as a subreaper it adopts every orphan
+        # of the task, so daemons that left the task's tree are still measured.
+        sampler = TreeSampler(os.getpid(), exclude_pids=frozenset({os.getpid()}))
+        helpers: list[threading.Thread | None] = []
+        # The sampler's first sample would come after its first interval: a task that ends
+        # within it (most short tasks) gets no sampler thread and no timer threads at all, and
+        # stop() below still takes the one last sample a started sampler would take.
+        if not _ended_within(process.pid, sampler.first_interval):
+            sampler.start()
+            helpers = [
+                self._start_heartbeats(sampler),
+                self._start_deadline(started_at),
+                self._start_memory_guard(sampler, cgroup),
+            ]
+        phases.mark("running report, threads")
         status, usage = self._wait(process)
         self._run.finished.set()
+        phases.mark("wait")
         wallclock = time.monotonic() - started_at
         orphan_usages = self._end_everything(process, cgroup)
         for pump in pumps:
@@ -160,6 +173,7 @@ class TaskRunner:
             if helper is not None:
                 helper.join(timeout=5)
         sample = sampler.stop()
+        phases.mark("end, reap, sampler stop")
         seen = Observation(
             wait_status=status,
             timed_out=self._run.timed_out,
@@ -176,7 +190,9 @@ class TaskRunner:
         )
         record = classify(seen)
         tails = (pumps[0].tail.text(), pumps[1].tail.text())
+        phases.mark("usage, classify")
         self._send_final(record, usage_report, tails, log_paths, notes)
+        phases.mark("final report")
         return _exit_code(status)
 
     # -- starting -----------------------------------------------------------------------------
@@ -250,13 +266,6 @@ class TaskRunner:
             pump.start()
         return pumps
 
-    def _start_sampler(self, pid: int) -> TreeSampler:
-        # Rooted at the wrapper (excluded from the sums): as a subreaper it adopts every orphan
-        # of the task, so daemons that left the task's tree are still measured.
-        sampler = TreeSampler(os.getpid(), exclude_pids=frozenset({os.getpid()}))
-        sampler.start()
-        return sampler
-
     # -- while it runs ------------------------------------------------------------------------
 
     def _install_signal_handlers(self) -> None:
@@ -294,14 +303,15 @@ class TaskRunner:
         thread.start()
         return thread
 
-    def _start_deadline(self) -> threading.Thread | None:
+    def _start_deadline(self, started_at: float) -> threading.Thread | None:
+        """The runtime limit, counted from `started_at` (when the command was started)."""
         runtime = self.spec.runtime
         process = self._run.process
         if runtime is None or process is None:
             return None
 
         def expire() -> None:
-            if self._run.finished.wait(runtime):
+            if self._run.finished.wait(max(0.0, started_at + runtime - time.monotonic())):
                 return
             self._run.timed_out = True
             process_tree.signal_group(process.pid, signal.SIGTERM)
@@ -434,6 +444,26 @@ def _error_state(node: ClusterWorkerNode, record: ExitRecord) -> tuple[ErrorStat
         code = record.exit_code if record.exit_code is not None else 128 + (record.signal or 0)
         state, message = node.get_exit_info(code, record.message)
     return ErrorState(state), message
+
+
+def _ended_within(pid: int, seconds: float) -> bool:
+    """Whether process `pid` (a child, not reaped here) ends within `seconds`.
+
+    Through a pidfd (Linux 5.3 and later), which becomes readable when the process exits;
+    False at once where there is none, so that the caller starts its watchers as before.
+    """
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return False
+    try:
+        import select
+
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(seconds * 1000))
+    finally:
+        os.close(fd)
 
 
 def _exit_code(status: int) -> int:

@@ -9,9 +9,7 @@ with `register_transport`. See docs/channel.md for the protocol.
 from __future__ import annotations
 
 import os
-import re
 from typing import Protocol
-from urllib.parse import urlsplit
 
 from jobfleet.core.errors import ChannelError, ProtocolVersionError
 
@@ -54,8 +52,32 @@ __all__ = [
     "transport_schemes",
 ]
 
-# RFC 3986: a letter, then letters, digits, "+", "-" or ".".
-_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
+# RFC 3986: a letter, then letters, digits, "+", "-" or ".". Checked without `re`, and URLs
+# split without urllib.parse (which imports ipaddress): the wrapper opens one channel per task.
+_SCHEME_FIRST = frozenset("abcdefghijklmnopqrstuvwxyz")
+_SCHEME_REST = _SCHEME_FIRST | frozenset("0123456789+.-")
+
+
+def _valid_scheme(key: str) -> bool:
+    return bool(key) and key[0] in _SCHEME_FIRST and all(c in _SCHEME_REST for c in key[1:])
+
+
+def _scheme(url: str) -> str:
+    """`urlsplit(url).scheme.lower()`, without importing urllib.parse for a plain URL."""
+    name, colon, _ = url.partition(":")
+    if (
+        colon
+        and name.isascii()
+        and _valid_scheme(name.lower())
+        and url.isprintable()  # urlsplit drops tabs and newlines, and strips controls
+        and not url.startswith(" ")
+        and "[" not in url
+        and "]" not in url  # an IPv6 host, which urlsplit checks
+    ):
+        return name.lower()
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).scheme.lower()
 
 
 class TransportFactory(Protocol):
@@ -74,7 +96,7 @@ def register_transport(scheme: str, factory: TransportFactory, *, replace: bool 
     packages cannot silently fight over one scheme.
     """
     key = scheme.lower()
-    if not _SCHEME.fullmatch(key):
+    if not _valid_scheme(key):
         raise ChannelError(f"{scheme!r} is not a valid URL scheme.")
     if key in _TRANSPORTS and not replace and _TRANSPORTS[key] is not factory:
         raise ChannelError(
@@ -98,7 +120,7 @@ def open_channel(url: str, *, create: bool = False) -> Channel:
     if os.path.isabs(url):
         # A plain absolute path is the file transport's convenience form.
         return _TRANSPORTS["file"](url, create=create)
-    scheme = urlsplit(url).scheme.lower()
+    scheme = _scheme(url)
     factory = _TRANSPORTS.get(scheme)
     if factory is None:
         accepted = ", ".join(f"{name}:" for name in transport_schemes())

@@ -23,10 +23,8 @@ import contextlib
 import json
 import os
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
-from urllib.parse import unquote, urlsplit
 
 from jobfleet.core.errors import ChannelError, ProtocolVersionError
 from jobfleet.core.private import make_private_dirs, open_private
@@ -49,6 +47,12 @@ def path_from_url(url: str) -> str:
     """The directory a `file:///abs/path` URL (or a plain absolute path) names."""
     if os.path.isabs(url):
         return os.path.normpath(url)
+    if url[:8].lower() == "file:///" and url.isprintable() and not any(c in url for c in "?#%[]"):
+        # What urlsplit and unquote make of it, without importing urllib.parse (ipaddress):
+        # the wrapper opens one channel per task.
+        return os.path.normpath(url[7:])
+    from urllib.parse import unquote, urlsplit
+
     parts = urlsplit(url)
     if parts.scheme.lower() != TRANSPORT:
         raise ChannelError(f"{url!r} is not a file URL; write it as file:///absolute/path.")
@@ -212,7 +216,7 @@ class FileChannel(Channel):
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self._root = os.path.abspath(os.fspath(root))
-        self._url = Path(self._root).as_uri()
+        self._url: str | None = None  # made when asked: pathlib is not on the wrapper's path
         self._check_channel_file()
 
     @classmethod
@@ -239,6 +243,10 @@ class FileChannel(Channel):
 
     @property
     def url(self) -> str:
+        if self._url is None:
+            from pathlib import Path
+
+            self._url = Path(self._root).as_uri()
         return self._url
 
     @property
@@ -267,7 +275,7 @@ class FileChannel(Channel):
             raise ChannelError(f"{marker} does not say which channel protocol it speaks.")
         if version != PROTOCOL_VERSION:
             raise ProtocolVersionError(
-                f"The channel {self._url} speaks protocol version {version}, but this "
+                f"The channel {self.url} speaks protocol version {version}, but this "
                 f"release of jobfleet speaks version {PROTOCOL_VERSION}. Run the same jobfleet "
                 "release on the host and the worker nodes."
             )
@@ -292,7 +300,7 @@ class FileChannel(Channel):
         except OSError as exc:
             raise ChannelError(
                 f"Could not store the spec of task instance {spec.task_instance_id} "
-                f"in {self._url}: {exc}."
+                f"in {self.url}: {exc}."
             ) from exc
 
     def put_array(self, array_id: int, batch_number: int, steps: Mapping[int, int]) -> None:
@@ -321,7 +329,7 @@ class FileChannel(Channel):
         except OSError as exc:
             raise ChannelError(
                 f"Could not store the step map of array {array_id} batch {batch_number} "
-                f"in {self._url}: {exc}."
+                f"in {self.url}: {exc}."
             ) from exc
 
     def read_events(self, cursor: EventCursor | None = None) -> tuple[list[Event], EventCursor]:
@@ -354,7 +362,7 @@ class FileChannel(Channel):
         if cursor.transport != TRANSPORT:
             raise ChannelError(
                 f"The event cursor belongs to a {cursor.transport!r} channel, not to the "
-                f"file channel {self._url}."
+                f"file channel {self.url}."
             )
         return cursor.positions
 
@@ -371,7 +379,7 @@ class FileChannel(Channel):
                     except FileNotFoundError:  # removed since the listing
                         continue
         except FileNotFoundError:
-            raise ChannelError(f"The channel {self._url} has no {_EVENTS} directory.") from None
+            raise ChannelError(f"The channel {self.url} has no {_EVENTS} directory.") from None
 
     def _read_new_records(
         self, name: str, start: int, size: int, events: list[Event], problems: list[str]
@@ -430,7 +438,7 @@ class FileChannel(Channel):
                         os.unlink(os.path.join(directory, name))
         except OSError as exc:
             raise ChannelError(
-                f"Could not remove task instance {task_instance_id} from {self._url}: {exc}."
+                f"Could not remove task instance {task_instance_id} from {self.url}: {exc}."
             ) from exc
 
     def remove_spec(self, task_instance_id: int) -> None:
@@ -441,7 +449,7 @@ class FileChannel(Channel):
         except OSError as exc:
             raise ChannelError(
                 f"Could not remove the spec of task instance {task_instance_id} from "
-                f"{self._url}: {exc}."
+                f"{self.url}: {exc}."
             ) from exc
 
     def remove_array(self, array_id: int, batch_number: int) -> None:
@@ -456,7 +464,7 @@ class FileChannel(Channel):
             data = _read_json(path)
         except FileNotFoundError:
             raise ChannelError(
-                f"There is no spec for task instance {task_instance_id} in {self._url}."
+                f"There is no spec for task instance {task_instance_id} in {self.url}."
             ) from None
         except OSError as exc:
             raise ChannelError(f"Could not read the spec file {path}: {exc}.") from exc
@@ -468,7 +476,7 @@ class FileChannel(Channel):
         tid = steps.get(str(_check_id(step, "array step"))) if isinstance(steps, dict) else None
         if tid is None:
             raise ChannelError(
-                f"Array {array_id} batch {batch_number} in {self._url} has no step {step}."
+                f"Array {array_id} batch {batch_number} in {self.url} has no step {step}."
             )
         return _check_id(tid, f"task instance id of step {step} in {path}")
 
@@ -480,7 +488,7 @@ class FileChannel(Channel):
         found = inline.get(str(_check_id(step, "array step")))
         if found is None:
             raise ChannelError(
-                f"Array {array_id} batch {batch_number} in {self._url} has no step {step}."
+                f"Array {array_id} batch {batch_number} in {self.url} has no step {step}."
             )
         return TaskSpec.from_dict(found)
 
@@ -490,7 +498,7 @@ class FileChannel(Channel):
             return _read_json(path), path
         except FileNotFoundError:
             raise ChannelError(
-                f"There is no step map for array {array_id} batch {batch_number} in {self._url}."
+                f"There is no step map for array {array_id} batch {batch_number} in {self.url}."
             ) from None
         except OSError as exc:
             raise ChannelError(f"Could not read the step map {path}: {exc}.") from exc
