@@ -56,18 +56,11 @@ class PluginStatus(enum.StrEnum):
     DISABLED = "disabled"
 
 
-@dataclass(frozen=True)
-class ClusterPlugin:
-    """A loaded backend: its three classes, its settings and where it came from."""
+class _WithSettings:
+    """`setting_options` and `settings` of a loaded plugin (backend or provisioner)."""
 
     name: str
-    queue_class: type[ClusterQueue]
-    distributor_class: type[ClusterDistributor]
-    worker_node_class: type[ClusterWorkerNode]
     settings_class: type | None
-    distribution: str | None
-    version: str | None
-    module: ModuleType = field(repr=False)
 
     def setting_options(self) -> list[SettingOption]:
         """The plugin's settings as CLI options and environment variables."""
@@ -88,6 +81,20 @@ class ClusterPlugin:
         from jobfleet.core.settings import resolve_settings
 
         return resolve_settings(self.name, self.settings_class, cli_values, environ)
+
+
+@dataclass(frozen=True)
+class ClusterPlugin(_WithSettings):
+    """A loaded backend: its three classes, its settings and where it came from."""
+
+    name: str
+    queue_class: type[ClusterQueue]
+    distributor_class: type[ClusterDistributor]
+    worker_node_class: type[ClusterWorkerNode]
+    settings_class: type | None
+    distribution: str | None
+    version: str | None
+    module: ModuleType = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -116,7 +123,7 @@ class PluginInfo:
 
 
 @dataclass(frozen=True)
-class ProvisionerPlugin:
+class ProvisionerPlugin(_WithSettings):
     """A loaded provisioner: its class, its settings and where it came from."""
 
     name: str
@@ -125,26 +132,6 @@ class ProvisionerPlugin:
     distribution: str | None
     version: str | None
     module: ModuleType = field(repr=False)
-
-    def setting_options(self) -> list[SettingOption]:
-        """The plugin's settings as CLI options and environment variables."""
-        if self.settings_class is None:
-            return []
-        from jobfleet.core.settings import setting_options
-
-        return setting_options(self.name, self.settings_class)
-
-    def settings(
-        self,
-        cli_values: Mapping[str, Any] | None = None,
-        environ: Mapping[str, str] | None = None,
-    ) -> Any:
-        """The resolved settings instance (None when the plugin has no settings)."""
-        if self.settings_class is None:
-            return None
-        from jobfleet.core.settings import resolve_settings
-
-        return resolve_settings(self.name, self.settings_class, cli_values, environ)
 
 
 def _names_from(environ: Mapping[str, str], variable: str) -> frozenset[str] | None:
