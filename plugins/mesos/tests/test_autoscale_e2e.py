@@ -26,7 +26,11 @@ import pytest
 from click.testing import CliRunner
 
 from jobfleet.core import plugins as plugins_module
+from jobfleet.core.exit_info import ErrorState
 from jobfleet.core.plugins import PluginRegistry
+from jobfleet.core.scaling import Shape, parse_node_types
+from jobfleet.core.scaling.scaler import ClusterScaler, ScalerConfig
+from jobfleet.core.testing.host import wait_for
 
 EXECUTOR = f"{sys.executable} -m jobfleet.plugins.mesos.executor"
 WORKER = str(Path(sys.executable).with_name("jobfleet-worker-node"))
@@ -202,3 +206,174 @@ def test_the_scaler_adds_agents_for_waiting_tasks_then_drains_and_removes_them(
     assert set(actions) <= {"scale_up", "drain", "scale_down", "release"}, actions
     assert actions.count("scale_up") == 1
     assert time.monotonic() - started < 60
+
+
+# -- the scale-down race, step by step ------------------------------------------------------
+
+
+class HookedDistributor:
+    """The run's real Mesos distributor as the scaler sees it, with a hook where the scaler
+    calls `ignore_node`: it has just judged the node idle and starts draining it."""
+
+    def __init__(self, distributor: Any) -> None:
+        self.distributor = distributor
+        self.before_ignore: list[Any] = []
+
+    def get_nodes(self, *args: Any, **kwargs: Any) -> Any:
+        return self.distributor.get_nodes(*args, **kwargs)
+
+    def node_in_use(self, node: str) -> bool:
+        return bool(self.distributor.node_in_use(node))
+
+    def ignore_node(self, node: str) -> None:
+        for hook in self.before_ignore:
+            hook(node)
+        self.distributor.ignore_node(node)
+
+    def unignore_node(self, node: str) -> None:
+        self.distributor.unignore_node(node)
+
+
+class Race:
+    """One agent launched and joined through the scaler (max one c2 node, no smoothing), the
+    real Mesos distributor over the kit's http channel, and what the scaler recorded."""
+
+    TASK = Shape(1800.0, 100 * 2**20, 1.0, 0, False)
+
+    def __init__(self, mc: Any, kit: Any) -> None:
+        from jobfleet.plugins.mesos.distributor import MesosDistributor
+
+        helpers = _load("mesos_helpers")
+        self.mc, self.kit = mc, kit
+        self.distributor = MesosDistributor(
+            "race", settings=helpers.settings_for(mc), **kit.distributor_kwargs()
+        )
+        self.hooked = HookedDistributor(self.distributor)
+        self.provisioner = local.bound_provisioner_class(mc)("race")  # hooks of its own
+        self.events: list[Any] = []
+        config = ScalerConfig(tuple(parse_node_types("c2")), max_nodes={"c2": 1}, beta=0.0)
+        self.provisioner.node_types = list(config.node_types)
+        self.scaler = ClusterScaler(
+            self.provisioner, self.hooked, config, clock=time.monotonic, record=self.events.append
+        )
+
+    def actions(self) -> list[str]:
+        return [e.details["action"] for e in self.events]
+
+    def submit(self, command: str) -> Any:
+        return self.kit.submit(self.distributor, command, resources={"cores": 1, "memory": "64M"})
+
+    def done(self, submission: Any) -> Any:
+        info = self.distributor.get_remote_exit_info(submission.distributor_id)
+        return info if info.finalized else None
+
+    def joined_node(self) -> str:
+        """Launch the node for one waiting task, run a task on it, see it joined."""
+        self.scaler.step([self.TASK])
+        [node] = self.provisioner.get_provisioned_workers()
+        first = self.submit("true")
+        wait_for(lambda: self.done(first), "a first task on the new agent", 60)
+        wait_for(lambda: node.name in self.distributor.get_nodes(), "the agent in get_nodes", 30)
+        [view] = self.scaler.step([self.TASK])
+        assert view.state == "joined", view
+        return str(node.name)
+
+    def agent_tasks(self, submission: Any) -> list[tuple[str, str]]:
+        hostnames = {k: v["hostname"] for k, v in self.mc.agents().items()}
+        return [
+            (t["state"], hostnames[t["agent_id"]])
+            for t in self.mc.tasks()
+            if t["task_id"] == submission.distributor_id
+        ]
+
+
+@pytest.fixture
+def race(empty_cluster: Any, tmp_path: Path) -> Iterator[Race]:
+    from jobfleet.core.testing import KitHost
+
+    kit = KitHost(tmp_path / "kit", "http", state_dir=True)
+    try:
+        made = Race(empty_cluster, kit)
+        made.distributor.start()
+        try:
+            yield made
+        finally:
+            made.distributor.stop()
+            made.provisioner.hooks.before_terminate.clear()
+            made.provisioner.destroy_cluster()
+    finally:
+        kit.close()
+
+
+@pytest.mark.slow
+def test_a_task_placed_on_a_node_the_scaler_judged_idle_keeps_it_until_done(
+    race: Race, tmp_path: Path
+) -> None:
+    """The scaler picks an idle node to remove; before its `ignore_node`, the distributor
+    places a task there. The drain sees the node in use and waits: the task finishes once, on
+    that node, and only then is the node terminated."""
+    out = tmp_path / "ran.txt"
+    node = race.joined_node()
+    placed: list[Any] = []
+
+    def place_work_first(name: str) -> None:
+        assert name == node
+        assert not race.distributor.node_in_use(name)  # what the scaler just judged
+        placed.append(race.submit(f"sleep 2; echo raced >> {out}"))
+        wait_for(lambda: race.distributor.node_in_use(name), "the task placed on the node", 30)
+
+    race.hooked.before_ignore.append(place_work_first)
+    states_at_removal: list[Any] = []
+    race.provisioner.hooks.before_terminate.append(
+        lambda p, nodes: states_at_removal.append(race.agent_tasks(placed[0]))
+    )
+    race.scaler.step([])  # nothing waits or runs, in the scaler's eyes: drain the node
+    assert race.actions()[-1] == "drain", race.actions()
+    assert "scale_down" not in race.actions()  # in use after all: not terminated
+    assert race.provisioner.get_provisioned_workers()[0].name == node
+    wait_for(lambda: race.scaler.step([]) == [] or None, "the node terminated once drained", 30)
+    [task] = placed
+    info = race.done(task)
+    assert info is not None
+    assert info.error_state is ErrorState.DONE, info
+    assert out.read_text().split() == ["raced"]
+    assert race.agent_tasks(task) == [("TASK_FINISHED", node)]
+    assert states_at_removal == [[("TASK_FINISHED", node)]]  # over before the node went
+    assert race.actions()[-1] == "scale_down"
+    assert [len(r) for r in race.kit.final_reports().values()] == [1, 1]  # no repeat
+
+
+@pytest.mark.slow
+def test_work_submitted_while_the_scaler_terminates_a_drained_node_is_not_placed_there(
+    race: Race, tmp_path: Path
+) -> None:
+    """The scaler has ignored the node and found it idle; as it terminates it, a task is
+    submitted and the node's offer comes back. The ignored node is declined, so the task waits,
+    is not lost with the node, and runs once on the node launched for it."""
+    mc = race.mc
+    out = tmp_path / "ran.txt"
+    node = race.joined_node()
+    submitted: list[Any] = []
+
+    def submit_work_first(provisioner: Any, nodes: Any) -> None:
+        assert [n.name for n in nodes] == [node]
+        declined = mc.offers_declined
+        submitted.append(race.submit(f"echo raced >> {out}"))
+        # The revived offer of the only agent, the one going away: declined (ignored node).
+        wait_for(lambda: mc.offers_declined > declined or None, "the offer declined", 30)
+        assert not race.distributor.node_in_use(node)
+
+    race.provisioner.hooks.before_terminate.append(submit_work_first)
+    race.scaler.step([])
+    assert race.actions()[-2:] == ["drain", "scale_down"], race.actions()
+    assert not any(a["active"] for a in mc.agents().values())
+    [task] = submitted
+    assert race.done(task) is None  # waiting, not lost
+    assert race.agent_tasks(task) == []
+    race.scaler.step([race.TASK])  # the work is seen waiting: a new node
+    [new] = race.provisioner.get_provisioned_workers()
+    assert new.name != node
+    info = wait_for(lambda: race.done(task), "the task's end on the new node", 60)
+    assert info.error_state is ErrorState.DONE, info
+    assert out.read_text().split() == ["raced"]
+    assert race.agent_tasks(task) == [("TASK_FINISHED", new.name)]
