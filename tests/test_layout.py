@@ -83,3 +83,21 @@ def test_cli_without_host_extra_says_what_to_install():
     assert result.returncode == 2
     assert "pip install 'jobfleet-core[host]'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_test_helper_modules_have_names_unique_across_the_workspace():
+    # Test directories are not packages: helpers beside the tests (slurm_cluster.py,
+    # agent_provisioner.py, …) are loaded by path under their bare names into sys.modules, so
+    # two with one name in one session hand a suite the other's module (seen: two
+    # local_provisioner.py, in the Slurm and Mesos tests).
+    root = Path(__file__).resolve().parents[1]
+    helpers: dict[str, list[str]] = {}
+    for tests in root.glob("**/tests"):
+        if ".venv" in tests.parts or not tests.is_dir():
+            continue
+        for module in tests.glob("*.py"):
+            if module.name.startswith("test_") or module.name in ("conftest.py", "__init__.py"):
+                continue
+            helpers.setdefault(module.stem, []).append(str(module.relative_to(root)))
+    clashes = {name: paths for name, paths in helpers.items() if len(paths) > 1}
+    assert not clashes, f"helper modules sharing a name: {clashes}"

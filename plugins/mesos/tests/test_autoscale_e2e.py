@@ -1,7 +1,7 @@
 """jobfleet's own cluster scaler end to end on the Mesos emulator (issue 15, item 5).
 
 `jobfleet run --cluster mesos --autoscale --provisioner localagents …` runs in this process
-(the emulator does too): the provisioner's nodes are emulator agents (`local_provisioner.py`),
+(the emulator does too): the provisioner's nodes are emulator agents (`agent_provisioner.py`),
 registered as a plugin of an in-process `PluginRegistry` beside the installed Mesos plugin. The
 master starts with no agent at all: tasks wait, the scaler adds agents, the tasks run on them
 once each, the scaler drains the surplus and removes it, and the ledger's `scaling` events say
@@ -47,7 +47,7 @@ def _load(name: str) -> Any:
     return sys.modules[name]
 
 
-local = _load("local_provisioner")
+local = _load("agent_provisioner")
 
 
 class _EntryPoint:

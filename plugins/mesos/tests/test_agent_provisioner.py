@@ -25,7 +25,7 @@ def _load(name: str) -> Any:
     return sys.modules[name]
 
 
-local = _load("local_provisioner")
+local = _load("agent_provisioner")
 
 
 class TestLocalAgentProvisioner(ProvisionerTests):
