@@ -409,6 +409,18 @@ def test_events_sent_while_the_server_is_down_arrive_exactly_once(host, served, 
         again.close()
 
 
+def test_an_empty_token_file_left_by_a_killed_host_is_replaced(tmp_path):
+    # A host killed between creating the token file and writing it left it empty, and every
+    # --resume of the run then failed; an empty file was never handed to a wrapper.
+    (tmp_path / TOKEN_FILE).write_text("")
+    token = load_or_create_token(tmp_path)
+    assert token
+    assert (tmp_path / TOKEN_FILE).read_text().strip() == token
+    assert load_or_create_token(tmp_path) == token
+    assert stat.S_IMODE((tmp_path / TOKEN_FILE).stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == [TOKEN_FILE]  # no temporary left
+
+
 def test_a_new_server_serves_the_run_before_it_accepts_a_request(host, monkeypatch, tmp_path):
     # Wrappers of a resumed run connect while its server starts; their reports wait in the
     # socket's backlog and are answered as soon as it accepts. A run registered only after

@@ -99,19 +99,42 @@ def parse_bind(text: str) -> tuple[str, int]:
 
 
 def load_or_create_token(channel_root: str | os.PathLike[str]) -> str:
-    """The run's channel token from `<channel>/http-token`, made (0600) on first use."""
+    """The run's channel token from `<channel>/http-token`, made (0600) on first use.
+
+    The file is written whole under another name, then linked into place: a host killed while
+    writing it leaves no empty token file (one did, and stopped every `--resume` of the run).
+    An empty file left that way was never handed to a wrapper, so it is replaced.
+    """
     path = Path(channel_root, TOKEN_FILE)
-    try:
-        fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-    except FileExistsError:
-        token = path.read_text(encoding="ascii").strip()
-        if not token:
-            raise ChannelServerError(f"The channel token file {path} is empty.") from None
+    token = _read_token_file(path)
+    if token:
         return token
-    token = secrets.token_urlsafe(32)
-    with os.fdopen(fd, "w", encoding="ascii") as stream:
-        stream.write(token + "\n")
-    return token
+    fresh = secrets.token_urlsafe(32)
+    temporary = path.with_name(f".{TOKEN_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = open_private(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as stream:
+            stream.write(fresh + "\n")
+            stream.flush()
+            os.fsync(stream.fileno())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            token = _read_token_file(path)
+            if token:
+                return token  # another process of this run made it first
+            os.replace(temporary, path)
+        return fresh
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+
+
+def _read_token_file(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="ascii").strip() or None
+    except FileNotFoundError:
+        return None
 
 
 class _Refused(Exception):
