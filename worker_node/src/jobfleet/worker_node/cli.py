@@ -2,6 +2,9 @@
 
     jobfleet-worker-node job   --task-instance-id N             --cluster NAME --host-url URL
     jobfleet-worker-node array --array-id A --batch-number B     --cluster NAME --host-url URL
+    jobfleet-worker-node slot                                    --cluster NAME --host-url URL
+
+`slot` runs task after task, each sent on stdin by a local distributor (`slot.py`).
 
 Exit codes: the command's own when it ran (128 + N when signal N ended it); 240 when the
 wrapper failed; 241 when the host speaks another channel protocol version; 2 for a bad command
@@ -36,6 +39,7 @@ from jobfleet.core.errors import ChannelError, JobfleetError, ProtocolVersionErr
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Callable
     from typing import Any
 
     from jobfleet.core.exit_info import ErrorState
@@ -55,13 +59,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--version", action=_version_action(), nargs=0, help="Show the version and exit."
     )
-    commands = parser.add_subparsers(dest="mode", required=True, metavar="{job,array}")
+    commands = parser.add_subparsers(dest="mode", required=True, metavar="{job,array,slot}")
     job = commands.add_parser("job", help="Run one task instance.")
     job.add_argument("--task-instance-id", type=_non_negative, required=True, metavar="N")
     array = commands.add_parser("array", help="Run this node's step of an array batch.")
     array.add_argument("--array-id", type=_non_negative, required=True, metavar="A")
     array.add_argument("--batch-number", type=_non_negative, required=True, metavar="B")
-    for sub in (job, array):
+    slot = commands.add_parser(
+        "slot", help="Run task after task, as a local distributor sends them on stdin."
+    )
+    for sub in (job, array, slot):
         _common_options(sub)
     return parser
 
@@ -95,7 +102,11 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-_IDS = {"job": ("task_instance_id",), "array": ("array_id", "batch_number")}
+_IDS: dict[str, tuple[str, ...]] = {
+    "job": ("task_instance_id",),
+    "array": ("array_id", "batch_number"),
+    "slot": (),
+}
 _COMMON = ("cluster", "host_url", "kill_grace", "cgroup")
 
 
@@ -256,12 +267,22 @@ def _main(argv: list[str] | None) -> int:
         _say(f"cannot open the host channel {args.host_url}: {exc}")
         return wrapper.WRAPPER_FAILED
     try:
+        if args.mode == "slot":
+            from jobfleet.worker_node.slot import serve
+
+            return serve(args, channel)
         return _run(args, channel)
     finally:
         channel.close()
 
 
-def _run(args: Arguments | argparse.Namespace, channel: Channel) -> int:
+def _run(
+    args: Arguments | argparse.Namespace,
+    channel: Channel,
+    make_runner: Callable[..., Any] | None = None,
+) -> int:
+    """Run the task instance `args` name and report it; `make_runner(spec, node, writer,
+    options)` builds its runner (a `TaskRunner` by default; the slot worker's own)."""
     writer: EventWriter | None = None
     try:
         if args.mode == "job":
@@ -283,7 +304,8 @@ def _run(args: Arguments | argparse.Namespace, channel: Channel) -> int:
         phases.mark("runner imports")
 
         options = RunOptions(kill_grace=args.kill_grace, array_step=step, cgroup=args.cgroup)
-        return TaskRunner(spec, node, writer, options).run()
+        runner = (make_runner or TaskRunner)(spec, node, writer, options)
+        return int(runner.run())
     except ProtocolVersionError as exc:
         _fail(writer, "F", str(exc))
         return wrapper.VERSION_MISMATCH
@@ -305,6 +327,9 @@ def _run(args: Arguments | argparse.Namespace, channel: Channel) -> int:
     finally:
         if writer is not None:
             writer.close()
+
+
+run_task = _run
 
 
 def _worker_node(cluster: str) -> Any:

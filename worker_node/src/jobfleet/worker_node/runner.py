@@ -131,7 +131,7 @@ class TaskRunner:
         enclosing = _enclosing_cgroup()
         enclosing_ooms = enclosing.oom_kills() if enclosing is not None else 0
         process_tree.become_subreaper()
-        wrapper_rss = current_rss()
+        wrapper_rss = self._fork_floor()
         started_at = time.monotonic()
         self._install_signal_handlers()
         phases.mark("prepare")
@@ -148,7 +148,7 @@ class TaskRunner:
         pumps = self._start_pumps(process, log_paths)
         # Rooted at the wrapper (excluded from the sums): as a subreaper it adopts every orphan
         # of the task, so daemons that left the task's tree are still measured.
-        sampler = TreeSampler(os.getpid(), exclude_pids=frozenset({os.getpid()}))
+        sampler = TreeSampler(os.getpid(), exclude_pids=self._not_the_task())
         helpers: list[threading.Thread | None] = []
         # The sampler's first sample would come after its first interval: a task that ends
         # within it (most short tasks) gets no sampler thread and no timer threads at all, and
@@ -194,6 +194,16 @@ class TaskRunner:
         self._send_final(record, usage_report, tails, log_paths, notes)
         phases.mark("final report")
         return _exit_code(status)
+
+    # -- what a runner that starts tasks another way (worker_node/slot.py) replaces ------------
+
+    def _fork_floor(self) -> int | None:
+        """The RSS of the process the task is forked from: a child's ru_maxrss starts there."""
+        return current_rss()
+
+    def _not_the_task(self) -> frozenset[int]:
+        """Processes of the wrapper's tree that are not the task's (never measured)."""
+        return frozenset({os.getpid()})
 
     # -- starting -----------------------------------------------------------------------------
 
