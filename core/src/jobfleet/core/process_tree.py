@@ -147,6 +147,11 @@ def topmost(pids: Collection[int]) -> list[int]:
     return roots
 
 
+def parent_pid(pid: int) -> int | None:
+    """The parent of process `pid`; None when it is gone (or /proc is missing)."""
+    return _parent_pid(pid)
+
+
 def _parent_pid(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:

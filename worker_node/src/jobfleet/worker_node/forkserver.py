@@ -24,9 +24,12 @@ import shutil
 import subprocess
 from collections.abc import Mapping
 
-# `( ( . FILE ) & echo $! )`: the outer subshell forks the task and exits before the server
-# writes "." - so once the worker has read both lines, the task is the worker's child.
-_SERVER = 'while IFS= read -r launch; do ( ( . "$launch" ) & echo "$!" ); echo .; done'
+# `( ( . FILE ) & exec echo $! )`: the outer subshell forks the task and exits before the server
+# writes "." - so once the worker has read both lines, the task is the worker's child. It execs
+# /bin/echo rather than running the builtin: a shell may reap a child that ended already (a
+# fast `true`) before it exits itself, and the worker would lose the task's status and rusage;
+# /bin/echo reaps nothing.
+_SERVER = 'while IFS= read -r launch; do ( ( . "$launch" ) & exec /bin/echo "$!" ); echo .; done'
 
 JOIN_FAILED_EXIT_CODE = 125
 """The task's exit code when it could not join its cgroup (as `cgroup.wrap_argv`'s)."""

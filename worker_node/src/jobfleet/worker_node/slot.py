@@ -37,6 +37,7 @@ from typing import Any
 from jobfleet.core import process_tree, wrapper
 from jobfleet.core.channel import Channel, EventWriter, TaskSpec
 from jobfleet.core.cluster_protocol import ClusterWorkerNode
+from jobfleet.core.local.slots import SLOT_MARKER
 from jobfleet.core.private import open_private
 from jobfleet.worker_node import cli
 from jobfleet.worker_node.cgroup import TaskCgroup
@@ -44,9 +45,6 @@ from jobfleet.worker_node.forkserver import ForkServer, ForkServerError, usable_
 from jobfleet.worker_node.output import TAIL_CHARACTERS
 from jobfleet.worker_node.runner import FORWARDED_SIGNALS, STOPPING_SIGNALS, RunOptions, TaskRunner
 
-SLOT_MARKER = "JOBFLEET_SLOT_WORKER"
-"""Set in a slot worker's environment at its start (so /proc shows it), never passed to tasks:
-a restarted host's distributor finds the worker above an adopted task by it."""
 
 _TAG = "JOBFLEET_DISTRIBUTOR_ID"
 _STEP = "JOBFLEET_ARRAY_STEP_ID"

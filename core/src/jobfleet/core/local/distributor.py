@@ -18,6 +18,17 @@ channel. A new distributor (new id prefix) asked about such ids finds their proc
 running while a tagged process lives, killable (SIGTERM to the wrapper, SIGKILL after the
 grace period). It "adopts" them in that sense only: their resources are not in its pool.
 
+Slot workers (`slot_workers`, on by default): instead of one wrapper process per instance, a
+set of long-lived `jobfleet-worker-node slot` processes (`slots.py`) each run instance after
+instance, sent over their stdin; each still runs its instance with every guarantee of a one-shot
+wrapper (the same `TaskRunner`), and says `done` on its stdout once the final report is durable.
+Workers start lazily, up to the number of instances running at once; idle ones are kept for the
+next instance (at most one per core of the pool). Killing a running instance asks its worker
+(which stops that task's process group and reports K) and waits for its `done`; a worker that
+does not answer in time, or dies, is SIGKILLed with its tree and replaced, and its instance ends
+as a wrapper killed by that signal would (its exit info says so). Each task carries the tag, so
+a restarted host's distributor finds it; its SIGTERM then goes to the slot worker above it.
+
 Its work directory (the wrappers' own logs) is a `jobfleet-local-*` directory of the temp dir,
 locked as its own while it lives (`jobfleet.core.owned_dirs`): a distributor starting removes
 those of distributors that died without stopping (a host killed with SIGKILL), never a live one.
@@ -28,6 +39,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -45,12 +57,14 @@ from jobfleet.core.errors import BackendError
 from jobfleet.core.exit_info import ErrorState, ExitReason, ExitRecord, RemoteExitInfo
 from jobfleet.core.local.pool import Need, ResourcePool, machine_cores, machine_memory
 from jobfleet.core.local.settings import LocalSettings, gpu_ids
+from jobfleet.core.local.slots import SlotWorker, worker_environment, workers_above
 from jobfleet.core.owned_dirs import OwnedDirectory, make_owned_directory, remove_abandoned
 from jobfleet.core.private import open_private
 from jobfleet.core.resources import ResourceRequest, parse_cores, parse_memory
 from jobfleet.core.wrapper import (
     CHANNEL_TOKEN_VARIABLE,
     WRAPPER_FAILED,
+    entry_point_argv,
     exit_info_from_wrapper,
     without_host_variables,
 )
@@ -77,6 +91,8 @@ class _Job:
     step: int | None
     state: str = _QUEUED
     process: subprocess.Popen[bytes] | None = None
+    worker: SlotWorker | None = None
+    log: Path | None = None
     gpus: tuple[str, ...] = ()
     returncode: int | None = None
     oom_kills_at_start: int | None = None
@@ -111,6 +127,9 @@ class LocalDistributor(BaseClusterDistributor):
         # Ids of an earlier distributor (a host that was restarted) whose processes this one
         # has seen running (_RUNNING) or has killed (_KILLED).
         self._adopted: dict[str, str] = {}
+        self._workers: set[SlotWorker] = set()  # every live slot worker
+        self._idle: list[SlotWorker] = []  # those without an instance
+        self._worker_count = itertools.count(1)
 
     def local_settings(self) -> LocalSettings:
         """The settings this distributor runs on; a backend with settings of its own maps them."""
@@ -151,6 +170,7 @@ class LocalDistributor(BaseClusterDistributor):
                 if state == _RUNNING
             )
         self.terminate_task_instances(ids)
+        self._stop_workers()
         with self._lock:
             if self._workdir is not None:
                 shutil.rmtree(self._workdir, ignore_errors=True)
@@ -163,7 +183,7 @@ class LocalDistributor(BaseClusterDistributor):
         self, command: str, name: str, requested_resources: dict[str, Any]
     ) -> str:
         need = self._need(requested_resources)
-        argv = self.wrapper_argv(command)
+        argv = self._argv(command)
         with self._lock:
             job = self._enqueue(argv, need, step=None)
             self._schedule()
@@ -178,7 +198,7 @@ class LocalDistributor(BaseClusterDistributor):
     ) -> dict[int, str]:
         self.check_array_length(array_length)
         need = self._need(requested_resources)
-        argv = self.wrapper_argv(command)
+        argv = self._argv(command)
         with self._lock:
             steps = {
                 step: self._enqueue(argv, need, step).distributor_id for step in range(array_length)
@@ -232,9 +252,11 @@ class LocalDistributor(BaseClusterDistributor):
             # SIGTERM to the topmost processes only: the wrappers, where they live, which stop
             # their tasks' trees themselves and report K; the task's own processes where the
             # wrapper is gone.
-            process_tree.kill_pids(process_tree.topmost(pids), signal.SIGTERM)
+            # A task of a slot worker: SIGTERM to the worker, which stops it and reports K.
+            process_tree.kill_pids(workers_above(process_tree.topmost(pids)), signal.SIGTERM)
         deadline = time.monotonic() + self.local.kill_grace + 1.0
-        _stop_wrappers(running, self.local.kill_grace)
+        _stop_wrappers([job for job in running if job.worker is None], self.local.kill_grace)
+        self._stop_in_workers([job for job in running if job.worker is not None])
         if adopted:
             _wait_for_tagged(list(adopted), deadline)
         with self._lock:
@@ -372,7 +394,10 @@ class LocalDistributor(BaseClusterDistributor):
         job.state = _RUNNING
         self._running += 1
         assert self._workdir is not None
-        log = self._workdir / f"{job.distributor_id}.wrapper.log"
+        if self.local.slot_workers:
+            self._launch_in_worker(job)
+            return
+        log = job.log = self._workdir / f"{job.distributor_id}.wrapper.log"
         try:
             with open(open_private(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as stderr:
                 job.process = subprocess.Popen(
@@ -424,6 +449,119 @@ class LocalDistributor(BaseClusterDistributor):
         self.pool.give_back(job.need, job.gpus)
         job.ended.set()
 
+    # -- slot workers (under the lock unless said otherwise) ----------------------------------
+
+    def _argv(self, command: str) -> list[str]:
+        """The one-shot wrapper's argv, or (slot workers) the worker-node arguments alone."""
+        if self.local.slot_workers:
+            self.require_host_url()
+            return shlex.split(command)  # built by the host from integers; never to a shell
+        return self.wrapper_argv(command)
+
+    def _launch_in_worker(self, job: _Job) -> None:
+        try:
+            worker = self._idle.pop() if self._idle else self._start_worker()
+        except OSError as exc:
+            assert self._workdir is not None
+            job.log = self._workdir / f"{job.distributor_id}.wrapper.log"
+            job.log.write_text(f"the slot worker could not be started: {exc}\n")
+            self._finished(job, returncode=WRAPPER_FAILED)
+            return
+        worker.job, job.worker, job.log = job, worker, worker.log
+        request = {
+            "op": "run",
+            "id": job.distributor_id,
+            "step": job.step,
+            "gpus": ",".join(job.gpus) if self.pool.total.gpus else None,
+            "args": job.argv,
+        }
+        # A worker that died meanwhile fails the write; its reader ends the instance.
+        worker.send(request)
+
+    def _start_worker(self) -> SlotWorker:
+        assert self._workdir is not None
+        env = without_host_variables(os.environ)
+        for variable in (_TAG, "JOBFLEET_ARRAY_STEP_ID"):  # the worker sets them per task
+            env.pop(variable, None)
+        if self.channel_token:
+            env[CHANNEL_TOKEN_VARIABLE] = self.channel_token  # never in argv
+        argv = [
+            *entry_point_argv(),
+            "slot",
+            "--cluster",
+            self.cluster_type,
+            "--host-url",
+            self.require_host_url(),
+            *self.wrapper_options(),
+        ]
+        log = self._workdir / f"slot-{next(self._worker_count)}.worker.log"
+        os.close(open_private(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC))
+        worker = SlotWorker(
+            argv, worker_environment(env, self._prefix), log, self._on_done, self._on_exit
+        )
+        self._workers.add(worker)
+        return worker
+
+    def _on_done(self, worker: SlotWorker, distributor_id: str, returncode: int) -> None:
+        """A worker's `done` line (its reader thread): the instance ended and reported."""
+        with self._lock:
+            job = worker.job
+            if job is None or job.distributor_id != distributor_id:
+                return
+            worker.job, job.worker = None, None
+            if self._stopped or len(self._idle) >= max(1, int(self.pool.total.cores)):
+                worker.close()
+            else:
+                self._idle.append(worker)
+            self._finished(job, returncode)
+            self._schedule()
+
+    def _on_exit(self, worker: SlotWorker, returncode: int) -> None:
+        """A worker ended (its reader thread): an instance it still ran ends with it."""
+        with self._lock:
+            self._workers.discard(worker)
+            if worker in self._idle:
+                self._idle.remove(worker)
+            job = worker.job
+            worker.job = None
+        if job is None:
+            return
+        # What the task left behind: the worker (its subreaper) is gone.
+        _kill_leftovers(job)
+        with self._lock:
+            job.worker = None
+            # Killed by a signal: as a one-shot wrapper killed so; else it left without `done`.
+            self._finished(job, returncode if returncode < 0 else WRAPPER_FAILED)
+            self._schedule()
+
+    def _stop_in_workers(self, jobs: list[_Job]) -> None:
+        """Ask each job's worker to stop it; a worker that does not answer within the grace
+        period (+1 s) is SIGKILLed with its tree, which ends the job too. Not under the lock."""
+        for job in jobs:
+            worker = job.worker
+            if worker is not None:
+                worker.send({"op": "kill", "id": job.distributor_id})
+        deadline = time.monotonic() + self.local.kill_grace + 1.0
+        for job in jobs:
+            if not job.ended.wait(max(0.0, deadline - time.monotonic())):
+                worker = job.worker
+                if worker is not None:
+                    worker.kill()
+                job.ended.wait(10.0)
+
+    def _stop_workers(self) -> None:
+        """End every worker (they are idle by now): end-of-file, then SIGKILL if need be."""
+        with self._lock:
+            workers = list(self._workers)
+            self._idle.clear()
+        for worker in workers:
+            worker.close()
+        deadline = time.monotonic() + 5.0
+        for worker in workers:
+            if not worker.join(max(0.0, deadline - time.monotonic())):
+                worker.kill()
+                worker.join(5.0)
+
     # -- triage -------------------------------------------------------------------------------
 
     def _exit_info_of_finished(self, job: _Job, returncode: int | None) -> RemoteExitInfo:
@@ -436,10 +574,10 @@ class LocalDistributor(BaseClusterDistributor):
         )
 
     def _wrapper_log_tail(self, job: _Job) -> str:
-        if self._workdir is None:
+        if self._workdir is None or job.log is None:
             return "its log is gone"
         try:
-            text = (self._workdir / f"{job.distributor_id}.wrapper.log").read_text(errors="replace")
+            text = job.log.read_text(errors="replace")
         except OSError:
             return "it left no log"
         return f"its last words: {text[-2000:].strip()!r}" if text.strip() else "it printed nothing"

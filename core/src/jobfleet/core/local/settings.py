@@ -36,6 +36,14 @@ def cgroup_setting() -> str:
     )
 
 
+def slot_workers_setting() -> bool:
+    return setting(  # type: ignore[no-any-return]
+        True,
+        help="Run tasks in long-lived slot workers (task after task, each forked by a small "
+        "shell; off: one worker-node process per task).",
+    )
+
+
 @dataclass(frozen=True)
 class LocalSettings:
     cores: float | None = setting(
@@ -50,6 +58,7 @@ class LocalSettings:
     )
     kill_grace: float = kill_grace_setting()
     cgroup: str = cgroup_setting()
+    slot_workers: bool = slot_workers_setting()
     overtake_limit: int = setting(
         50,
         help="How often smaller tasks may start ahead of a waiting larger one before it "

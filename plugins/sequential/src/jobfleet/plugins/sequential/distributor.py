@@ -23,4 +23,9 @@ class SequentialDistributor(LocalDistributor):
     def local_settings(self) -> LocalSettings:
         chosen: SequentialSettings = self.settings
         # No overtaking: with one slot, the order of submission is the order of running.
-        return LocalSettings(kill_grace=chosen.kill_grace, cgroup=chosen.cgroup, overtake_limit=0)
+        return LocalSettings(
+            kill_grace=chosen.kill_grace,
+            cgroup=chosen.cgroup,
+            slot_workers=chosen.slot_workers,
+            overtake_limit=0,
+        )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from jobfleet.core.local.settings import cgroup_setting, kill_grace_setting
+from jobfleet.core.local.settings import cgroup_setting, kill_grace_setting, slot_workers_setting
 from jobfleet.core.wrapper import check_cgroup_mode, check_kill_grace
 
 
@@ -14,6 +14,7 @@ class SequentialSettings:
 
     kill_grace: float = kill_grace_setting()
     cgroup: str = cgroup_setting()
+    slot_workers: bool = slot_workers_setting()
 
     def __post_init__(self) -> None:
         check_kill_grace(self.kill_grace)

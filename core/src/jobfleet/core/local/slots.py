@@ -1,0 +1,124 @@
+"""Long-lived slot workers of the local distributors: `jobfleet-worker-node slot` processes.
+
+A worker runs one task instance at a time, sent as a JSON line on its stdin, and answers with a
+`done` line on its stdout once the task has ended and its final report is durable (the protocol
+is in `jobfleet.worker_node.slot`). One reader thread per worker turns its lines into calls of
+the distributor's `on_done`, and its end-of-file (the worker died, or left) into `on_exit`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from jobfleet.core import process_tree
+
+SLOT_MARKER = "JOBFLEET_SLOT_WORKER"
+"""In a slot worker's environment (as /proc shows it), never in its tasks': the marker by
+which a restarted host's distributor finds the worker above an adopted task."""
+
+
+class SlotWorker:
+    """One slot worker process, the task instance it runs (if any) and its reader thread."""
+
+    def __init__(
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        log: Path,
+        on_done: Callable[[SlotWorker, str, int], None],
+        on_exit: Callable[[SlotWorker, int], None],
+    ) -> None:
+        self.log = log
+        self.job: Any = None  # the distributor's job it runs, set and cleared under its lock
+        self._write_lock = threading.Lock()
+        with open(log, "ab") as stderr:
+            self.process = subprocess.Popen(
+                argv,
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                start_new_session=True,
+            )
+        self._on_done, self._on_exit = on_done, on_exit
+        self._reader = threading.Thread(
+            target=self._read, name=f"jobfleet-slot-{self.process.pid}", daemon=True
+        )
+        self._reader.start()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def send(self, message: dict[str, Any]) -> bool:
+        """Write one request; False when the worker is gone (its reader reports the end)."""
+        assert self.process.stdin is not None
+        try:
+            with self._write_lock:
+                self.process.stdin.write(json.dumps(message).encode() + b"\n")
+                self.process.stdin.flush()
+        except (OSError, ValueError):
+            return False
+        return True
+
+    def close(self) -> None:
+        """End-of-file on its stdin: it leaves once its task, if any, has ended."""
+        with self._write_lock, contextlib.suppress(OSError):
+            assert self.process.stdin is not None
+            self.process.stdin.close()
+
+    def kill(self) -> None:
+        """SIGKILL it and everything below it (its fork server, its task)."""
+        process_tree.kill_pids([*process_tree.descendant_pids(self.pid), self.pid])
+
+    def join(self, timeout: float) -> bool:
+        self._reader.join(timeout)
+        return not self._reader.is_alive()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            try:
+                message = json.loads(line)
+                if message.get("op") == "done":
+                    self._on_done(self, str(message["id"]), int(message["code"]))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue  # not the protocol: the worker's own log has what went wrong
+        self.process.stdout.close()
+        self._on_exit(self, self.process.wait())
+
+
+def is_slot_worker(pid: int) -> bool:
+    """Whether process `pid` is a slot worker (its environment at start has the marker)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as environ:
+            variables = environ.read().split(b"\0")
+    except OSError:
+        return False
+    prefix = f"{SLOT_MARKER}=".encode()
+    return any(variable.startswith(prefix) for variable in variables)
+
+
+def workers_above(pids: list[int]) -> list[int]:
+    """`pids`, each replaced by its parent where that is a slot worker: a task of a worker is
+    stopped through it, as a one-shot task through its wrapper, so that the worker reports K."""
+    chosen: list[int] = []
+    for pid in pids:
+        parent = process_tree.parent_pid(pid)
+        chosen.append(parent if parent is not None and is_slot_worker(parent) else pid)
+    return list(dict.fromkeys(chosen))
+
+
+def worker_environment(base: dict[str, str], marker: str) -> dict[str, str]:
+    env = dict(base)
+    env[SLOT_MARKER] = marker
+    return env
+
+
+__all__ = ["SLOT_MARKER", "SlotWorker", "is_slot_worker", "worker_environment", "workers_above"]
