@@ -68,5 +68,22 @@ class TestMultiprocessDistributorOverHttp(TestMultiprocessDistributor):
         assert "JOBFLEET_CHANNEL_TOKEN" not in final.stdout_tail
 
 
+class TestMultiprocessDistributorOneShot(DistributorTests):
+    """The same contract with slot workers off: one worker-node process per instance."""
+
+    backend_name = "multiprocess"
+
+    @pytest.fixture
+    def make_distributor(self) -> Callable[..., MultiprocessDistributor]:
+        settings = MultiprocessSettings(cores=CORES, memory="4G", kill_grace=1, slot_workers=False)
+        return lambda *, host_url, channel_token=None: MultiprocessDistributor(
+            "kit", host_url=host_url, settings=settings, channel_token=channel_token
+        )
+
+    @pytest.fixture
+    def cores_available(self) -> int:
+        return CORES
+
+
 class TestMultiprocessWorkerNode(WorkerNodeTests):
     cluster_name = "multiprocess"

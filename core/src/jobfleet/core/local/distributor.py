@@ -63,6 +63,7 @@ from jobfleet.core.private import open_private
 from jobfleet.core.resources import ResourceRequest, parse_cores, parse_memory
 from jobfleet.core.wrapper import (
     CHANNEL_TOKEN_VARIABLE,
+    ENTRY_POINT_VARIABLE,
     WRAPPER_FAILED,
     entry_point_argv,
     exit_info_from_wrapper,
@@ -92,6 +93,7 @@ class _Job:
     state: str = _QUEUED
     process: subprocess.Popen[bytes] | None = None
     worker: SlotWorker | None = None
+    in_slot: bool = False
     log: Path | None = None
     gpus: tuple[str, ...] = ()
     returncode: int | None = None
@@ -183,9 +185,11 @@ class LocalDistributor(BaseClusterDistributor):
         self, command: str, name: str, requested_resources: dict[str, Any]
     ) -> str:
         need = self._need(requested_resources)
-        argv = self._argv(command)
+        in_slot = self._slots_on()
+        argv = self._argv(command, in_slot)
         with self._lock:
             job = self._enqueue(argv, need, step=None)
+            job.in_slot = in_slot
             self._schedule()
             return job.distributor_id
 
@@ -198,11 +202,13 @@ class LocalDistributor(BaseClusterDistributor):
     ) -> dict[int, str]:
         self.check_array_length(array_length)
         need = self._need(requested_resources)
-        argv = self._argv(command)
+        in_slot = self._slots_on()
+        argv = self._argv(command, in_slot)
         with self._lock:
-            steps = {
-                step: self._enqueue(argv, need, step).distributor_id for step in range(array_length)
-            }
+            jobs = [self._enqueue(argv, need, step) for step in range(array_length)]
+            for job in jobs:
+                job.in_slot = in_slot
+            steps = {job.step: job.distributor_id for job in jobs if job.step is not None}
             self._schedule()
             return steps
 
@@ -394,7 +400,7 @@ class LocalDistributor(BaseClusterDistributor):
         job.state = _RUNNING
         self._running += 1
         assert self._workdir is not None
-        if self.local.slot_workers:
+        if job.in_slot:
             self._launch_in_worker(job)
             return
         log = job.log = self._workdir / f"{job.distributor_id}.wrapper.log"
@@ -451,9 +457,15 @@ class LocalDistributor(BaseClusterDistributor):
 
     # -- slot workers (under the lock unless said otherwise) ----------------------------------
 
-    def _argv(self, command: str) -> list[str]:
+    def _slots_on(self) -> bool:
+        """Slot workers where asked for, and only with this installation's own wrapper: one
+        named by `$JOBFLEET_WORKER_NODE` (another installation, a stand-in) may have no slot
+        mode, and is started once per instance as before."""
+        return self.local.slot_workers and not os.environ.get(ENTRY_POINT_VARIABLE, "").strip()
+
+    def _argv(self, command: str, in_slot: bool) -> list[str]:
         """The one-shot wrapper's argv, or (slot workers) the worker-node arguments alone."""
-        if self.local.slot_workers:
+        if in_slot:
             self.require_host_url()
             return shlex.split(command)  # built by the host from integers; never to a shell
         return self.wrapper_argv(command)
