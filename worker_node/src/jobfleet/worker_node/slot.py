@@ -37,7 +37,7 @@ from typing import Any
 from jobfleet.core import process_tree, wrapper
 from jobfleet.core.channel import Channel, EventWriter, TaskSpec
 from jobfleet.core.cluster_protocol import ClusterWorkerNode
-from jobfleet.core.local.slots import SLOT_MARKER
+from jobfleet.core.local.slots import SLOT_MARKER, SLOT_WORK_DIR
 from jobfleet.core.private import open_private
 from jobfleet.worker_node import cli
 from jobfleet.worker_node.cgroup import TaskCgroup
@@ -78,7 +78,10 @@ class Slot:
         os.dup2(null, 0)
         os.close(null)
         os.dup2(2, 1)
-        self.scratch = tempfile.mkdtemp(prefix="jobfleet-slot-")  # 0700
+        # Its launch files and output scratch: in the distributor's work directory when it
+        # names one (removed with it, even after a crash), else in the temp dir. 0700.
+        work_dir = os.environ.pop(SLOT_WORK_DIR, None) or None
+        self.scratch = tempfile.mkdtemp(prefix="jobfleet-slot-", dir=work_dir)
         self.server: ForkServer | None = None
 
     # -- the loop ---------------------------------------------------------------------------

@@ -57,7 +57,7 @@ from jobfleet.core.errors import BackendError
 from jobfleet.core.exit_info import ErrorState, ExitReason, ExitRecord, RemoteExitInfo
 from jobfleet.core.local.pool import Need, ResourcePool, machine_cores, machine_memory
 from jobfleet.core.local.settings import LocalSettings, gpu_ids
-from jobfleet.core.local.slots import SlotWorker, worker_environment, workers_above
+from jobfleet.core.local.slots import SlotWorker, wait_gone, worker_environment, workers_above
 from jobfleet.core.owned_dirs import OwnedDirectory, make_owned_directory, remove_abandoned
 from jobfleet.core.private import open_private
 from jobfleet.core.resources import ResourceRequest, parse_cores, parse_memory
@@ -251,6 +251,7 @@ class LocalDistributor(BaseClusterDistributor):
                     job.state = _KILLED
                     running.append(job)
         adopted = self._adopt(foreign) if foreign else {}
+        workers: list[int] = []
         if adopted:
             with self._lock:
                 self._adopted.update(dict.fromkeys(adopted, _KILLED))
@@ -259,12 +260,17 @@ class LocalDistributor(BaseClusterDistributor):
             # their tasks' trees themselves and report K; the task's own processes where the
             # wrapper is gone.
             # A task of a slot worker: SIGTERM to the worker, which stops it and reports K.
-            process_tree.kill_pids(workers_above(process_tree.topmost(pids)), signal.SIGTERM)
+            topmost = process_tree.topmost(pids)
+            chosen = workers_above(topmost)
+            workers = [pid for pid in chosen if pid not in topmost]
+            process_tree.kill_pids(chosen, signal.SIGTERM)
         deadline = time.monotonic() + self.local.kill_grace + 1.0
         _stop_wrappers([job for job in running if job.worker is None], self.local.kill_grace)
         self._stop_in_workers([job for job in running if job.worker is not None])
         if adopted:
             _wait_for_tagged(list(adopted), deadline)
+            # A slot worker carries no tag: it reports K once its task is gone, then leaves.
+            wait_gone(workers, deadline)
         with self._lock:
             self._schedule()
 
@@ -509,7 +515,11 @@ class LocalDistributor(BaseClusterDistributor):
         log = self._workdir / f"slot-{next(self._worker_count)}.worker.log"
         os.close(open_private(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC))
         worker = SlotWorker(
-            argv, worker_environment(env, self._prefix), log, self._on_done, self._on_exit
+            argv,
+            worker_environment(env, self._prefix, str(self._workdir)),
+            log,
+            self._on_done,
+            self._on_exit,
         )
         self._workers.add(worker)
         return worker

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import threading
 from collections.abc import Callable
@@ -21,6 +22,10 @@ from jobfleet.core import process_tree
 SLOT_MARKER = "JOBFLEET_SLOT_WORKER"
 """In a slot worker's environment (as /proc shows it), never in its tasks': the marker by
 which a restarted host's distributor finds the worker above an adopted task."""
+
+SLOT_WORK_DIR = "JOBFLEET_SLOT_WORK_DIR"
+"""Where a slot worker keeps its scratch files (launch files, output of tasks that keep no
+log): a directory of the distributor's. Read and removed from its environment at start."""
 
 
 class SlotWorker:
@@ -115,10 +120,38 @@ def workers_above(pids: list[int]) -> list[int]:
     return list(dict.fromkeys(chosen))
 
 
-def worker_environment(base: dict[str, str], marker: str) -> dict[str, str]:
+def wait_gone(pids: list[int], deadline: float) -> None:
+    """Wait until the processes (not our children) have ended, or `deadline` (monotonic)."""
+    import select
+    import time
+
+    fds: list[int] = []
+    for pid in pids:
+        with contextlib.suppress(OSError):  # gone already
+            fds.append(os.pidfd_open(pid))
+    try:
+        for fd in fds:
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)  # readable once the process has exited
+            poller.poll(max(0.0, deadline - time.monotonic()) * 1000)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def worker_environment(base: dict[str, str], marker: str, work_dir: str) -> dict[str, str]:
     env = dict(base)
     env[SLOT_MARKER] = marker
+    env[SLOT_WORK_DIR] = work_dir
     return env
 
 
-__all__ = ["SLOT_MARKER", "SlotWorker", "is_slot_worker", "worker_environment", "workers_above"]
+__all__ = [
+    "SLOT_MARKER",
+    "SLOT_WORK_DIR",
+    "SlotWorker",
+    "is_slot_worker",
+    "wait_gone",
+    "worker_environment",
+    "workers_above",
+]
