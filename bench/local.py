@@ -1,18 +1,24 @@
 """The multiprocess backend against `xargs -P <cores>` running the same commands bare.
 
-    uv run python bench/local.py [--tasks 1000] [--command true]
+    uv run python bench/local.py [--tasks 1000] [--command true] [--memory-tasks 10000]
 
 Both run N copies of the command with as many at once as the machine has cores. The backend's
 side goes the whole way a host's would: a spec per instance written to a file channel, one
-array submission, every instance through `jobfleet-worker-node`, and every final report read
-back. Prints both wall times, their ratio (target ≤ 2.5) and the overhead per task. Only the
-ratio means something: the two runs share one noisy machine.
+array submission, every instance through the worker node, and every final report read back;
+once with slot workers (the default: long-lived workers, tasks forked by a small shell) and
+once with one-shot wrappers (one `jobfleet-worker-node` process per task). Prints the wall
+times, the ratios to xargs (target <= 3 with slot workers) and the overhead per task. Only the
+ratios mean something: the runs share one noisy machine.
+
+`--memory-tasks N` (0: skip) then runs N tasks through slot workers and prints the host's RSS
+and the workers' RSS after the first tenth and at the end: neither should grow.
 """
 
 from __future__ import annotations
 
 import argparse
 import compileall
+import os
 import shutil
 import subprocess
 import tempfile
@@ -22,9 +28,11 @@ from pathlib import Path
 import psutil
 
 import jobfleet
-from jobfleet.core.channel import EventKind, TaskSpec, open_channel
+from jobfleet.core.channel import Channel, EventCursor, EventKind, TaskSpec, open_channel
 from jobfleet.plugins.multiprocess.distributor import MultiprocessDistributor
 from jobfleet.plugins.multiprocess.settings import MultiprocessSettings
+
+MIB = 1024 * 1024
 
 
 def run_xargs(tasks: int, command: str, cores: int) -> float:
@@ -48,50 +56,113 @@ def run_xargs(tasks: int, command: str, cores: int) -> float:
     return time.perf_counter() - start
 
 
-def run_multiprocess(tasks: int, command: str, cores: int, root: Path) -> float:
-    channel = open_channel(f"file://{root / 'channel'}", create=True)
-    distributor = MultiprocessDistributor(
-        "bench", host_url=channel.url, settings=MultiprocessSettings(cores=cores)
+class Bench:
+    """A host's side: one channel, one distributor, arrays of `command` run to their end."""
+
+    def __init__(self, root: Path, cores: int, slot_workers: bool) -> None:
+        self.channel: Channel = open_channel(f"file://{root / 'channel'}", create=True)
+        settings = MultiprocessSettings(cores=cores, slot_workers=slot_workers)
+        self.distributor = MultiprocessDistributor(
+            "bench", host_url=self.channel.url, settings=settings
+        )
+        self.distributor.start()
+        self.next_ti = 0
+        self.next_array = 1
+        self.cursor: EventCursor | None = None
+
+    def run(self, tasks: int, command: str) -> float:
+        start = time.perf_counter()
+        first = self.next_ti
+        for ti in range(first, first + tasks):
+            self.channel.put_spec(TaskSpec(ti, command, f"bench-{ti}"))
+        self.next_ti += tasks
+        array = self.next_array
+        self.next_array += 1
+        self.channel.put_array(array, 0, {step: first + step for step in range(tasks)})
+        argv = self.distributor.build_worker_node_command(array_id=array, batch_number=0)
+        self.distributor.submit_array_to_batch_distributor(argv, "bench", {"cores": 1}, tasks)
+        finals, states = 0, {}
+        while finals < tasks:
+            events, self.cursor = self.channel.read_events(self.cursor)
+            for event in events:
+                if event.kind is EventKind.FINAL:
+                    finals += 1
+                    state = event.data["error_state"]
+                    states[state] = states.get(state, 0) + 1
+            if finals < tasks:
+                time.sleep(0.05)  # polling the channel, as a host does between rounds
+        elapsed = time.perf_counter() - start
+        assert states == {"D": tasks}, states
+        return elapsed
+
+    def worker_rss(self) -> list[int]:
+        pids = [worker.pid for worker in self.distributor._workers]
+        sizes = []
+        for pid in pids:
+            try:
+                sizes.append(psutil.Process(pid).memory_info().rss)
+            except psutil.Error:
+                continue
+        return sizes
+
+    def stop(self) -> None:
+        self.distributor.stop()
+
+
+def one_run(tasks: int, command: str, cores: int, slot_workers: bool) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        bench = Bench(Path(tmp), cores, slot_workers)
+        try:
+            return bench.run(tasks, command)
+        finally:
+            bench.stop()
+
+
+def memory_check(tasks: int, command: str, cores: int) -> None:
+    host = psutil.Process(os.getpid())
+    with tempfile.TemporaryDirectory() as tmp:
+        bench = Bench(Path(tmp), cores, slot_workers=True)
+        try:
+            warm = max(1, tasks // 10)
+            bench.run(warm, command)
+            host_before, workers_before = host.memory_info().rss, bench.worker_rss()
+            bench.run(tasks - warm, command)
+            host_after, workers_after = host.memory_info().rss, bench.worker_rss()
+        finally:
+            bench.stop()
+    print(
+        f"memory over {tasks} tasks (slot workers), after {warm} -> at the end: "
+        f"host RSS {host_before / MIB:.1f} -> {host_after / MIB:.1f} MiB "
+        f"({(host_after / host_before - 1) * 100:+.1f}%); workers' RSS "
+        f"{_mib(workers_before)} -> {_mib(workers_after)} MiB"
     )
-    start = time.perf_counter()
-    distributor.start()
-    for ti in range(tasks):
-        channel.put_spec(TaskSpec(ti, command, f"bench-{ti}"))
-    channel.put_array(1, 0, {step: step for step in range(tasks)})
-    argv = distributor.build_worker_node_command(array_id=1, batch_number=0)
-    distributor.submit_array_to_batch_distributor(argv, "bench", {"cores": 1}, tasks)
-    finals, cursor, states = 0, None, {}
-    while finals < tasks:
-        events, cursor = channel.read_events(cursor)
-        for event in events:
-            if event.kind is EventKind.FINAL:
-                finals += 1
-                states[event.data["error_state"]] = states.get(event.data["error_state"], 0) + 1
-        if finals < tasks:
-            time.sleep(0.05)  # polling the channel, as a host does between rounds
-    elapsed = time.perf_counter() - start
-    distributor.stop()
-    assert states == {"D": tasks}, states
-    return elapsed
+
+
+def _mib(sizes: list[int]) -> str:
+    return "[" + ", ".join(f"{size / MIB:.1f}" for size in sorted(sizes)) + "]"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument("--command", default="true")
+    parser.add_argument("--memory-tasks", type=int, default=0)
     args = parser.parse_args()
     for path in jobfleet.__path__:  # bytecode, as a wheel install leaves it
         compileall.compile_dir(path, quiet=1)
     cores = psutil.cpu_count() or 1
-    with tempfile.TemporaryDirectory() as tmp:
-        bare = run_xargs(args.tasks, args.command, cores)
-        ours = run_multiprocess(args.tasks, args.command, cores, Path(tmp))
-    overhead = (ours - bare) / args.tasks * cores * 1000
-    print(
-        f"{args.tasks} x {args.command!r} on {cores} cores: xargs -P{cores} {bare:.2f} s, "
-        f"multiprocess {ours:.2f} s, ratio {ours / bare:.1f} (target <= 2.5), "
-        f"overhead {overhead:.0f} ms per task per core"
-    )
+    bare = run_xargs(args.tasks, args.command, cores)
+    slots = one_run(args.tasks, args.command, cores, slot_workers=True)
+    one_shot = one_run(args.tasks, args.command, cores, slot_workers=False)
+    for label, elapsed in (("slot workers", slots), ("one-shot wrappers", one_shot)):
+        overhead = (elapsed - bare) / args.tasks * cores * 1000
+        print(
+            f"{args.tasks} x {args.command!r} on {cores} cores: xargs -P{cores} {bare:.2f} s, "
+            f"multiprocess ({label}) {elapsed:.2f} s, ratio {elapsed / bare:.1f} "
+            f"(target <= 3), overhead {overhead:.1f} ms per task per core"
+        )
+    if args.memory_tasks:
+        memory_check(args.memory_tasks, args.command, cores)
 
 
 if __name__ == "__main__":

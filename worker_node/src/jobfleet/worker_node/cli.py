@@ -332,10 +332,18 @@ def _run(
 run_task = _run
 
 
-def _worker_node(cluster: str) -> Any:
-    from jobfleet.core.plugins import get_worker_node_class
+_NODE_CLASSES: dict[str, Any] = {}
+"""Worker-node classes by cluster, once found: a slot worker runs many tasks of one cluster, and
+finding a class scans the plugins' entry points (milliseconds)."""
 
-    return get_worker_node_class(cluster)()
+
+def _worker_node(cluster: str) -> Any:
+    node_class = _NODE_CLASSES.get(cluster)
+    if node_class is None:
+        from jobfleet.core.plugins import get_worker_node_class
+
+        node_class = _NODE_CLASSES[cluster] = get_worker_node_class(cluster)
+    return node_class()
 
 
 def _array_spec(

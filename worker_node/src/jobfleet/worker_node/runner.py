@@ -128,7 +128,7 @@ class TaskRunner:
     def _run_command(
         self, log_paths: dict[str, str | None], cgroup: TaskCgroup | None, cgroup_note: str
     ) -> int:
-        enclosing = _enclosing_cgroup()
+        enclosing = self._enclosing_cgroup()
         enclosing_ooms = enclosing.oom_kills() if enclosing is not None else 0
         process_tree.become_subreaper()
         wrapper_rss = self._fork_floor()
@@ -200,6 +200,10 @@ class TaskRunner:
     def _fork_floor(self) -> int | None:
         """The RSS of the process the task is forked from: a child's ru_maxrss starts there."""
         return current_rss()
+
+    def _enclosing_cgroup(self) -> TaskCgroup | None:
+        """The limited memory cgroup the wrapper itself runs in, if any."""
+        return _enclosing_cgroup()
 
     def _not_the_task(self) -> frozenset[int]:
         """Processes of the wrapper's tree that are not the task's (never measured)."""

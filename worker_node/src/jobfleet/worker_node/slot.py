@@ -40,7 +40,7 @@ from jobfleet.core.cluster_protocol import ClusterWorkerNode
 from jobfleet.core.local.slots import SLOT_MARKER, SLOT_WORK_DIR
 from jobfleet.core.private import open_private
 from jobfleet.worker_node import cli
-from jobfleet.worker_node.cgroup import TaskCgroup
+from jobfleet.worker_node.cgroup import CgroupInfo, TaskCgroup, current_memory_cgroup
 from jobfleet.worker_node.forkserver import ForkServer, ForkServerError, usable_environment
 from jobfleet.worker_node.output import TAIL_CHARACTERS
 from jobfleet.worker_node.runner import FORWARDED_SIGNALS, STOPPING_SIGNALS, RunOptions, TaskRunner
@@ -49,6 +49,8 @@ from jobfleet.worker_node.runner import FORWARDED_SIGNALS, STOPPING_SIGNALS, Run
 _TAG = "JOBFLEET_DISTRIBUTOR_ID"
 _STEP = "JOBFLEET_ARRAY_STEP_ID"
 _GPUS = "CUDA_VISIBLE_DEVICES"
+_ENCLOSING: list[CgroupInfo | None] = []
+"""The worker's own limited memory cgroup (or None), once looked up."""
 _IDLE_POLL = 0.5
 """Seconds between two looks at the stop flag while idle (a signal handler only sets it)."""
 
@@ -295,6 +297,15 @@ class SlotTaskRunner(TaskRunner):
 
     def _install_signal_handlers(self) -> None:
         pass  # the slot's handlers stay, and call stop()
+
+    def _enclosing_cgroup(self) -> TaskCgroup | None:
+        # The worker's own cgroup does not change between its tasks: looked up once (its
+        # counters are read afresh through the TaskCgroup each time).
+        if not _ENCLOSING:
+            info = current_memory_cgroup()
+            _ENCLOSING.append(info if info is not None and info.has_limit else None)
+        info = _ENCLOSING[0]
+        return TaskCgroup.open(info) if info is not None else None
 
     def _fork_floor(self) -> int | None:
         return self.server.rss()

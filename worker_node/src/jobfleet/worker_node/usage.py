@@ -156,6 +156,9 @@ def current_rss() -> int | None:
 
 # -- GPUs -----------------------------------------------------------------------------------------
 
+_NO_NVML: list[bool] = []
+"""Non-empty once pynvml was found missing in this process."""
+
 
 def gpu_usage() -> dict[str, Any] | None:
     """Memory in use (bytes) on each visible GPU, keyed by NVML index; None without NVML.
@@ -163,9 +166,12 @@ def gpu_usage() -> dict[str, Any] | None:
     The whole device's use, not only this task's: per-process figures need NVML features that
     are missing in containers. "Visible" follows CUDA_VISIBLE_DEVICES (indices or UUIDs).
     """
+    if _NO_NVML:
+        return None
     try:
         nvml: Any = importlib.import_module("pynvml")  # optional, never a dependency
     except ImportError:
+        _NO_NVML.append(True)  # a slot worker asks before every task: look once
         return None
     try:
         nvml.nvmlInit()

@@ -371,26 +371,32 @@ class LocalDistributor(BaseClusterDistributor):
     def _schedule(self) -> None:
         """Start every waiting instance that fits, oldest first, never starving the oldest.
 
-        One pass over the queue; killed instances are dropped from it here (lazily), so a
-        kill of many queued instances costs no more than one pass.
+        One pass over the queue, which stops where nothing more can start (so an instance
+        ending while thousands wait costs what it starts, not a walk over all of them); killed
+        instances are dropped from it as the pass meets them (lazily), so a kill of many queued
+        instances costs no more than one pass.
         """
         if self._stopped:
             return
-        remaining: deque[_Job] = deque()
+        waiting = self._waiting
+        skipped: list[_Job] = []  # waiting instances that do not fit now, in order
         blocked: _Job | None = None
-        for job in self._waiting:
+        while waiting:
+            job = waiting[0]
             if job.state != _QUEUED:
+                waiting.popleft()
                 continue
             if self._cannot_start_more(blocked):
-                remaining.append(job)
-            elif self.pool.fits(job.need):
+                break
+            waiting.popleft()
+            if self.pool.fits(job.need):
                 self._launch(job)
                 if blocked is not None:
                     blocked.overtaken += 1
             else:
                 blocked = blocked or job
-                remaining.append(job)
-        self._waiting = remaining
+                skipped.append(job)
+        waiting.extendleft(reversed(skipped))
 
     def _cannot_start_more(self, blocked: _Job | None) -> bool:
         if self.max_parallel is not None and self._running >= self.max_parallel:
