@@ -10,8 +10,9 @@ once with one-shot wrappers (one `jobfleet-worker-node` process per task). Print
 times, the ratios to xargs (target <= 3 with slot workers) and the overhead per task. Only the
 ratios mean something: the runs share one noisy machine.
 
-`--memory-tasks N` (0: skip) then runs N tasks through slot workers and prints the host's RSS
-and the workers' RSS after the first tenth and at the end: neither should grow.
+`--memory-tasks N` (0: skip; `--tasks 0` skips the comparison) then runs N tasks through slot
+workers and prints the host's RSS and the workers' RSS after the first tenth and at the end:
+neither should grow.
 """
 
 from __future__ import annotations
@@ -151,18 +152,23 @@ def main() -> None:
     for path in jobfleet.__path__:  # bytecode, as a wheel install leaves it
         compileall.compile_dir(path, quiet=1)
     cores = psutil.cpu_count() or 1
-    bare = run_xargs(args.tasks, args.command, cores)
-    slots = one_run(args.tasks, args.command, cores, slot_workers=True)
-    one_shot = one_run(args.tasks, args.command, cores, slot_workers=False)
+    if args.tasks:
+        compare(args.tasks, args.command, cores)
+    if args.memory_tasks:
+        memory_check(args.memory_tasks, args.command, cores)
+
+
+def compare(tasks: int, command: str, cores: int) -> None:
+    bare = run_xargs(tasks, command, cores)
+    slots = one_run(tasks, command, cores, slot_workers=True)
+    one_shot = one_run(tasks, command, cores, slot_workers=False)
     for label, elapsed in (("slot workers", slots), ("one-shot wrappers", one_shot)):
-        overhead = (elapsed - bare) / args.tasks * cores * 1000
+        overhead = (elapsed - bare) / tasks * cores * 1000
         print(
-            f"{args.tasks} x {args.command!r} on {cores} cores: xargs -P{cores} {bare:.2f} s, "
+            f"{tasks} x {command!r} on {cores} cores: xargs -P{cores} {bare:.2f} s, "
             f"multiprocess ({label}) {elapsed:.2f} s, ratio {elapsed / bare:.1f} "
             f"(target <= 3), overhead {overhead:.1f} ms per task per core"
         )
-    if args.memory_tasks:
-        memory_check(args.memory_tasks, args.command, cores)
 
 
 if __name__ == "__main__":

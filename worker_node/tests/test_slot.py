@@ -27,8 +27,11 @@ class SlotUnderTest:
         self.next_id = 1
         env = {**os.environ, "JOBFLEET_SLOT_WORKER": "test", "JOBFLEET_SLOT_WORK_DIR": str(root)}
         self.process = subprocess.Popen(
-            [*entry_point_argv(), "slot", "--cluster", "multiprocess"]
-            + ["--host-url", self.channel.url, "--kill-grace", "1", *options],
+            [
+                *entry_point_argv(),
+                *("slot", "--cluster", "multiprocess", "--host-url", self.channel.url),
+                *("--kill-grace", "1", *options),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
@@ -38,8 +41,15 @@ class SlotUnderTest:
         task_instance_id = self.next_id
         self.next_id += 1
         self.channel.put_spec(TaskSpec(task_instance_id, command, f"t{task_instance_id}", **spec))
-        self.send({"op": "run", "id": f"slot-{task_instance_id}", "step": None, "gpus": None,
-                   "args": ["job", "--task-instance-id", str(task_instance_id)]})
+        self.send(
+            {
+                "op": "run",
+                "id": f"slot-{task_instance_id}",
+                "step": None,
+                "gpus": None,
+                "args": ["job", "--task-instance-id", str(task_instance_id)],
+            }
+        )
         return task_instance_id
 
     def send(self, message: dict[str, Any]) -> None:
@@ -98,7 +108,8 @@ def test_many_tasks_in_one_worker_each_report_their_own_end(slot: SlotUnderTest)
         assert final["stdout_tail"] == f"out{n}\n"
         assert final["stderr_tail"] == f"err{n}\n"
         assert final["distributor_id"] == f"slot-{n + 1}"
-    assert slot.process.pid == pid and slot.process.poll() is None
+    assert slot.process.pid == pid
+    assert slot.process.poll() is None
     assert slot.close() == 0
 
 
@@ -158,7 +169,9 @@ def test_hostile_commands_names_and_environments_are_never_code(slot: SlotUnderT
 
 def test_each_task_gets_its_own_environment_only(slot: SlotUnderTest) -> None:
     first = slot.run("echo ${ONLY_FIRST-unset}", environment={"ONLY_FIRST": "here"})
-    second = slot.run("echo ${ONLY_FIRST-unset} $JOBFLEET_DISTRIBUTOR_ID $JOBFLEET_TASK_INSTANCE_ID")
+    second = slot.run(
+        "echo ${ONLY_FIRST-unset} $JOBFLEET_DISTRIBUTOR_ID $JOBFLEET_TASK_INSTANCE_ID"
+    )
     assert first["stdout_tail"] == "here\n"
     assert second["stdout_tail"] == "unset slot-2 2\n"
     markers = slot.run("env")["stdout_tail"]

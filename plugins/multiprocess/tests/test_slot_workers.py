@@ -45,7 +45,9 @@ def test_workers_are_reused_task_after_task(
     slot_host: KitHost, two_slots: MultiprocessDistributor
 ) -> None:
     jobs = [slot_host.submit(two_slots, f"echo {n}") for n in range(12)]
-    wrappers = {slot_host.wait_report(RunningReport, job.task_instance_id).wrapper_pid for job in jobs}
+    wrappers = {
+        slot_host.wait_report(RunningReport, job.task_instance_id).wrapper_pid for job in jobs
+    }
     for job in jobs:
         assert slot_host.wait_report(FinalReport, job.task_instance_id).error_state == "D"
     # At most one worker per instance running at once, and the pool has two cores.
@@ -95,10 +97,14 @@ def test_stop_leaves_no_worker_behind(slot_host: KitHost) -> None:
     jobs = [slot_host.submit(distributor, "echo x") for _ in range(4)]
     jobs.append(slot_host.submit(distributor, "sleep 300"))
     running = slot_host.wait_report(RunningReport, jobs[-1].task_instance_id)
-    workers = {slot_host.wait_report(RunningReport, job.task_instance_id).wrapper_pid for job in jobs}
+    workers = {
+        slot_host.wait_report(RunningReport, job.task_instance_id).wrapper_pid for job in jobs
+    }
     workdir = distributor._workdir
     distributor.stop()
     assert [pid for pid in workers if os.path.exists(f"/proc/{pid}")] == []
     assert not process_tree.pids_tagged(TAG, jobs[-1].distributor_id)
-    assert running.pid is not None and not os.path.exists(f"/proc/{running.pid}")
-    assert workdir is not None and not workdir.exists()
+    assert running.pid is not None
+    assert not os.path.exists(f"/proc/{running.pid}")
+    assert workdir is not None
+    assert not workdir.exists()

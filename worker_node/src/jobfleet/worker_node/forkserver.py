@@ -18,6 +18,7 @@ forked by Python does), then `setsid` (a session and process group of its own), 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
@@ -92,10 +93,8 @@ class ForkServer:
     def close(self) -> None:
         """End it: end-of-file on its stdin ends its loop."""
         if self._process.stdin is not None:
-            try:
+            with contextlib.suppress(OSError):
                 self._process.stdin.close()
-            except OSError:
-                pass
         try:
             self._process.wait(timeout=5)
         except (subprocess.TimeoutExpired, ChildProcessError):

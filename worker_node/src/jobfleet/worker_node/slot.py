@@ -41,10 +41,9 @@ from jobfleet.core.local.slots import SLOT_MARKER, SLOT_WORK_DIR
 from jobfleet.core.private import open_private
 from jobfleet.worker_node import cli
 from jobfleet.worker_node.cgroup import CgroupInfo, TaskCgroup, current_memory_cgroup
-from jobfleet.worker_node.forkserver import ForkServer, ForkServerError, usable_environment
+from jobfleet.worker_node.forkserver import ForkServer, usable_environment
 from jobfleet.worker_node.output import TAIL_CHARACTERS
 from jobfleet.worker_node.runner import FORWARDED_SIGNALS, STOPPING_SIGNALS, RunOptions, TaskRunner
-
 
 _TAG = "JOBFLEET_DISTRIBUTOR_ID"
 _STEP = "JOBFLEET_ARRAY_STEP_ID"
@@ -92,7 +91,9 @@ class Slot:
         process_tree.become_subreaper()  # before the fork server forks a task: they are ours
         for number in FORWARDED_SIGNALS:
             signal.signal(number, self._on_signal)
-        threading.Thread(target=self._read_requests, name="jobfleet-slot-reader", daemon=True).start()
+        threading.Thread(
+            target=self._read_requests, name="jobfleet-slot-reader", daemon=True
+        ).start()
         try:
             while not self.exiting:
                 request = self._next_request()
@@ -315,7 +316,9 @@ class SlotTaskRunner(TaskRunner):
 
     def _prepare_logs(self) -> dict[str, str | None]:
         paths = super()._prepare_logs()
-        self._outputs = [self._output_file(stream, paths[stream]) for stream in ("stdout", "stderr")]
+        self._outputs = [
+            self._output_file(stream, paths[stream]) for stream in ("stdout", "stderr")
+        ]
         return paths
 
     def _output_file(self, stream: str, log_path: str | None) -> _OutputFile:
@@ -369,9 +372,9 @@ def _reap_all_but(keep: int, server: ForkServer, deadline: float) -> list[Any]:
             server.dead = True  # it died (reaped here, its Popen cannot know): start another
         elif pid:
             usages.append(usage)
-        elif not [child for child in process_tree.descendant_pids() if child != keep]:
-            return usages
-        elif time.monotonic() >= deadline:
+        elif time.monotonic() >= deadline or not [
+            child for child in process_tree.descendant_pids() if child != keep
+        ]:
             return usages
         else:
             time.sleep(0.01)  # children we killed are still dying; nothing to wait on but time
