@@ -113,6 +113,29 @@ def test_many_tasks_in_one_worker_each_report_their_own_end(slot: SlotUnderTest)
     assert slot.close() == 0
 
 
+def test_array_steps_are_read_from_each_request(slot: SlotUnderTest) -> None:
+    first = slot.next_id
+    for offset in range(3):
+        spec = TaskSpec(first + offset, "echo $JOBFLEET_ARRAY_STEP_ID", f"step{offset}")
+        slot.channel.put_spec(spec)
+    slot.next_id += 3
+    slot.channel.put_array(1, 0, {step: first + step for step in range(3)})
+    for step in (2, 0, 1):
+        slot.send(
+            {
+                "op": "run",
+                "id": f"array-{step}",
+                "step": step,
+                "gpus": None,
+                "args": ["array", "--array-id", "1", "--batch-number", "0"],
+            }
+        )
+        assert slot.done() == {"op": "done", "id": f"array-{step}", "code": 0}
+        final = slot.final(first + step)
+        assert final["stdout_tail"] == f"{step}\n"
+        assert final["distributor_id"] == f"array-{step}"
+
+
 def test_true_reports_no_fork_floor(slot: SlotUnderTest) -> None:
     final = slot.run("true")
     assert final["error_state"] == "D", final["message"]

@@ -17,7 +17,7 @@ import os
 import resource
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from jobfleet.core.cluster_protocol import ClusterWorkerNode
@@ -40,14 +40,17 @@ class BaseClusterWorkerNode(ClusterWorkerNode):
     def __init__(self) -> None:
         self._started = time.monotonic()
         self._usage_source: UsageSource | None = None
+        self.environ: Mapping[str, str] = os.environ
+        """Where the ids are read: the process environment, or (a slot worker running many
+        tasks) the one of the task at hand."""
 
     @property
     def distributor_id(self) -> str | None:
-        return _first_set(self.distributor_id_variables)
+        return _first_set(self.distributor_id_variables, self.environ)
 
     @property
     def array_step_id(self) -> int | None:
-        step = _first_set(self.array_step_variables)
+        step = _first_set(self.array_step_variables, self.environ)
         if step is None:
             return None
         # Array steps are 0-based counters; anything else in the variable is not a step.
@@ -112,9 +115,9 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-def _first_set(variables: tuple[str, ...]) -> str | None:
+def _first_set(variables: tuple[str, ...], environ: Mapping[str, str]) -> str | None:
     for variable in variables:
-        value = os.environ.get(variable)
+        value = environ.get(variable)
         if value:
             return value
     return None

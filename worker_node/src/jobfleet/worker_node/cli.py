@@ -39,7 +39,7 @@ from jobfleet.core.errors import ChannelError, JobfleetError, ProtocolVersionErr
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
     from typing import Any
 
     from jobfleet.core.exit_info import ErrorState
@@ -280,15 +280,19 @@ def _run(
     args: Arguments | argparse.Namespace,
     channel: Channel,
     make_runner: Callable[..., Any] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> int:
     """Run the task instance `args` name and report it; `make_runner(spec, node, writer,
-    options)` builds its runner (a `TaskRunner` by default; the slot worker's own)."""
+    options)` builds its runner (a `TaskRunner` by default; the slot worker's own), and
+    `environ` is where the worker node reads its ids (the process environment by default)."""
     writer: EventWriter | None = None
     try:
         if args.mode == "job":
             # Known before anything can fail, so every later failure is reported for it.
             writer = channel.open_writer(args.task_instance_id)
         node = _worker_node(args.cluster)
+        if environ is not None and hasattr(node, "environ"):
+            node.environ = environ
         phases.mark("plugin")
         step = node.array_step_id if args.mode == "array" else None
         if writer is None:

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -197,6 +198,10 @@ class TaskRunner:
 
     # -- what a runner that starts tasks another way (worker_node/slot.py) replaces ------------
 
+    def _inherited_environment(self) -> Mapping[str, str]:
+        """The environment the backend gave this run (the process's, for a one-shot wrapper)."""
+        return os.environ
+
     def _fork_floor(self) -> int | None:
         """The RSS of the process the task is forked from: a child's ru_maxrss starts there."""
         return current_rss()
@@ -214,7 +219,7 @@ class TaskRunner:
     def _environment(self) -> dict[str, str]:
         """The wrapper's environment without the host's own variables, the task's `env`, and
         the variables that tell the task who it is (docs/security.md lists them)."""
-        env = without_host_variables(os.environ)
+        env = without_host_variables(self._inherited_environment())
         env.update(self.spec.environment)
         env["JOBFLEET_TASK_INSTANCE_ID"] = str(self.spec.task_instance_id)
         env["JOBFLEET_RUN_ID"] = "" if self.spec.run_id is None else str(self.spec.run_id)
@@ -392,7 +397,7 @@ class TaskRunner:
             wallclock=wallclock,
             cgroup_peak=cgroup.peak_bytes() if cgroup is not None else None,
             wrapper_rss_at_start=wrapper_rss,
-            gpu=gpu_usage(),
+            gpu=gpu_usage(self._inherited_environment()),
         )
         # Say why there was no cgroup (not asked for, or not possible here) next to the numbers.
         details = json.loads(stats["usage_str"])

@@ -32,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from jobfleet.core import process_tree, wrapper
@@ -70,7 +71,7 @@ class Slot:
         self._runner: SlotTaskRunner | None = None
         self._cancelled: set[str] = set()
         os.environ.pop(SLOT_MARKER, None)  # stays in /proc/<pid>/environ, not in tasks'
-        self._gpus_at_start = os.environ.get(_GPUS)
+        self._environ: dict[str, str] = {}
         # The protocol's pipes get descriptors of their own; 0 and 1 become /dev/null and
         # stderr, so nothing else that prints (or a task) can write into the protocol.
         self._requests = os.fdopen(os.dup(0), "rb")
@@ -169,15 +170,14 @@ class Slot:
         distributor_id = str(request["id"])
         step, gpus = request.get("step"), request.get("gpus")
         # What the worker node reads (its distributor id, the array step) and what the task
-        # inherits through the runner: set for this task only, every time.
-        os.environ[_TAG] = distributor_id
-        os.environ[_STEP] = "" if step is None else str(step)
+        # inherits through the runner, for this task only. Never put into os.environ: glibc's
+        # setenv keeps every value it was ever given, so a new id per task would leak.
+        environ = dict(os.environ)
+        environ[_TAG] = distributor_id
+        environ[_STEP] = "" if step is None else str(step)
         if gpus is not None:
-            os.environ[_GPUS] = str(gpus)
-        elif self._gpus_at_start is None:
-            os.environ.pop(_GPUS, None)
-        else:
-            os.environ[_GPUS] = self._gpus_at_start
+            environ[_GPUS] = str(gpus)
+        self._environ = environ
         argv = [str(word) for word in request.get("args", [])]
         argv += ["--cluster", self.args.cluster, "--host-url", self.args.host_url]
         argv += ["--kill-grace", str(self.args.kill_grace), "--cgroup", self.args.cgroup]
@@ -188,7 +188,7 @@ class Slot:
             if task_args.mode not in ("job", "array"):
                 _say(f"run {distributor_id}: {argv[0]!r} is no task mode (job or array)")
                 return wrapper.USAGE_ERROR
-            return cli.run_task(task_args, self.channel, self._make_runner)
+            return cli.run_task(task_args, self.channel, self._make_runner, self._environ)
         except SystemExit as exc:  # argparse refused the arguments, and said why
             return exc.code if isinstance(exc.code, int) else wrapper.USAGE_ERROR
         finally:
@@ -203,7 +203,9 @@ class Slot:
             if self.server is not None:
                 self.server.close()
             self.server = ForkServer()
-        runner = SlotTaskRunner(spec, node, writer, options, self.server, self.scratch)
+        runner = SlotTaskRunner(
+            spec, node, writer, options, self.server, self.scratch, self._environ
+        )
         with self._lock:
             self._runner = runner
             if self._current in self._cancelled:
@@ -277,10 +279,12 @@ class SlotTaskRunner(TaskRunner):
         options: RunOptions,
         server: ForkServer,
         scratch: str,
+        environ: Mapping[str, str],
     ) -> None:
         super().__init__(spec, node, writer, options)
         self.server = server
         self.scratch = scratch
+        self.environ = environ
         self._outputs: list[_OutputFile] = []
         self._launch_file: str | None = None
 
@@ -310,6 +314,9 @@ class SlotTaskRunner(TaskRunner):
 
     def _fork_floor(self) -> int | None:
         return self.server.rss()
+
+    def _inherited_environment(self) -> Mapping[str, str]:
+        return self.environ
 
     def _not_the_task(self) -> frozenset[int]:
         return frozenset({os.getpid(), self.server.pid})

@@ -25,6 +25,7 @@ from jobfleet.worker_node.sampler import TreeSample, TreeSampler
 # typing is only for the type checker: this idiom saves importing it.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from typing import Any
 
 __all__ = [
@@ -160,7 +161,7 @@ _NO_NVML: list[bool] = []
 """Non-empty once pynvml was found missing in this process."""
 
 
-def gpu_usage() -> dict[str, Any] | None:
+def gpu_usage(environ: Mapping[str, str] | None = None) -> dict[str, Any] | None:
     """Memory in use (bytes) on each visible GPU, keyed by NVML index; None without NVML.
 
     The whole device's use, not only this task's: per-process figures need NVML features that
@@ -178,7 +179,8 @@ def gpu_usage() -> dict[str, Any] | None:
     except Exception:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
         return None
     try:
-        return _gpu_memory(nvml, os.environ.get("CUDA_VISIBLE_DEVICES"))
+        visible = (os.environ if environ is None else environ).get("CUDA_VISIBLE_DEVICES")
+        return _gpu_memory(nvml, visible)
     except Exception:
         return None
     finally:
