@@ -47,7 +47,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -84,7 +84,7 @@ _POLL = 0.02
 """Seconds between two looks at /proc while waiting for processes that are not our children."""
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Job:
     distributor_id: str
     argv: list[str]
@@ -99,7 +99,9 @@ class _Job:
     returncode: int | None = None
     oom_kills_at_start: int | None = None
     overtaken: int = 0
-    ended: threading.Event = field(default_factory=threading.Event)
+    ended: bool = False
+    """Set (under the lock, with the distributor's `_ended` notified) once it is over: a flag,
+    not an Event each: an Event costs ~1 KiB, and every instance is remembered."""
 
 
 class LocalDistributor(BaseClusterDistributor):
@@ -123,6 +125,7 @@ class LocalDistributor(BaseClusterDistributor):
         self._waiting: deque[_Job] = deque()
         self._running = 0
         self._lock = threading.RLock()
+        self._ended = threading.Condition(self._lock)  # notified whenever an instance ends
         self._workdir: Path | None = None
         self._workdir_owned: OwnedDirectory | None = None
         self._stopped = False
@@ -246,7 +249,7 @@ class LocalDistributor(BaseClusterDistributor):
                     continue
                 if job.state == _QUEUED:
                     job.state = _KILLED  # dropped from the queue by the next _schedule
-                    job.ended.set()
+                    self._mark_ended(job)
                 else:
                     job.state = _KILLED
                     running.append(job)
@@ -265,7 +268,7 @@ class LocalDistributor(BaseClusterDistributor):
             workers = [pid for pid in chosen if pid not in topmost]
             process_tree.kill_pids(chosen, signal.SIGTERM)
         deadline = time.monotonic() + self.local.kill_grace + 1.0
-        _stop_wrappers([job for job in running if job.worker is None], self.local.kill_grace)
+        self._stop_wrappers([job for job in running if job.worker is None])
         self._stop_in_workers([job for job in running if job.worker is not None])
         if adopted:
             _wait_for_tagged(list(adopted), deadline)
@@ -465,7 +468,16 @@ class LocalDistributor(BaseClusterDistributor):
         if job.state != _KILLED:
             job.state = _FINISHED
         self.pool.give_back(job.need, job.gpus)
-        job.ended.set()
+        self._mark_ended(job)
+
+    def _mark_ended(self, job: _Job) -> None:
+        job.ended = True
+        self._ended.notify_all()
+
+    def _wait_ended(self, job: _Job, timeout: float) -> bool:
+        """Whether `job` ended within `timeout` seconds. Not under the lock."""
+        with self._ended:
+            return self._ended.wait_for(lambda: job.ended, timeout)
 
     # -- slot workers (under the lock unless said otherwise) ----------------------------------
 
@@ -562,6 +574,23 @@ class LocalDistributor(BaseClusterDistributor):
             self._finished(job, returncode if returncode < 0 else WRAPPER_FAILED)
             self._schedule()
 
+    def _stop_wrappers(self, jobs: list[_Job]) -> None:
+        """SIGTERM each wrapper (it stops its task and reports), then SIGKILL what is left.
+        Not under the lock."""
+        for job in jobs:
+            if job.process is not None:
+                process_tree.kill_pids([job.process.pid], signal.SIGTERM)
+        deadline = time.monotonic() + self.local.kill_grace + 1.0
+        for job in jobs:
+            if job.process is None:
+                continue
+            if not self._wait_ended(job, max(0.0, deadline - time.monotonic())):
+                # The wrapper did not finish in time: kill it and everything below it.
+                process_tree.kill_pids(
+                    [*process_tree.descendant_pids(job.process.pid), job.process.pid]
+                )
+                self._wait_ended(job, 5.0)
+
     def _stop_in_workers(self, jobs: list[_Job]) -> None:
         """Ask each job's worker to stop it; a worker that does not answer within the grace
         period (+1 s) is SIGKILLed with its tree, which ends the job too. Not under the lock."""
@@ -571,11 +600,11 @@ class LocalDistributor(BaseClusterDistributor):
                 worker.send({"op": "kill", "id": job.distributor_id})
         deadline = time.monotonic() + self.local.kill_grace + 1.0
         for job in jobs:
-            if not job.ended.wait(max(0.0, deadline - time.monotonic())):
+            if not self._wait_ended(job, max(0.0, deadline - time.monotonic())):
                 worker = job.worker
                 if worker is not None:
                     worker.kill()
-                job.ended.wait(10.0)
+                self._wait_ended(job, 10.0)
 
     def _stop_workers(self) -> None:
         """End every worker (they are idle by now): end-of-file, then SIGKILL if need be."""
@@ -609,23 +638,6 @@ class LocalDistributor(BaseClusterDistributor):
         except OSError:
             return "it left no log"
         return f"its last words: {text[-2000:].strip()!r}" if text.strip() else "it printed nothing"
-
-
-def _stop_wrappers(jobs: list[_Job], grace: float) -> None:
-    """SIGTERM each wrapper (it stops its task and reports), then SIGKILL what is left."""
-    for job in jobs:
-        if job.process is not None:
-            process_tree.kill_pids([job.process.pid], signal.SIGTERM)
-    deadline = time.monotonic() + grace + 1.0
-    for job in jobs:
-        if job.process is None:
-            continue
-        if not job.ended.wait(max(0.0, deadline - time.monotonic())):
-            # The wrapper did not finish in time: kill it and everything below it.
-            process_tree.kill_pids(
-                [*process_tree.descendant_pids(job.process.pid), job.process.pid]
-            )
-            job.ended.wait(5.0)
 
 
 def _kill_leftovers(job: _Job) -> None:
