@@ -65,3 +65,17 @@ def test_submission_without_a_host_channel_is_refused(monkeypatch):
             distributor.submit_to_batch_distributor("job --task-instance-id 1", "t", {})
     finally:
         distributor.stop()
+
+
+@pytest.mark.parametrize(("value", "expected"), [("false", False), ("0", False), ("yes", True)])
+def test_slot_workers_are_on_by_default_and_can_be_turned_off(value, expected):
+    plugin = PluginRegistry(environ={}).get_cluster("multiprocess")
+    assert plugin.settings(environ={}).slot_workers is True
+    chosen = plugin.settings(environ={"JOBFLEET_MULTIPROCESS_SLOT_WORKERS": value})
+    assert chosen.slot_workers is expected
+
+
+def test_a_bad_slot_workers_value_is_refused_with_the_field():
+    plugin = PluginRegistry(environ={}).get_cluster("multiprocess")
+    with pytest.raises(SettingsError, match="slot_workers"):
+        plugin.settings(environ={"JOBFLEET_MULTIPROCESS_SLOT_WORKERS": "sometimes"})
