@@ -217,11 +217,26 @@ def test_what_a_task_leaves_behind_is_ended_before_done(slot: SlotUnderTest) -> 
 
 
 def test_end_of_input_lets_the_running_task_finish_and_report(slot: SlotUnderTest) -> None:
-    task_instance_id = slot.submit("sleep 0.5; echo finished")
+    marker = slot.channel.url.removeprefix("file://") + "-running"
+    task_instance_id = slot.submit(f"touch {marker}; sleep 0.5; echo finished")
+    while not os.path.exists(marker):
+        os.sched_yield()
     assert slot.close() == 0
     final = slot.final(task_instance_id)
     assert final["error_state"] == "D"
     assert final["stdout_tail"] == "finished\n"
+
+
+def test_a_task_not_started_before_end_of_input_never_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    worker = SlotUnderTest(tmp_path)
+    # Sent and closed at once: the worker is still starting, so the request is read after its
+    # distributor is gone (as when a host dies right after sending it).
+    task_instance_id = worker.submit(f"touch {marker}")
+    assert worker.close() == 0
+    assert not marker.exists()
+    events, _ = worker.channel.read_events(None)
+    assert [e for e in events if e.task_instance_id == task_instance_id] == []
 
 
 def test_sigterm_stops_the_running_task_reports_k_and_ends_the_worker(slot: SlotUnderTest) -> None:

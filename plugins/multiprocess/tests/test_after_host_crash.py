@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from jobfleet.core import process_tree
-from jobfleet.core.channel import RunningReport
+from jobfleet.core.channel import FinalReport, RunningReport
 from jobfleet.core.exit_info import ErrorState
 from jobfleet.core.local import distributor as distributor_module
 from jobfleet.core.testing import KitHost, Submitted
@@ -370,8 +370,11 @@ def test_a_restarted_host_removes_the_crashed_ones_work_directory_and_no_live_on
     with restarted_distributor(host) as live:
         assert live._workdir is not None
         assert live._workdir.parent == temp
-        crash(["true"])
+        [job] = crash(["true"])
         (dead,) = [path for path in temp.iterdir() if path != live._workdir]
+        # Its slot worker holds the crashed host's lock until its task has reported.
+        host.wait_report(FinalReport, job.task_instance_id)
+        wait_for(lambda: not is_locked(dead / "lock"), "the crashed host's workers to leave")
         with restarted_distributor(host) as restarted:
             assert restarted._workdir is not None
             assert sorted(temp.iterdir()) == sorted([live._workdir, restarted._workdir])

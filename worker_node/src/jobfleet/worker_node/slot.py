@@ -16,7 +16,11 @@ durable final report, and its whole process tree ended before `done`. Tasks are 
 small shell fork server (`forkserver.py`), not from Python, so `true` reports ~1.5 MiB.
 
 End-of-file on stdin (the distributor stopped, or its host died) ends the worker once the task
-it runs, if any, has ended and reported. SIGTERM or SIGINT stops the running task (reported K,
+it runs, if any, has ended and reported; a task sent but not started by then is not run (its
+host may have been restarted and found no trace of it: it will run it again). Each running task
+is shown by a memfd the worker holds open until `done` (`running_marker`), so that a restarted
+host's distributor finds it running even when its processes are gone and its final report is
+still on its way. SIGTERM or SIGINT stops the running task (reported K,
 as a one-shot wrapper does) and then the worker; SIGUSR1/2 go to the running task.
 """
 
@@ -26,6 +30,7 @@ import contextlib
 import json
 import os
 import queue
+import select
 import shutil
 import signal
 import sys
@@ -38,7 +43,7 @@ from typing import Any
 from jobfleet.core import process_tree, wrapper
 from jobfleet.core.channel import Channel, EventWriter, TaskSpec
 from jobfleet.core.cluster_protocol import ClusterWorkerNode
-from jobfleet.core.local.slots import SLOT_MARKER, SLOT_WORK_DIR
+from jobfleet.core.local.slots import SLOT_MARKER, SLOT_WORK_DIR, running_marker
 from jobfleet.core.private import open_private
 from jobfleet.worker_node import cli
 from jobfleet.worker_node.cgroup import CgroupInfo, TaskCgroup, current_memory_cgroup
@@ -100,14 +105,33 @@ class Slot:
                 request = self._next_request()
                 if request is None:
                     break
-                code = self._run_one(request)
-                if not self._reply({"op": "done", "id": request["id"], "code": code}):
+                # Held open until `done`: a restarted host's distributor sees by it that this
+                # instance still runs while its final report is on its way (its task is gone).
+                marker = os.memfd_create(running_marker(str(request["id"])), os.MFD_CLOEXEC)
+                if self._distributor_gone():
+                    # Sent, but not started before its host died: a restarted host may have
+                    # looked already and found nothing of it, and will run it again. Only
+                    # what started while the host lived (and so showed its marker) runs.
+                    os.close(marker)
+                    break
+                try:
+                    code = self._run_one(request)
+                    replied = self._reply({"op": "done", "id": request["id"], "code": code})
+                finally:
+                    os.close(marker)
+                if not replied:
                     break  # nobody listens any more: the report went through the channel
         finally:
             if self.server is not None:
                 self.server.close()
             shutil.rmtree(self.scratch, ignore_errors=True)
         return 0
+
+    def _distributor_gone(self) -> bool:
+        """Whether every writer of our stdin is gone (the pipe hung up), unread lines or not."""
+        poller = select.poll()
+        poller.register(self._requests.fileno(), select.POLLIN)
+        return any(events & select.POLLHUP for _fd, events in poller.poll(0))
 
     def _next_request(self) -> dict[str, Any] | None:
         while not self.exiting:

@@ -57,7 +57,14 @@ from jobfleet.core.errors import BackendError
 from jobfleet.core.exit_info import ErrorState, ExitReason, ExitRecord, RemoteExitInfo
 from jobfleet.core.local.pool import Need, ResourcePool, machine_cores, machine_memory
 from jobfleet.core.local.settings import LocalSettings, gpu_ids
-from jobfleet.core.local.slots import SlotWorker, wait_gone, worker_environment, workers_above
+from jobfleet.core.local.slots import (
+    SlotWorker,
+    is_slot_worker,
+    wait_gone,
+    worker_environment,
+    workers_above,
+    workers_running,
+)
 from jobfleet.core.owned_dirs import OwnedDirectory, make_owned_directory, remove_abandoned
 from jobfleet.core.private import open_private
 from jobfleet.core.resources import ResourceRequest, parse_cores, parse_memory
@@ -265,7 +272,7 @@ class LocalDistributor(BaseClusterDistributor):
             # A task of a slot worker: SIGTERM to the worker, which stops it and reports K.
             topmost = process_tree.topmost(pids)
             chosen = workers_above(topmost)
-            workers = [pid for pid in chosen if pid not in topmost]
+            workers = [pid for pid in chosen if is_slot_worker(pid)]
             process_tree.kill_pids(chosen, signal.SIGTERM)
         deadline = time.monotonic() + self.local.kill_grace + 1.0
         self._stop_wrappers([job for job in running if job.worker is None])
@@ -321,6 +328,13 @@ class LocalDistributor(BaseClusterDistributor):
         for them, and the machine may be busier than the pool thinks until they end.
         """
         live = process_tree.pids_by_tag(_TAG, distributor_ids)
+        missing = [
+            distributor_id for distributor_id in distributor_ids if distributor_id not in live
+        ]
+        if missing:
+            # A slot worker whose task has ended but whose final report is still on its way
+            # (an http channel retries while no host serves it): the instance still runs.
+            live.update(workers_running(missing))
         if live:
             with self._lock:
                 for distributor_id in live:
@@ -538,6 +552,7 @@ class LocalDistributor(BaseClusterDistributor):
             log,
             self._on_done,
             self._on_exit,
+            lock_fd=self._workdir_owned.lock_fd if self._workdir_owned is not None else None,
         )
         self._workers.add(worker)
         return worker

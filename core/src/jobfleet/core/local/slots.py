@@ -23,6 +23,8 @@ SLOT_MARKER = "JOBFLEET_SLOT_WORKER"
 """In a slot worker's environment (as /proc shows it), never in its tasks': the marker by
 which a restarted host's distributor finds the worker above an adopted task."""
 
+_TAG = "JOBFLEET_DISTRIBUTOR_ID"
+
 SLOT_WORK_DIR = "JOBFLEET_SLOT_WORK_DIR"
 """Where a slot worker keeps its scratch files (launch files, output of tasks that keep no
 log): a directory of the distributor's. Read and removed from its environment at start."""
@@ -38,6 +40,7 @@ class SlotWorker:
         log: Path,
         on_done: Callable[[SlotWorker, str, int], None],
         on_exit: Callable[[SlotWorker, int], None],
+        lock_fd: int | None = None,
     ) -> None:
         self.log = log
         self.job: Any = None  # the distributor's job it runs, set and cleared under its lock
@@ -50,6 +53,10 @@ class SlotWorker:
                 stdout=subprocess.PIPE,
                 stderr=stderr,
                 start_new_session=True,
+                # The work directory's lock (an flock, shared by every copy of the descriptor):
+                # a worker that outlives a crashed host keeps its scratch directory, inside the
+                # work directory, from being removed as abandoned while it still runs a task.
+                pass_fds=() if lock_fd is None else (lock_fd,),
             )
         self._on_done, self._on_exit = on_done, on_exit
         self._reader = threading.Thread(
@@ -120,6 +127,38 @@ def workers_above(pids: list[int]) -> list[int]:
     return list(dict.fromkeys(chosen))
 
 
+def running_marker(distributor_id: str) -> str:
+    """The name of the memfd a slot worker holds open while it runs an instance, from its
+    start to its `done` (its final report durable): /proc/<worker>/fd shows it."""
+    return f"{_TAG}={distributor_id}"
+
+
+def workers_running(distributor_ids: list[str]) -> dict[str, list[int]]:
+    """The slot workers (of any distributor) that run one of the ids now, found by the memfd
+    each holds while it does (`running_marker`); one scan of /proc."""
+    wanted = {f"/memfd:{running_marker(i)} (deleted)": i for i in distributor_ids}
+    found: dict[str, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return found
+    for entry in entries:
+        if not entry.isdigit() or not is_slot_worker(int(entry)):
+            continue
+        try:
+            fds = os.listdir(f"/proc/{entry}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{entry}/fd/{fd}")
+            except OSError:
+                continue
+            if target in wanted:
+                found.setdefault(wanted[target], []).append(int(entry))
+    return found
+
+
 def wait_gone(pids: list[int], deadline: float) -> None:
     """Wait until the processes (not our children) have ended, or `deadline` (monotonic)."""
     import select
@@ -151,7 +190,9 @@ __all__ = [
     "SLOT_WORK_DIR",
     "SlotWorker",
     "is_slot_worker",
+    "running_marker",
     "wait_gone",
     "worker_environment",
     "workers_above",
+    "workers_running",
 ]
