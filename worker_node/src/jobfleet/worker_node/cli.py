@@ -308,9 +308,15 @@ def _run(args: Arguments | argparse.Namespace, channel: Channel) -> int:
 
 
 def _worker_node(cluster: str) -> Any:
-    from jobfleet.core.plugins import get_worker_node_class
+    # The plugin's `jobfleet.worker_nodes` entry point when it has one: no pluggy, no hooks.
+    from jobfleet.core.worker_nodes import find_worker_node_class
 
-    return get_worker_node_class(cluster)()
+    found = find_worker_node_class(cluster)
+    if found is None:  # an older plugin, or a failure the full discovery explains
+        from jobfleet.core.plugins import get_worker_node_class
+
+        found = get_worker_node_class(cluster)
+    return found()
 
 
 def _array_spec(
