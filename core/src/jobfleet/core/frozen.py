@@ -54,6 +54,10 @@ class Frozen:
     def __delattr__(self, name: str) -> None:
         raise FrozenInstanceError(f"cannot delete field {name!r} of a frozen instance")
 
+    def as_dict(self) -> dict[str, Any]:
+        """The fields by name (shallow, like `dataclasses.asdict` for flat values)."""
+        return {name: getattr(self, name) for name in self._fields}
+
     def replace(self, **changes: Any) -> Self:
         """A copy with the fields named in `changes` replaced (checked like a new instance)."""
         unknown = sorted(set(changes) - set(self._fields))
