@@ -145,7 +145,7 @@ def test_a_refused_connection_is_an_oserror() -> None:
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    with pytest.raises(OSError):
+    with pytest.raises(ConnectionRefusedError):
         PlainConnection("127.0.0.1", port, timeout=2).exchange("GET", "/", None, {})
 
 
@@ -177,7 +177,7 @@ def test_the_url_is_read_as_urlsplit_reads_it(url: str) -> None:
     try:
         expected = theirs.port
     except ValueError:
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=r"out of range|invalid|Port"):
             _ = mine.port
     else:
         assert mine.port == expected
