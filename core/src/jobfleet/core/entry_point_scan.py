@@ -85,15 +85,30 @@ def _same_distribution(claims: Mapping[str, str]) -> bool:
 
 def _entry_point_values(path: str, groups: tuple[str, ...], name: str) -> dict[str, str]:
     """`name`'s value in each `[group]` section of an entry_points.txt (an INI file)."""
+    # Read raw (open, read, close: no buffered text layer) and parsed only when it mentions
+    # the name: the scan reads every installed distribution's file at every task start.
     try:
-        with open(path, encoding="utf-8") as handle:
-            lines = handle.read().splitlines()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
+        return {}
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    except OSError:
+        return {}
+    finally:
+        os.close(fd)
+    raw = b"".join(chunks)
+    if name.encode("utf-8", "surrogateescape") not in raw:
+        return {}
+    try:
+        lines = raw.decode("utf-8").splitlines()
+    except UnicodeDecodeError:
         return {}
     found: dict[str, str] = {}
     section = None
-    for raw in lines:
-        line = raw.strip()
+    for line in map(str.strip, lines):
         if line.startswith("[") and line.endswith("]"):
             section = line[1:-1].strip()
         elif section in groups and "=" in line and not line.startswith(("#", ";")):
