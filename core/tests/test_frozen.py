@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import pytest
 
 from jobfleet.core.channel import Event, EventCursor, EventKind, FinalReport, TaskSpec
@@ -66,3 +69,21 @@ def test_replace_checks_the_new_values_and_keeps_the_rest() -> None:
         cursor.replace(nope=1)
     with pytest.raises(Exception, match="error_state"):
         FinalReport("D").replace(error_state="nonsense")
+
+
+def test_copies_and_pickles_are_equal_and_still_frozen() -> None:
+    record = ExitRecord(ExitReason.FAILED, 3, message="boom")
+    values = [
+        record,
+        RemoteExitInfo(ErrorState.DONE, "fine", record=record, usage={"cpu": 1.0}),
+        FinalReport("E", "failed", exit=record, usage={"maxrss": 5}),
+        Event(EventKind.FINAL, 1, "w", 2, 3.0, {"error_state": "D"}, "run-1"),
+    ]
+    for value in values:
+        for twin in (copy.copy(value), copy.deepcopy(value), pickle.loads(pickle.dumps(value))):  # noqa: S301 - our own bytes
+            assert twin == value
+            assert twin is not value
+            with pytest.raises(FrozenInstanceError):
+                twin.message = "changed"  # type: ignore[misc, union-attr]
+    event = pickle.loads(pickle.dumps(values[-1]))  # noqa: S301 - our own bytes
+    assert event.report == FinalReport("D")

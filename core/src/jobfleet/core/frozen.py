@@ -54,6 +54,14 @@ class Frozen:
     def __delattr__(self, name: str) -> None:
         raise FrozenInstanceError(f"cannot delete field {name!r} of a frozen instance")
 
+    # copy, deepcopy and pickle restore the fields through these (not through __setattr__).
+    def __getstate__(self) -> tuple[Any, ...]:
+        return self._values()
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        for name, value in zip(self._fields, state, strict=True):
+            object.__setattr__(self, name, value)
+
     def as_dict(self) -> dict[str, Any]:
         """The fields by name (shallow, like `dataclasses.asdict` for flat values)."""
         return {name: getattr(self, name) for name in self._fields}

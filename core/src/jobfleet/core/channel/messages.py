@@ -603,6 +603,10 @@ class Event(Frozen):
         put(self, "run_token", run_token)
         put(self, "_report", None)
 
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        super().__setstate__(state)
+        object.__setattr__(self, "_report", None)
+
     @property
     def report(self) -> Report:
         """The typed data: a `RunningReport`, `HeartbeatReport` or `FinalReport` by `kind`.
