@@ -7,8 +7,10 @@ Exit codes: the command's own when it ran (128 + N when signal N ended it); 240 
 wrapper failed; 241 when the host speaks another channel protocol version; 2 for a bad command
 line. Every failure after the task instance is known is also sent as a final report.
 
-Kept light on purpose: it runs around every task on every node. It imports the channel, the
-one plugin named by --cluster, and psutil; no database, no CLI library, no other plugin.
+Kept light on purpose: it runs around every task on every node. It imports the channel and
+the worker-node class of the plugin named by --cluster (through its `jobfleet.worker_nodes`
+entry point; the plugin registry and pluggy only for a plugin without one); no database, no CLI
+library, no other plugin. worker_node/tests/test_lean_start.py lists what it must not import.
 """
 
 from __future__ import annotations
@@ -308,9 +310,15 @@ def _run(args: Arguments | argparse.Namespace, channel: Channel) -> int:
 
 
 def _worker_node(cluster: str) -> Any:
-    from jobfleet.core.plugins import get_worker_node_class
+    # The plugin's `jobfleet.worker_nodes` entry point when it has one: no pluggy, no hooks.
+    from jobfleet.core.worker_nodes import find_worker_node_class
 
-    return get_worker_node_class(cluster)()
+    found = find_worker_node_class(cluster)
+    if found is None:  # an older plugin, or a failure the full discovery explains
+        from jobfleet.core.plugins import get_worker_node_class
+
+        found = get_worker_node_class(cluster)
+    return found()
 
 
 def _array_spec(

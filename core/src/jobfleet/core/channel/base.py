@@ -14,14 +14,18 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from types import MappingProxyType, TracebackType
-from typing import Any, Self
+from types import MappingProxyType
 
 from jobfleet.core.errors import ChannelError
+from jobfleet.core.frozen import Frozen
 from jobfleet.core.naming import safe_name
 
 from .messages import Event, EventKind, Report, TaskSpec, parse_kind
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing stays off the worker-node wrapper's start path
+    from types import TracebackType
+    from typing import Any, Self
 
 __all__ = ["Channel", "EventCursor", "EventWriter", "new_writer_token"]
 
@@ -35,8 +39,7 @@ def new_writer_token() -> str:
     return safe_name(f"{os.uname().nodename}-{os.getpid()}-{os.urandom(8).hex()}")
 
 
-@dataclass(frozen=True, slots=True)
-class EventCursor:
+class EventCursor(Frozen):
     """Where a host is in the event stream of one channel.
 
     Callers treat it as opaque: they pass the cursor one `read_events` returned to the next,
@@ -48,9 +51,24 @@ class EventCursor:
     `to_dict`; a host logs them or records them against the instance.
     """
 
+    _fields = ("transport", "positions", "problems")
+    __slots__ = _fields
+    _unhashed = frozenset({"positions"})
+
     transport: str
-    positions: Mapping[str, int] = field(default_factory=dict, hash=False)
-    problems: tuple[str, ...] = ()
+    positions: Mapping[str, int]
+    problems: tuple[str, ...]
+
+    def __init__(
+        self,
+        transport: str,
+        positions: Mapping[str, int] | None = None,
+        problems: tuple[str, ...] = (),
+    ) -> None:
+        put = object.__setattr__
+        put(self, "transport", transport)
+        put(self, "positions", {} if positions is None else positions)
+        put(self, "problems", problems)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready form a host may store (problems are left out)."""

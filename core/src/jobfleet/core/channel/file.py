@@ -22,15 +22,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator, Mapping
 from types import MappingProxyType
-from typing import Any, Final
 
 from jobfleet.core.errors import ChannelError, ProtocolVersionError
 from jobfleet.core.private import make_private_dirs, open_private
 
 from .base import Channel, EventCursor, EventWriter
 from .messages import PROTOCOL_VERSION, Event, TaskSpec
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing stays off the worker-node wrapper's start path
+    from collections.abc import Iterator, Mapping
+    from typing import Any, Final
 
 __all__ = ["TRANSPORT", "FileChannel", "FileEventWriter", "path_from_url"]
 
