@@ -182,7 +182,12 @@ class TaskInstance(Base):
         # The service's main query: the instances of a run in a given state.
         Index("ix_task_instances_run_id_state", "run_id", "state"),
         Index("ix_task_instances_run_id_task_id", "run_id", "task_id"),
-    )
+        # `jobfleet ui`'s rankings and retries of a run (migration 0006).
+        Index("ix_task_instances_run_id_wallclock", "run_id", "wallclock"),
+        Index("ix_task_instances_run_id_maxrss", "run_id", "maxrss"),
+        Index("ix_task_instances_retries", "run_id", "id",
+              sqlite_where=text("attempt > 1"), postgresql_where=text("attempt > 1")),
+    )  # fmt: skip
 
     id: Mapped[int] = mapped_column(primary_key=True)
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
@@ -217,7 +222,13 @@ class Event(Base):
     """An append-only log: every state transition and every adjustment, in order."""
 
     __tablename__ = "events"
-    __table_args__ = (Index("ix_events_run_id_id", "run_id", "id"),)
+    __table_args__ = (
+        Index("ix_events_run_id_id", "run_id", "id"),
+        # Events other than transitions (adjustments, kills, notes), for `jobfleet ui` (0006).
+        Index("ix_events_notes", "run_id", "id",
+              sqlite_where=text("kind != 'transition'"),
+              postgresql_where=text("kind != 'transition'")),
+    )  # fmt: skip
 
     id: Mapped[int] = mapped_column(primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
