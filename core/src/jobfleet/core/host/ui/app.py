@@ -43,6 +43,7 @@ CACHED_RUNS: Final = 32
 # How often the pages of running runs ask for their news (milliseconds, read by live.js).
 POLL_MILLISECONDS: Final = 2000
 MAX_PAGE: Final = 1_000_000
+MAX_PER_PAGE: Final = 500
 MAX_FILTER: Final = 200
 
 
@@ -153,7 +154,8 @@ def create_app(ledger: Ledger, *, token: str | None = None, loopback_only: bool 
             name=_text(request, "name"),
             sort=_choice(request, "sort", data.TASK_SORTS) or "id",
             descending=(_choice(request, "order", ("asc", "desc")) or "asc") == "desc",
-            page=_page(request),
+            page=_whole(request, "page", 1, MAX_PAGE),
+            per_page=_whole(request, "per_page", data.TASKS_PAGE, MAX_PER_PAGE),
         )
         with ledger.read_session() as session:
             from jobfleet.core.host import queries
@@ -257,8 +259,8 @@ def _text(request: Request, field: str) -> str | None:
     return value or None
 
 
-def _page(request: Request) -> int:
-    value = request.query_params.get("page", "1")
-    if not (value.isascii() and value.isdigit() and 1 <= int(value[:8]) <= MAX_PAGE):
-        raise HTTPException(400, f"page must be a whole number from 1 to {MAX_PAGE:,}.")
+def _whole(request: Request, field: str, default: int, most: int) -> int:
+    value = request.query_params.get(field) or str(default)
+    if not (value.isascii() and value.isdigit() and len(value) <= 8 and 1 <= int(value) <= most):
+        raise HTTPException(400, f"{field} must be a whole number from 1 to {most:,}.")
     return int(value)

@@ -185,7 +185,7 @@ def histogram(
         counts[max(0, index)] += 1
     ys = _Scale(0, max(counts) * 1.1, HEIGHT - _BOTTOM, _TOP)
     width = (WIDTH - _LEFT - _RIGHT) / len(counts)
-    body = _ticks(ys, "y", lambda value: f"{value:.0f}")
+    body = _ticks(ys, "y", lambda value: f"{value:.3g}")
     for i, count in enumerate(counts):
         x = _LEFT + i * width
         top = ys(count)
