@@ -94,8 +94,13 @@ def build(url: str, logs: Path) -> Built:
         cluster = Cluster(name="local", cluster_type="dummy")
         session.add(cluster)
         session.flush()
-        done = Run(name="nightly", cluster_id=cluster.id, status="done",
-                   created_at=now - timedelta(hours=2), finished_at=now - timedelta(hours=1))
+        done = Run(
+            name="nightly",
+            cluster_id=cluster.id,
+            status="done",
+            created_at=now - timedelta(hours=2),
+            finished_at=now - timedelta(hours=1),
+        )
         live = Run(name=f"live {HOSTILE_IMG}", cluster_id=cluster.id, status="running",
                    created_at=now - timedelta(minutes=5), owner_token=alive,
                    lease_expires_at=now + timedelta(hours=1))  # fmt: skip
@@ -170,7 +175,7 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], str]:
     opener = urllib.request.build_opener(_NoRedirect)
-    request = urllib.request.Request(url, headers=headers or {})
+    request = urllib.request.Request(url, headers=headers or {})  # noqa: S310 (the test's)
     try:
         with opener.open(request, timeout=60) as answer:
             return answer.status, dict(answer.headers), answer.read().decode()
@@ -200,14 +205,17 @@ def test_runs_page_lists_runs_with_progress_and_owner_and_filters(built: Built) 
         assert '<span class="owner alive"' in html
         assert html.count("<progress") == 2
         _, _, running = fetch(base + "/?status=running")
-        assert running.count('class="run-row') == 1 and "nightly" not in running
+        assert running.count('class="run-row') == 1
+        assert "nightly" not in running
         _, _, named = fetch(base + "/?name=night")
-        assert named.count('class="run-row') == 1 and 'data-live="0"' in named
+        assert named.count('class="run-row') == 1
+        assert 'data-live="0"' in named
         # A LIKE wildcard in the filter is a literal: no run's name holds "%".
         _, _, wild = fetch(base + "/?name=%25")
         assert wild.count('class="run-row') == 0
         bad, _, message = fetch(base + "/?status=sleeping")
-        assert bad == 400 and "status must be one of: created, running, done" in message
+        assert bad == 400
+        assert "status must be one of: created, running, done" in message
         # Nothing from elsewhere, and no inline script: the policy says so to the browser.
         assert "default-src 'none'" in headers["content-security-policy"]
         assert re.search(r"<script>(?!window)", html) is None
@@ -224,7 +232,7 @@ def test_every_user_string_is_escaped(built: Built) -> None:
         ]
     for html in pages:
         assert HOSTILE not in html
-        assert '<img src=x onerror' not in html
+        assert "<img src=x onerror" not in html
     assert "&lt;script&gt;window.pwned=1&lt;/script&gt;" in pages[3]
     assert "[/] [bold]x[/bold]" in pages[0]  # brackets are not markup here either
     assert "&lt;b&gt;not bold&lt;/b&gt;" in pages[4]  # a log line, in the task page's tail
@@ -239,14 +247,17 @@ def test_run_page_shows_timeline_plots_failures_rankings_and_adjustments(built: 
     assert memory is not None
     assert memory.group(0).count('<circle class="point"') == built.memory_points
     runtime = re.search(r'<svg id="plot-runtime".*?</svg>', html, re.S)
-    assert runtime is not None and runtime.group(0).count('<circle class="point"') == 7
+    assert runtime is not None
+    assert runtime.group(0).count('<circle class="point"') == 7
     assert html.count('class="band band-') == 4
-    assert 'id="plot-cpu"' in html and '<rect class="bar"' in html
+    assert 'id="plot-cpu"' in html
+    assert '<rect class="bar"' in html
     assert "Drawn from all 7 attempts." in html
     assert re.search(r'<b class="reason">oom</b>: 1 attempt<', html)
     assert re.search(r'<b class="reason">failed</b>: 1 attempt<', html)
     assert "killed: out of memory" in html
-    assert "Resource adjustments (1)" in html and "memory scaled from 100M to 150M" in html
+    assert "Resource adjustments (1)" in html
+    assert "memory scaled from 100M to 150M" in html
     # Slowest first: align-3 ran 30 s.
     slowest = html.split("<h2>Slowest attempts</h2>")[1].split("</table>")[0]
     assert slowest.index("align-3") < slowest.index("align-2") < slowest.index("align-1")
@@ -259,21 +270,28 @@ def test_tasks_page_is_filtered_sorted_and_paginated_in_the_database(built: Buil
     with serving(built.url) as (_, base):
         _, _, first = fetch(f"{base}/runs/{built.done}/tasks?per_page=2")
         assert first.count('class="task-row') == 2
-        assert "page 1 of 3 (5 tasks)" in first and 'rel="next"' in first
+        assert "page 1 of 3 (5 tasks)" in first
+        assert 'rel="next"' in first
         assert 'href="?page=2&amp;sort=id&amp;per_page=2"' in first
         _, _, last = fetch(f"{base}/runs/{built.done}/tasks?page=3&per_page=2")
-        assert last.count('class="task-row') == 1 and 'rel="next"' not in last
-        _, _, hungry = fetch(f"{base}/runs/{built.done}/tasks?sort=maxrss&order=desc&per_page=2")
+        assert last.count('class="task-row') == 1
+        assert 'rel="next"' not in last
+        sorted_by = "sort=maxrss&order=desc&per_page=2"
+        _, _, hungry = fetch(f"{base}/runs/{built.done}/tasks?{sorted_by}")
         names = re.findall(r'<td class="name">([^<]*)</td>', hungry)
         assert names == ["sort-[/]-1", "align-3"]
-        _, _, named = fetch(f"{base}/runs/{built.done}/tasks?name=align&sort=name&order=desc&per_page=2")
+        _, _, named = fetch(
+            f"{base}/runs/{built.done}/tasks?name=align&sort=name&order=desc&per_page=2"
+        )
         assert re.findall(r'<td class="name">([^<]*)</td>', named) == ["align-3", "align-2"]
         _, _, pending = fetch(f"{base}/runs/{built.live}/tasks?state=pending")
         assert "page 1 of 1 (2 tasks)" in pending
         bad, _, message = fetch(f"{base}/runs/{built.done}/tasks?sort=rowid")
-        assert bad == 400 and "sort must be one of: id, name" in message
+        assert bad == 400
+        assert "sort must be one of: id, name" in message
         bad, _, message = fetch(f"{base}/runs/{built.done}/tasks?page=0")
-        assert bad == 400 and "page must be a whole number" in message
+        assert bad == 400
+        assert "page must be a whole number" in message
 
 
 def test_task_page_shows_attempts_events_tails_and_the_full_log(built: Built) -> None:
@@ -281,22 +299,27 @@ def test_task_page_shows_attempts_events_tails_and_the_full_log(built: Built) ->
         status, _, html = fetch(f"{base}/runs/{built.done}/tasks/{built.hostile_task}")
         assert status == 200
         assert html.count('<article class="attempt"') == 2
-        assert "line 99" in html and "line 50" not in html  # the tail: its last 40 lines
-        assert "E→" not in html and "R→E" in html  # the events, with their transitions
+        assert "line 99" in html
+        assert "line 50" not in html
+        assert "E→" not in html
+        assert "R→E" in html
         link = f"/instances/{built.log_instance}/stdout"
         assert f'href="{link}"' in html
         status, headers, log = fetch(base + link)
-        assert status == 200 and log.startswith("line 0\n") and "<b>not bold</b>" in log
+        assert status == 200
+        assert log.startswith("line 0\n")
+        assert "<b>not bold</b>" in log
         assert headers["content-type"].startswith("text/plain")
         assert headers["x-content-type-options"] == "nosniff"
         missing, _, _ = fetch(f"{base}/instances/{built.live_instance}/stdout")
         assert missing == 404
         other, _, message = fetch(f"{base}/runs/{built.live}/tasks/{built.hostile_task}")
-        assert other == 404 and f"Run {built.live} has no task {built.hostile_task}" in message
+        assert other == 404
+        assert f"Run {built.live} has no task {built.hostile_task}" in message
 
 
 def test_the_ledgers_password_never_reaches_a_page(built: Built) -> None:
-    secret = "s3cret-pw"  # the throwaway PostgreSQL server's (conftest.PG_PASSWORD)
+    secret = "s3cret-pw"  # noqa: S105 (conftest.PG_PASSWORD)
     with serving(built.url) as (_, base):
         for path in ("/", f"/runs/{built.done}", f"/runs/{built.done}/tasks", "/runs/999"):
             _, _, html = fetch(base + path)
@@ -308,24 +331,27 @@ def test_the_ledgers_password_never_reaches_a_page(built: Built) -> None:
 def test_a_live_page_shows_a_task_finishing_and_the_run_ending(built: Built) -> None:
     with serving(built.url) as (_, base):
         _, _, before = fetch(f"{base}/runs/{built.live}")
-        assert 'data-live="1"' in before and '<span class="count-done">0 done' in before
+        assert 'data-live="1"' in before
+        assert '<span class="count-done">0 done' in before
         finish_live_task(built, end_run=False)
         _, _, after = fetch(f"{base}/runs/{built.live}")
         assert '<span class="count-done">1 done' in after
         finish_live_task(built, end_run=True)
         _, _, ended = fetch(f"{base}/runs/{built.live}")
-        assert 'data-live="0"' in ended and 'class="status status-killed"' in ended
+        assert 'data-live="0"' in ended
+        assert 'class="status status-killed"' in ended
 
 
 def test_off_loopback_a_token_is_needed_and_becomes_a_cookie(sqlite_built: Built) -> None:
-    with serving(sqlite_built.url, token="t0ken") as (server, base):
+    with serving(sqlite_built.url, token="t0ken") as (server, base):  # noqa: S106
         assert server.url.endswith("/?token=t0ken")
         assert fetch(base + "/")[0] == 401
         assert fetch(base + "/?token=wrong")[0] == 401
         status, headers, _ = fetch(base + "/runs/1?token=t0ken&x=1")
-        assert status == 303 and headers["location"] == "/runs/1?x=1"
-        assert headers["set-cookie"].startswith(f"{COOKIE}=t0ken;") and "HttpOnly" in headers[
-            "set-cookie"]  # fmt: skip
+        assert status == 303
+        assert headers["location"] == "/runs/1?x=1"
+        assert headers["set-cookie"].startswith(f"{COOKIE}=t0ken;")
+        assert "HttpOnly" in headers["set-cookie"]
         assert fetch(base + "/", {"Cookie": f"{COOKIE}=t0ken"})[0] == 200
         assert fetch(base + "/", {"Cookie": f"{COOKIE}=nope"})[0] == 401
         assert fetch(base + "/", {"Authorization": "Bearer t0ken"})[0] == 200
@@ -335,7 +361,8 @@ def test_off_loopback_a_token_is_needed_and_becomes_a_cookie(sqlite_built: Built
 def test_binding_every_interface_makes_a_token_unless_told_open(sqlite_built: Built) -> None:
     with Ledger.open(sqlite_built.url, read_only=True) as ledger:
         guarded = UiServer(ledger, bind="0.0.0.0:0")
-        assert guarded.token and f"?token={guarded.token}" in guarded.url
+        assert guarded.token
+        assert f"?token={guarded.token}" in guarded.url
         assert UiServer(ledger, bind="0.0.0.0:0", open_access=True).token is None
         assert UiServer(ledger, bind="127.0.0.1:0").token is None
 
@@ -344,7 +371,8 @@ def test_on_loopback_a_foreign_host_name_is_refused(sqlite_built: Built) -> None
     # A page elsewhere whose DNS name is rebound to 127.0.0.1 must get nothing.
     with serving(sqlite_built.url) as (_, base):
         status, _, message = fetch(base + "/", {"Host": "attacker.example:8765"})
-        assert status == 421 and "loopback" in message
+        assert status == 421
+        assert "loopback" in message
         assert fetch(base + "/", {"Host": "localhost:8765"})[0] == 200
 
 
@@ -353,10 +381,12 @@ def test_cli_serves_prints_its_url_and_refuses_a_bad_bind(sqlite_built: Built) -
     path = sqlite_built.url.removeprefix("sqlite:///")
     bad = subprocess.run([str(jobfleet), "ui", "--ledger", path, "--bind", "nowhere"],
                          capture_output=True, text=True, timeout=60)  # fmt: skip
-    assert bad.returncode != 0 and "--bind 'nowhere' must be HOST:PORT" in bad.stderr
+    assert bad.returncode != 0
+    assert "--bind 'nowhere' must be HOST:PORT" in bad.stderr
     missing = subprocess.run([str(jobfleet), "ui", "--ledger", f"{path}.missing"],
                              capture_output=True, text=True, timeout=60)  # fmt: skip
-    assert missing.returncode == 1 and "There is no ledger at" in missing.stderr
+    assert missing.returncode == 1
+    assert "There is no ledger at" in missing.stderr
     process = subprocess.Popen(
         [str(jobfleet), "ui", "--json", "--ledger", path, "--bind", "127.0.0.1:0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -364,9 +394,11 @@ def test_cli_serves_prints_its_url_and_refuses_a_bad_bind(sqlite_built: Built) -
     try:
         assert process.stdout is not None
         line = json.loads(process.stdout.readline())
-        assert line["token_required"] is False and line["ledger"].endswith("ledger.db")
+        assert line["token_required"] is False
+        assert line["ledger"].endswith("ledger.db")
         status, _, html = wait_for(lambda: _answer(line["url"]), "the ui to answer")
-        assert status == 200 and "nightly" in html
+        assert status == 200
+        assert "nightly" in html
     finally:
         process.terminate()
         process.wait(timeout=30)

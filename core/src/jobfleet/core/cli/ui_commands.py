@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import Final
 
@@ -59,10 +60,8 @@ def ui(bind: str, open_access: bool, as_json: bool, ledger_url: str | None) -> N
                 bold=True,
             )
         sys.stdout.flush()
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             server.serve_forever()
-        except KeyboardInterrupt:
-            pass
 
 
 def print_json_line(url: str, ledger: str, token_required: bool) -> None:

@@ -120,7 +120,7 @@ def create_app(ledger: Ledger, *, token: str | None = None, loopback_only: bool 
             poll=POLL_MILLISECONDS,
             now=datetime.now(UTC),
             url=lambda name, **params: request.url_for(name, **params).path,
-            query=lambda **params: urlencode({k: v for k, v in params.items() if v not in (None, "")}),
+            query=_query,
             **context,
         )  # fmt: skip
         return HTMLResponse(html, status_code=http_status)
@@ -200,8 +200,7 @@ def create_app(ledger: Ledger, *, token: str | None = None, loopback_only: bool 
 
     def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        return page(request, "error.html", False, http_status=exc.status_code,
-                    message=exc.detail)
+        return page(request, "error.html", False, http_status=exc.status_code, message=exc.detail)
 
     app = Starlette(
         routes=[
@@ -241,6 +240,11 @@ def _heavy(session: Any, run_id: int) -> dict[str, Any]:
         "adjustments_total": adjustments_total,
         "retries": data.retries(session, run_id),
     }
+
+
+def _query(**params: Any) -> str:
+    """A link's query string: the parameters that have a value."""
+    return urlencode({key: value for key, value in params.items() if value not in (None, "")})
 
 
 def _choice(request: Request, field: str, accepted: tuple[str, ...]) -> str | None:

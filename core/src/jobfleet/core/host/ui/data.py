@@ -353,7 +353,7 @@ def task_page(session: Session, run_id: int, query: TaskQuery) -> TaskPage:
     own = {"id": Task.id, "name": Task.name, "state": Task.state}
     if query.sort in own:
         column = own[query.sort]
-        order = [column.desc() if query.descending else column.asc()]
+        order: list[Any] = [column.desc() if query.descending else column.asc()]
         if query.sort != "id":
             order.append(Task.id)
         tasks = tasks.order_by(*order).limit(query.per_page + 1).offset(offset)

@@ -20,7 +20,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 COOKIE: Final = "jobfleet_ui_token"
-TOKEN_PARAMETER: Final = "token"
+TOKEN_PARAMETER: Final = "token"  # noqa: S105 (a parameter name)
 # No script, style, image or connection from anywhere but this server; no framing; no form
 # posts anywhere. The page's own script is a file of this server (no inline script).
 CONTENT_SECURITY_POLICY: Final = (

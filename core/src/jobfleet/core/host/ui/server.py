@@ -63,7 +63,7 @@ class UiServer:
     def url(self) -> str:
         """The address to open, with the token when one is needed (print it once)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        if host in ("0.0.0.0", "[::]"):
+        if host in ("0.0.0.0", "[::]"):  # noqa: S104 (a name for the URL, not a bind)
             host = socket.gethostname()
         base = f"http://{host}:{self.port}/"
         return f"{base}?{TOKEN_PARAMETER}={quote(self.token)}" if self.token else base
