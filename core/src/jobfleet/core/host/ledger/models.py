@@ -139,7 +139,11 @@ class Run(Base):
 
 class Task(Base):
     __tablename__ = "tasks"
-    __table_args__ = (Index("ix_tasks_run_id_state", "run_id", "state"),)
+    __table_args__ = (
+        Index("ix_tasks_run_id_state", "run_id", "state"),
+        # `jobfleet ui`'s tasks sorted by name (migration 0006).
+        Index("ix_tasks_run_id_name", "run_id", "name"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)

@@ -234,6 +234,7 @@ def _heavy(session: Any, run_id: int) -> dict[str, Any]:
         "cpu_plot": plots.cpu_efficiency(sample.instances),
         "patterns": plots.pattern_usage(sample.instances, colours),
         "failures": data.failures(session, run_id),
+        "examined_per_state": data.FAILURES_EXAMINED,
         "slowest": data.ranked(session, run_id, TaskInstance.wallclock),
         "hungriest": data.ranked(session, run_id, TaskInstance.maxrss),
         "adjustments": adjustments,

@@ -11,24 +11,26 @@ The pages say when they show a sample.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Final
 
-from sqlalchemy import Select, and_, func, select, text
-from sqlalchemy.orm import Session
+from sqlalchemy import Select, and_, exists, func, select, text
+from sqlalchemy.orm import Session, aliased
 
 from jobfleet.core.host import queries
 from jobfleet.core.host.ledger.engine import in_batches
 from jobfleet.core.host.ledger.models import Cluster, Event, Run, RunCount, Task, TaskInstance
 from jobfleet.core.host.ledger.states import InstanceState, RunStatus, TaskState
-from jobfleet.core.host.rows import NotFoundError, RunSummary, TaskRow, memory_bytes
+from jobfleet.core.host.rows import NotFoundError, RunSummary, TaskRow, memory_bytes, task_row
 from jobfleet.core.resources import parse_runtime
 
 # Instances the plots and the timeline read at most.
-SAMPLE: Final = 5000
+SAMPLE: Final = 2000
 # Rows per page of the runs and tasks lists.
 RUNS_PAGE: Final = 50
 TASKS_PAGE: Final = 50
@@ -51,7 +53,9 @@ RUN_STATUSES: Final = tuple(status.value for status in RunStatus)
 TASK_STATES: Final = tuple(state.value for state in TaskState)
 # Columns the tasks page sorts by: the task's own (read through its index, page first) and the
 # latest attempt's (which rank every task of the run: one pass over its instances).
-TASK_SORTS: Final = ("id", "name", "state", "attempts", "wallclock", "maxrss", "cpu")
+TASK_SORTS: Final = ("id", "name", "state", "wallclock", "maxrss")
+# The latest attempt's columns among them, each read through its (run_id, column) index.
+USAGE_SORTS: Final = {"wallclock": TaskInstance.wallclock, "maxrss": TaskInstance.maxrss}
 _DIGITS = re.compile(r"\d+")
 
 
@@ -183,7 +187,7 @@ def _sampled(row: Sequence[Any]) -> SampledInstance:
         name=name,
         attempt=attempt,
         state=state,
-        requested_memory=memory_bytes(resources.get("memory")),
+        requested_memory=_memory(resources.get("memory")),
         requested_runtime=_runtime(resources.get("runtime")),
         cores=_number(resources.get("cores")),
         maxrss=maxrss,
@@ -195,9 +199,21 @@ def _sampled(row: Sequence[Any]) -> SampledInstance:
     )
 
 
+# A run's requests take few distinct values: each is read once (parsing is the costly part of
+# drawing a sample of thousands of attempts).
+@lru_cache(maxsize=1024)
+def _memory(value: str | int | None) -> int | None:
+    return memory_bytes(value)
+
+
 def _runtime(value: object) -> int | None:
-    if value is None:
+    if value is None or not isinstance(value, str | int):
         return None
+    return _cached_runtime(value)
+
+
+@lru_cache(maxsize=1024)
+def _cached_runtime(value: str | int) -> int | None:
     try:
         return parse_runtime(value)
     except Exception:  # a value this jobfleet cannot read: left out of the plot
@@ -215,50 +231,82 @@ def _number(value: object) -> float | None:
 class FailureGroup:
     reason: str
     count: int
+    """Among the attempts examined (all of them when `Failures.exact`)."""
     examples: tuple[dict[str, Any], ...]
-    """A few failed attempts: instance and task ids, task name, state, exit code, message."""
+    """The newest failed attempts: instance and task ids, task name, state, exit code,
+    signal and message."""
 
 
-def failures(session: Session, run_id: int, *, examples: int = 5) -> list[FailureGroup]:
+@dataclass(frozen=True)
+class Failures:
+    groups: tuple[FailureGroup, ...]
+    examined: int
+    total: int
+    """How many of the run's attempts failed (the ledger's counts: exact)."""
+
+    @property
+    def exact(self) -> bool:
+        return self.examined >= self.total
+
+
+# Failed attempts examined per failure state: their exit records are read one row at a time.
+FAILURES_EXAMINED: Final = 2000
+
+
+def failures(session: Session, run_id: int, *, examples: int = 5) -> Failures:
     """The run's failed attempts grouped by exit reason, most frequent first, with examples.
 
-    Read through the (run_id, state) index: only failed instances are visited.
+    For each failed state, its newest `FAILURES_EXAMINED` attempts are read, through the
+    (run_id, state) index walked backwards: a run with a hundred thousand failures costs
+    what one with a few thousand does (their total comes from the ledger's counts).
     """
-    reason = TaskInstance.exit_record["reason"].as_string()
-    failed = and_(TaskInstance.run_id == run_id, TaskInstance.state.in_(FAILED_STATES))
-    grouped = session.execute(
-        select(reason, func.count()).where(failed).group_by(reason).order_by(func.count().desc())
-    ).all()
-    groups = []
-    for value, count in grouped:
-        match = reason.is_(None) if value is None else reason == value
+    counts = queries.state_counts(session, run_id)
+    groups: dict[str, list[Any]] = {}
+    tallies: Counter[str] = Counter()
+    examined = 0
+    for state in FAILED_STATES:
+        if not counts.get(state):
+            continue
         rows = session.execute(
-            select(TaskInstance.id, TaskInstance.task_id, Task.name, TaskInstance.state,
+            select(TaskInstance.id, TaskInstance.task_id, TaskInstance.state,
                    TaskInstance.attempt, TaskInstance.exit_record)
-            .join(Task, Task.id == TaskInstance.task_id)
-            .where(failed, match)
-            .limit(examples)
+            .where(TaskInstance.run_id == run_id, TaskInstance.state == state)
+            .order_by(TaskInstance.id.desc())
+            .limit(FAILURES_EXAMINED)
         ).all()  # fmt: skip
-        groups.append(
+        examined += len(rows)
+        for row in rows:
+            reason = str((row.exit_record or {}).get("reason") or "unknown")
+            tallies[reason] += 1
+            kept = groups.setdefault(reason, [])
+            if len(kept) < examples:
+                kept.append(row)
+    shown = [row.task_id for kept in groups.values() for row in kept]
+    names = dict(session.execute(select(Task.id, Task.name).where(Task.id.in_(shown))).all())
+    result = []
+    for reason, count in tallies.most_common():
+        kept = sorted(groups[reason], key=lambda row: -row.id)
+        result.append(
             FailureGroup(
-                reason=value or "unknown",
-                count=int(count),
+                reason=reason,
+                count=count,
                 examples=tuple(
                     {
-                        "instance_id": instance_id,
-                        "task_id": task_id,
-                        "name": name,
-                        "state": state,
-                        "attempt": attempt,
-                        "exit_code": (record or {}).get("exit_code"),
-                        "signal": (record or {}).get("signal"),
-                        "message": str((record or {}).get("message") or ""),
+                        "instance_id": row.id,
+                        "task_id": row.task_id,
+                        "name": names.get(row.task_id, "?"),
+                        "state": row.state,
+                        "attempt": row.attempt,
+                        "exit_code": (row.exit_record or {}).get("exit_code"),
+                        "signal": (row.exit_record or {}).get("signal"),
+                        "message": str((row.exit_record or {}).get("message") or ""),
                     }
-                    for instance_id, task_id, name, state, attempt, record in rows
+                    for row in kept
                 ),
             )
         )
-    return groups
+    total = sum(counts.get(state, 0) for state in FAILED_STATES)
+    return Failures(tuple(result), examined, total)
 
 
 def ranked(session: Session, run_id: int, column: Any, limit: int = 10) -> list[TaskRow]:
@@ -276,8 +324,6 @@ def ranked(session: Session, run_id: int, column: Any, limit: int = 10) -> list[
         .order_by(column.desc(), TaskInstance.id.desc())
         .limit(limit)
     )  # fmt: skip
-    from jobfleet.core.host.rows import task_row
-
     return [task_row(columns) for columns in session.execute(statement)]
 
 
@@ -337,72 +383,88 @@ class TaskPage:
 def task_page(session: Session, run_id: int, query: TaskQuery) -> TaskPage:
     """One page of the run's tasks with their latest attempts.
 
-    Sorted by a column of the task, the page is chosen first through the `tasks.run_id` index
-    (indexed LIMIT/OFFSET) and only its tasks' attempts are read. Sorted by a column of the
-    latest attempt, every task of the run is ranked once in the database. One row more than
-    the page is read, to know whether a next page exists, never a count of the matches.
+    Sorted by a column of the task (id, name, state), the page is chosen first through a
+    `tasks` index on (run_id, column) (indexed LIMIT/OFFSET) and only its tasks' attempts are
+    read. Sorted by a usage column of the latest attempt (wallclock, maxrss), the run's
+    attempts are walked in that column's order through its (run_id, column) index, keeping
+    the latest attempt of each task; tasks whose latest attempt has no value yet are not
+    listed then. One row more than the page is read, to know whether a next page exists:
+    never a count of the matches.
     """
     if query.sort not in TASK_SORTS:
         raise ValueError(f"sort must be one of {', '.join(TASK_SORTS)}, not {query.sort!r}")
     offset = (query.page - 1) * query.per_page
-    tasks = select(Task.id, Task.name, Task.state).where(Task.run_id == run_id)
-    if query.state:
-        tasks = tasks.where(Task.state == query.state)
-    if query.name:
-        tasks = tasks.where(Task.name.like(f"%{_like_escaped(query.name)}%", escape="\\"))
-    own = {"id": Task.id, "name": Task.name, "state": Task.state}
-    if query.sort in own:
-        column = own[query.sort]
-        order: list[Any] = [column.desc() if query.descending else column.asc()]
-        if query.sort != "id":
-            order.append(Task.id)
-        tasks = tasks.order_by(*order).limit(query.per_page + 1).offset(offset)
-    page = tasks.cte("page")
-    latest = (
-        select(TaskInstance.task_id, func.max(TaskInstance.attempt).label("attempt"))
-        .where(TaskInstance.task_id.in_(select(page.c.id)))
-        .group_by(TaskInstance.task_id)
-        .subquery("latest")
-    )
-    statement = (
-        select(
-            page.c.id, page.c.name, page.c.state, TaskInstance.id, TaskInstance.state,
-            TaskInstance.attempt, TaskInstance.exit_record["reason"].as_string(),
-            TaskInstance.wallclock, TaskInstance.maxrss, TaskInstance.cpu,
-            TaskInstance.requested_resources["memory"].as_string(), TaskInstance.hostname,
-        )
-        .select_from(page)
-        .outerjoin(latest, latest.c.task_id == page.c.id)
-        .outerjoin(
-            TaskInstance,
-            and_(TaskInstance.task_id == latest.c.task_id,
-                 TaskInstance.attempt == latest.c.attempt),
-        )
-    )  # fmt: skip
-    if query.sort in own:
-        key = {"id": page.c.id, "name": page.c.name, "state": page.c.state}[query.sort]
-        statement = statement.order_by(key.desc() if query.descending else key.asc(), page.c.id)
-    else:
-        column = {
-            "attempts": TaskInstance.attempt,
-            "wallclock": TaskInstance.wallclock,
-            "maxrss": TaskInstance.maxrss,
-            "cpu": TaskInstance.cpu,
-        }[query.sort]
-        ordering = column.desc() if query.descending else column.asc()
+    columns = _task_row_columns()
+    if query.sort in USAGE_SORTS:
+        column = USAGE_SORTS[query.sort]
+        later = aliased(TaskInstance)
         statement = (
-            statement.order_by(ordering.nulls_last(), page.c.id)
-            .limit(query.per_page + 1)
-            .offset(offset)
+            select(Task.id, Task.name, Task.state, *columns)
+            .select_from(TaskInstance)
+            .join(Task, Task.id == TaskInstance.task_id)
+            .where(
+                TaskInstance.run_id == run_id,
+                column.is_not(None),
+                ~exists().where(later.task_id == TaskInstance.task_id,
+                                later.attempt > TaskInstance.attempt),
+            )
+            .order_by(*(
+                (column.desc(), TaskInstance.id.desc()) if query.descending
+                else (column.asc(), TaskInstance.id.asc())
+            ))
+        )  # fmt: skip
+        statement = _task_filters(statement, query)
+    else:
+        own = {"id": Task.id, "name": Task.name, "state": Task.state}[query.sort]
+        order = (own.desc(), Task.id.desc()) if query.descending else (own.asc(), Task.id.asc())
+        if query.sort == "id":
+            order = order[:1]
+        tasks = _task_filters(
+            select(Task.id, Task.name, Task.state).where(Task.run_id == run_id), query
         )
-    from jobfleet.core.host.rows import task_row
-
-    rows = [task_row(columns) for columns in session.execute(statement)]
+        page = tasks.order_by(*order).limit(query.per_page + 1).offset(offset).cte("page")
+        latest = (
+            select(TaskInstance.task_id, func.max(TaskInstance.attempt).label("attempt"))
+            .where(TaskInstance.task_id.in_(select(page.c.id)))
+            .group_by(TaskInstance.task_id)
+            .subquery("latest")
+        )
+        key = {"id": page.c.id, "name": page.c.name, "state": page.c.state}[query.sort]
+        statement = (
+            select(page.c.id, page.c.name, page.c.state, *columns)
+            .select_from(page)
+            .outerjoin(latest, latest.c.task_id == page.c.id)
+            .outerjoin(TaskInstance, and_(TaskInstance.task_id == latest.c.task_id,
+                                          TaskInstance.attempt == latest.c.attempt))
+            .order_by(key.desc() if query.descending else key.asc(),
+                      page.c.id.desc() if query.descending else page.c.id.asc())
+        )  # fmt: skip
+        offset = 0  # the page is already cut
+    rows = [task_row(row) for row in session.execute(
+        statement.limit(query.per_page + 1).offset(offset))]  # fmt: skip
     total = None
-    if not query.name:
+    if not query.name and query.sort not in USAGE_SORTS:
         counts = queries.task_counts(session, run_id)
         total = counts.get(query.state, 0) if query.state else sum(counts.values())
     return TaskPage(rows[: query.per_page], len(rows) > query.per_page, total)
+
+
+def _task_row_columns() -> tuple[Any, ...]:
+    """The latest attempt's columns of a `TaskRow`, after the task's id, name and state."""
+    return (
+        TaskInstance.id, TaskInstance.state, TaskInstance.attempt,
+        TaskInstance.exit_record["reason"].as_string(), TaskInstance.wallclock,
+        TaskInstance.maxrss, TaskInstance.cpu,
+        TaskInstance.requested_resources["memory"].as_string(), TaskInstance.hostname,
+    )  # fmt: skip
+
+
+def _task_filters(statement: Any, query: TaskQuery) -> Any:
+    if query.state:
+        statement = statement.where(Task.state == query.state)
+    if query.name:
+        statement = statement.where(Task.name.like(f"%{_like_escaped(query.name)}%", escape="\\"))
+    return statement
 
 
 # --- one task -------------------------------------------------------------------------------

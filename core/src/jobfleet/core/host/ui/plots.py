@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -231,14 +232,24 @@ def timeline(
     factor = total / len(instances) if total > len(instances) else 1.0
     moments = [start + timedelta(seconds=span * k / (TIMELINE_POINTS - 1))
                for k in range(TIMELINE_POINTS)]  # fmt: skip
+    # An instance waits from its creation, runs from its start and is over (done or failed)
+    # from its end: at each moment, counts of those times up to it, by bisection.
+    created = sorted(i.created_at for i in instances)
+    started = sorted(i.started_at for i in instances if i.started_at is not None)
+    started_ended = sorted(
+        i.ended_at for i in instances if i.started_at is not None and i.ended_at is not None
+    )
+    done = sorted(i.ended_at for i in instances
+                  if i.ended_at is not None and i.state == InstanceState.DONE)  # fmt: skip
+    failed = sorted(i.ended_at for i in instances
+                    if i.ended_at is not None and i.state != InstanceState.DONE)  # fmt: skip
     series: list[dict[str, float]] = []
     for moment in moments:
-        counts = dict.fromkeys((band for band, _ in BANDS), 0.0)
-        for i in instances:
-            band = _band_at(i, moment)
-            if band is not None:
-                counts[band] += factor
-        series.append(counts)
+        over_done, over_failed = bisect_right(done, moment), bisect_right(failed, moment)
+        running = bisect_right(started, moment) - bisect_right(started_ended, moment)
+        waiting = bisect_right(created, moment) - running - over_done - over_failed
+        series.append({"done": over_done * factor, "failed": over_failed * factor,
+                       "running": running * factor, "waiting": max(0, waiting) * factor})  # fmt: skip
     xs = _Scale(0, span, _LEFT, WIDTH - _RIGHT)
     peak = max(sum(point.values()) for point in series) or 1.0
     ys = _Scale(0, peak * 1.05, HEIGHT - _BOTTOM, _TOP)
@@ -258,16 +269,6 @@ def timeline(
         below = above
     return _frame("plot-timeline", "Instance states over time", body,
                   "time since the run's first instance", "instances"), series  # fmt: skip
-
-
-def _band_at(instance: SampledInstance, moment: datetime) -> str | None:
-    if moment < instance.created_at:
-        return None
-    if instance.ended_at is not None and moment >= instance.ended_at:
-        return "done" if instance.state == InstanceState.DONE else "failed"
-    if instance.started_at is not None and moment >= instance.started_at:
-        return "running"
-    return "waiting"
 
 
 @dataclass(frozen=True)

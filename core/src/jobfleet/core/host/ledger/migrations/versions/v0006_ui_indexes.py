@@ -1,10 +1,11 @@
-"""Indexes for `jobfleet ui`'s run page: rankings, retries and adjustments of a large run.
+"""Indexes for `jobfleet ui`: rankings, retries, adjustments and task names of a large run.
 
 The run page shows a run's slowest and hungriest attempts, its newest retries and its resource
-adjustments. Without these, each of those read every instance (or event) of the run: about a
-second each for a run of a million instances (bench/ui.py). The rankings use an index of
-(run_id, wallclock) and (run_id, maxrss); retries and non-transition events are few, so their
-indexes are partial (only those rows) and cost the service's writes next to nothing.
+adjustments; the tasks page sorts by name, wall-clock time or peak memory. Without these, each
+read every instance (or event, or task) of the run: seconds for a run of a million instances
+(bench/ui.py). The rankings use indexes of (run_id, wallclock) and (run_id, maxrss), the names
+one of (run_id, name); retries and non-transition events are few, so their indexes are partial
+(only those rows) and cost the service's writes next to nothing.
 
 Revision ID: 0006
 Revises: 0005
@@ -26,6 +27,7 @@ _NOTES = sa.text("kind != 'transition'")
 
 
 def upgrade() -> None:
+    op.create_index("ix_tasks_run_id_name", "tasks", ["run_id", "name"])
     op.create_index("ix_task_instances_run_id_wallclock", "task_instances", ["run_id", "wallclock"])
     op.create_index("ix_task_instances_run_id_maxrss", "task_instances", ["run_id", "maxrss"])
     op.create_index(
@@ -43,3 +45,4 @@ def downgrade() -> None:
     op.drop_index("ix_task_instances_retries", "task_instances")
     op.drop_index("ix_task_instances_run_id_maxrss", "task_instances")
     op.drop_index("ix_task_instances_run_id_wallclock", "task_instances")
+    op.drop_index("ix_tasks_run_id_name", "tasks")
