@@ -107,8 +107,13 @@ def main() -> None:
             host.total(host.status_once(path, str(run_id))[0]) for _ in range(args.rounds)
         )
         pages = page_times(path, run_id, args.rounds)
-    report = {"ledger": str(path), "instances": instances if args.ledger is None else None,
-              "status_cold_s": status_cold, "status_warm_s": status_warm, "pages": pages}  # fmt: skip
+    report = {
+        "ledger": str(path),
+        "instances": instances if args.ledger is None else None,
+        "status_cold_s": status_cold,
+        "status_warm_s": status_warm,
+        "pages": pages,
+    }
     if args.json:
         print(json.dumps(report, indent=2))
         return

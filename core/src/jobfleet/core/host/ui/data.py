@@ -416,7 +416,9 @@ def task_page(session: Session, run_id: int, query: TaskQuery) -> TaskPage:
         statement = _task_filters(statement, query)
     else:
         own = {"id": Task.id, "name": Task.name, "state": Task.state}[query.sort]
-        order = (own.desc(), Task.id.desc()) if query.descending else (own.asc(), Task.id.asc())
+        order: tuple[Any, ...] = (
+            (own.desc(), Task.id.desc()) if query.descending else (own.asc(), Task.id.asc())
+        )
         if query.sort == "id":
             order = order[:1]
         tasks = _task_filters(

@@ -248,8 +248,14 @@ def timeline(
         over_done, over_failed = bisect_right(done, moment), bisect_right(failed, moment)
         running = bisect_right(started, moment) - bisect_right(started_ended, moment)
         waiting = bisect_right(created, moment) - running - over_done - over_failed
-        series.append({"done": over_done * factor, "failed": over_failed * factor,
-                       "running": running * factor, "waiting": max(0, waiting) * factor})  # fmt: skip
+        series.append(
+            {
+                "done": over_done * factor,
+                "failed": over_failed * factor,
+                "running": running * factor,
+                "waiting": max(0, waiting) * factor,
+            }
+        )
     xs = _Scale(0, span, _LEFT, WIDTH - _RIGHT)
     peak = max(sum(point.values()) for point in series) or 1.0
     ys = _Scale(0, peak * 1.05, HEIGHT - _BOTTOM, _TOP)
