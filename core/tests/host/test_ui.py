@@ -517,3 +517,44 @@ def test_browser_hello_example_every_page_and_the_readme_screenshot(
         browser.open(base + "/runs/1")
         browser.resize(1280, 1500)
         browser.screenshot(ROOT / "docs" / "images" / "ui-run.png")
+
+
+# --- bounded cost ---------------------------------------------------------------------------
+
+
+def test_no_page_statement_scans_a_whole_table_on_sqlite(sqlite_built: Built) -> None:
+    """Every statement behind the run page and each sort of the tasks page reads through an
+    index (SQLite's plan says SEARCH, never SCAN of a whole table), and the tasks sorted by
+    usage come in the index's order, unsorted (bench/ui.py measures a million instances)."""
+    from sqlalchemy import event
+
+    from jobfleet.core.host.ui import app, data
+
+    seen: list[tuple[str, Any]] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if statement.lstrip().upper().startswith(("SELECT", "WITH")):
+            seen.append((statement, parameters))
+
+    with Ledger.open(sqlite_built.url, read_only=True) as ledger:
+        event.listen(ledger.engine, "before_cursor_execute", record)
+        with ledger.read_session() as session:
+            app._heavy(session, sqlite_built.done)
+            for sort in data.TASK_SORTS:
+                for descending in (False, True):
+                    query = data.TaskQuery(sort=sort, descending=descending, state="done")
+                    data.task_page(session, sqlite_built.done, query)
+        event.remove(ledger.engine, "before_cursor_execute", record)
+        scans = []
+        with ledger.engine.connect() as connection:
+            for statement, parameters in seen:
+                plan = connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)
+                for row in plan:
+                    detail = row[-1]
+                    if re.match(r"SCAN (tasks|task_instances|events)\b", detail):
+                        scans.append((detail, statement))
+                    # Sorted by usage, the index gives the order: nothing of the run is sorted.
+                    if "NOT (EXISTS" in statement and "TEMP B-TREE" in detail:
+                        scans.append((detail, statement))
+    assert len(seen) > 15
+    assert not scans, scans

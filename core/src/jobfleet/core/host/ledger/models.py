@@ -189,9 +189,10 @@ class TaskInstance(Base):
         # `jobfleet ui`'s rankings and retries of a run (migration 0006).
         Index("ix_task_instances_run_id_wallclock", "run_id", "wallclock"),
         Index("ix_task_instances_run_id_maxrss", "run_id", "maxrss"),
-        Index("ix_task_instances_retries", "run_id", "id",
-              sqlite_where=text("attempt > 1"), postgresql_where=text("attempt > 1")),
-    )  # fmt: skip
+        # Partial: `WHERE attempt > 1` (migration 0006). The condition is left out here: a
+        # `postgresql_where` would import SQLAlchemy's PostgreSQL dialect for every ledger.
+        Index("ix_task_instances_retries", "run_id", "id"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
@@ -228,11 +229,10 @@ class Event(Base):
     __tablename__ = "events"
     __table_args__ = (
         Index("ix_events_run_id_id", "run_id", "id"),
-        # Events other than transitions (adjustments, kills, notes), for `jobfleet ui` (0006).
-        Index("ix_events_notes", "run_id", "id",
-              sqlite_where=text("kind != 'transition'"),
-              postgresql_where=text("kind != 'transition'")),
-    )  # fmt: skip
+        # Events other than transitions (adjustments, kills, notes), for `jobfleet ui`:
+        # partial, `WHERE kind != 'transition'` (migration 0006; condition left out as above).
+        Index("ix_events_notes", "run_id", "id"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
