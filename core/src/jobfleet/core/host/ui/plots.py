@@ -185,9 +185,11 @@ def histogram(
     for value in values:
         index = next((i for i in range(len(counts)) if value < edges[i + 1]), len(counts) - 1)
         counts[max(0, index)] += 1
-    ys = _Scale(0, max(counts) * 1.1, HEIGHT - _BOTTOM, _TOP)
+    # Whole-number ticks: the axis ends at four steps of a whole number of attempts.
+    step = max(1, math.ceil(max(counts) / 4))
+    ys = _Scale(0, 4 * step, HEIGHT - _BOTTOM, _TOP)
     width = (WIDTH - _LEFT - _RIGHT) / len(counts)
-    body = _ticks(ys, "y", lambda value: f"{value:.3g}")
+    body = _ticks(ys, "y", lambda value: f"{value:,.0f}")
     for i, count in enumerate(counts):
         x = _LEFT + i * width
         top = ys(count)
