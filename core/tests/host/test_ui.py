@@ -13,6 +13,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -340,6 +341,36 @@ def test_a_live_page_shows_a_task_finishing_and_the_run_ending(built: Built) -> 
         _, _, ended = fetch(f"{base}/runs/{built.live}")
         assert 'data-live="0"' in ended
         assert 'class="status status-killed"' in ended
+
+
+def test_several_users_read_while_the_run_is_being_written(built: Built) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    stop = threading.Event()
+    written = []
+
+    def writer() -> None:
+        # What a service does to a running run: new tasks and attempts, one commit each.
+        with Ledger.open(built.url) as ledger:
+            while not written or (not stop.is_set() and len(written) < 200):
+                with ledger.session() as session:
+                    run = session.get(Run, built.live)
+                    assert run is not None
+                    task = _task(session, run, f"added-{len(written)}", "pending")
+                    written.append(_attempt(session, task, "R", "100M").id)
+
+    paths = ["/", f"/runs/{built.live}", f"/runs/{built.live}/tasks?sort=name",
+             f"/runs/{built.live}/tasks?page=2&per_page=5"]  # fmt: skip
+    with serving(built.url) as (_, base), ThreadPoolExecutor(5) as pool:
+        writing = pool.submit(writer)
+        try:
+            answers = list(pool.map(lambda n: fetch(base + paths[n % 4])[0], range(40)))
+        finally:
+            stop.set()
+        writing.result()
+        assert answers == [200] * 40
+        _, _, html = fetch(f"{base}/runs/{built.live}/tasks?per_page=500")
+        assert html.count('class="task-row') == 2 + len(written)
 
 
 def test_off_loopback_a_token_is_needed_and_becomes_a_cookie(sqlite_built: Built) -> None:
