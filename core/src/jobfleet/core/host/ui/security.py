@@ -11,7 +11,7 @@ import ipaddress
 from collections.abc import Awaitable, Callable, MutableMapping
 from http.cookies import SimpleCookie
 from typing import Any, Final
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, quote, urlencode
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -72,7 +72,8 @@ class Guard:
                     return
                 # Into a cookie, and out of the address bar (and out of the history).
                 kept = urlencode([(k, v) for k, v in query if k != TOKEN_PARAMETER])
-                location = scope.get("root_path", "") + scope["path"] + (f"?{kept}" if kept else "")
+                path = quote(scope.get("root_path", "") + scope["path"])
+                location = path + (f"?{kept}" if kept else "")
                 cookie = f"{COOKIE}={given}; Path=/; HttpOnly; SameSite=Strict"
                 await _redirect(send, location, cookie)
                 return
