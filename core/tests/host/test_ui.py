@@ -450,8 +450,10 @@ def browser() -> Iterator[Browser]:
     binary, driver = find_browser()
     if binary is None:
         pytest.skip("no Chromium binary (chromium) on this machine: apt-get install chromium")
-    if driver is None:
-        pytest.skip("no chromedriver on this machine: apt-get install chromium-driver")
+    if driver is None:  # the browser without its driver is a broken install, not a skip
+        pytest.fail(
+            "chromium is installed but chromedriver is not: apt-get install chromium-driver"
+        )
     with Browser(binary, driver, width=1280, height=1000) as opened:
         yield opened
 
