@@ -120,10 +120,13 @@ class Browser:
         return int(self.script("return document.querySelectorAll(arguments[0]).length;", selector))
 
     def texts(self, selector: str) -> list[str]:
-        found = self._session("POST", "/elements", {"using": "css selector", "value": selector})
-        # Each element is {"element-6066-…": id} (the W3C key): its only value is the id.
-        ids = [next(iter(element.values())) for element in found]
-        return [self._session("GET", f"/element/{element}/text") for element in ids]
+        """The rendered text of every element `selector` matches, read in one script: a page
+        that replaces its parts while it is read (live updates) leaves no stale element."""
+        found = self.script(
+            "return [...document.querySelectorAll(arguments[0])].map(e => e.innerText.trim());",
+            selector,
+        )
+        return [str(text) for text in found]
 
     def text(self, selector: str) -> str:
         texts = self.texts(selector)
