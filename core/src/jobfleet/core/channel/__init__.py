@@ -13,7 +13,7 @@ from typing import Protocol
 
 from jobfleet.core.errors import ChannelError, ProtocolVersionError
 
-from .base import Channel, EventCursor, EventWriter, new_writer_token
+from .base import Channel, EventCursor, EventWriter, member_key, new_writer_token
 from .file import FileChannel
 from .messages import (
     PROTOCOL_VERSION,
@@ -45,6 +45,7 @@ __all__ = [
     "TaskSpec",
     "TransportFactory",
     "UsageReport",
+    "member_key",
     "new_writer_token",
     "open_channel",
     "read_report",
