@@ -83,7 +83,7 @@ def test_each_member_has_its_own_fate_and_a_host_kill_stops_only_its_member(
     host.wait_report(RunningReport, doomed_tid)
     distributor.terminate_task_instances([doomed])
     # terminate_task_instances returns once the member is stopped and reported.
-    killed = [r for r in host.reports(FinalReport, doomed_tid)]
+    killed = host.reports(FinalReport, doomed_tid)
     assert [r.error_state for r in killed] == [ErrorState.KILL_SELF], killed
     assert distributor.get_submitted_or_running([doomed]) == set()
 

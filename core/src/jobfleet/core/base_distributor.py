@@ -33,8 +33,8 @@ from __future__ import annotations
 
 import os
 import shlex
-from pathlib import Path
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any, ClassVar
 
 from jobfleet.core.cluster_protocol import ClusterDistributor
@@ -94,9 +94,16 @@ class BaseClusterDistributor(ClusterDistributor):
     # -- packing (jobfleet.core.packing) -------------------------------------------------------
 
     def _open_member_channel(self) -> Any:
+        """The run's channel, as a client: member kills go through it (jobfleet.core.packing)."""
+        url = self.require_host_url()
+        if url.lower().startswith(("http://", "https://")):
+            from jobfleet.core.channel.http import HttpChannel
+
+            # The host gave the token as a parameter: it may not be in this environment.
+            return HttpChannel(url, token=self.channel_token)
         from jobfleet.core.channel import open_channel
 
-        return open_channel(self.require_host_url())
+        return open_channel(url)
 
     def submit_packed_array(
         self,

@@ -151,9 +151,7 @@ class Packer:
         array_id, batch = array_coordinates(command)
         elements = math.ceil(array_length / members)
         element_command = f"{command} --pack {members} --array-length {int(array_length)}"
-        ids = submit_elements(
-            element_command, element_resources(requested, members), elements
-        )
+        ids = submit_elements(element_command, element_resources(requested, members), elements)
         steps: dict[int, str] = {}
         for step in range(array_length):
             element = str(ids[step // members])

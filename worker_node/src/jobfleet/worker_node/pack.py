@@ -138,7 +138,8 @@ def _run_member(
             done.set()
             watcher.join(timeout=5)
             writer.close()
-        cancelled = runner._run.cancelled_by  # noqa: SLF001 - how the member was stopped
+        # The runner's own record of a stop (a private field: runner.py stays as it is).
+        cancelled = runner._run.cancelled_by
         return cancelled if cancelled is not None and not killed.is_set() else None
     finally:
         # Only once the member's final report is durable: the host waits for this.
@@ -160,7 +161,7 @@ def _watch_kill(
             continue
         if asked:
             killed.set()
-            runner._on_signal(signal.SIGTERM, None)  # noqa: SLF001 - the runner's own stop
+            runner._on_signal(signal.SIGTERM, None)  # the runner's own stop, as on SIGTERM
             return
 
 

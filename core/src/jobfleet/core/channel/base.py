@@ -299,6 +299,7 @@ class Channel(ABC):
 
     def mark_member_running(self, member: str, running: bool) -> None:
         """Worker side: say that this member starts (True) or has ended (False)."""
+        raise ChannelError(f"The {type(self).__name__} carries no packed members' marks.")
 
     @abstractmethod
     def open_writer(self, task_instance_id: int) -> EventWriter:
