@@ -228,7 +228,9 @@ class Packer:
         )
         if plain or whole:
             kill_elements(plain + whole)
-        channel = self.channel() if doomed else None
+        if not doomed:
+            return
+        channel = self.channel()
         waiting = []
         for member in doomed:
             if member.element in whole:

@@ -50,7 +50,7 @@ class _MemberNode:
         if type(self._node).initialize_logfile is ClusterWorkerNode.initialize_logfile:
             # The shared way, with the member's id in the file name: members of one element
             # never write to one file.
-            return ClusterWorkerNode.initialize_logfile(self, log_type, log_dir, name)  # type: ignore[arg-type]
+            return ClusterWorkerNode.initialize_logfile(self, log_type, log_dir, name)
         return self._node.initialize_logfile(log_type, log_dir, name)
 
     def __getattr__(self, name: str) -> Any:
@@ -116,7 +116,7 @@ def _run_member(
             return None  # killed before it started: the host ends it K itself
         writer = channel.open_writer(spec.task_instance_id)
         writer.run_token = spec.run_token
-        runner = TaskRunner(spec, node, writer, options)  # type: ignore[arg-type]
+        runner = TaskRunner(spec, node, writer, options)
         done = threading.Event()
         killed = threading.Event()
         watcher = threading.Thread(

@@ -207,6 +207,10 @@ class KitHost:
         steps = distributor.submit_array_to_batch_distributor(
             worker_command, name or f"kit-{task_instance_id}", packed, 2
         )
+        from jobfleet.core.packing import split_member_id
+
+        # Else the kit would check the unpacked path again and call it packing.
+        assert split_member_id(steps[0]) is not None, f"not submitted packed: {steps[0]!r}"
         return Submitted(task_instance_id, steps[0])
 
     def submit_array(
