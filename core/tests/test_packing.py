@@ -70,3 +70,110 @@ def test_array_coordinates_read_the_worker_node_command() -> None:
     assert array_coordinates("array --array-id=12 --batch-number=0") == (12, 0)
     with pytest.raises(ValueError, match="not a worker-node array command"):
         array_coordinates("job --task-instance-id 4")
+
+
+# --- Packer over a real file channel, with the backend's answers given per element ---------
+
+
+def make_packer(tmp_path):
+    from jobfleet.core.channel import FileChannel
+    from jobfleet.core.packing import Packer
+
+    channel = FileChannel.create(tmp_path / "channel")
+    return Packer(lambda: channel), channel
+
+
+def submit_four(packer):
+    """4 instances of array 9, 2 members per element: elements "7_0" and "7_1"."""
+    return packer.submit(
+        "array --array-id 9 --batch-number 0",
+        {"cores": 1, "pack": {"max_tasks": 2}},
+        4,
+        lambda command, resources, length: {e: f"7_{e}" for e in range(length)},
+    )
+
+
+def test_submit_maps_each_step_to_its_member(tmp_path) -> None:
+    packer, _ = make_packer(tmp_path)
+    seen = []
+
+    def elements(command, resources, length):
+        seen.append((command, resources, length))
+        return {e: f"7_{e}" for e in range(length)}
+
+    steps = packer.submit(
+        "array --array-id 9 --batch-number 0", {"cores": 1, "pack": {"max_tasks": 2}}, 4, elements
+    )
+    assert steps == {0: "7_0+9.0.0", 1: "7_0+9.0.1", 2: "7_1+9.0.2", 3: "7_1+9.0.3"}
+    assert seen == [
+        ("array --array-id 9 --batch-number 0 --pack 2 --array-length 4", {"cores": 1}, 2)
+    ]
+    assert packer.submit("array --array-id 9 --batch-number 0", {"cores": 1}, 4, elements) is None
+
+
+def test_status_and_queueing_errors_follow_the_element(tmp_path) -> None:
+    packer, _ = make_packer(tmp_path)
+    steps = submit_four(packer)
+    asked = []
+
+    def present(ids):
+        asked.append(sorted(ids))
+        return {"7_1", "plain"}
+
+    ids = [*steps.values(), "plain", "gone"]
+    assert packer.submitted_or_running(ids, present) == {"7_1+9.0.2", "7_1+9.0.3", "plain"}
+    assert asked == [["7_0", "7_1", "gone", "plain"]]  # one query, elements once each
+    errors = packer.queueing_errors(ids, lambda jobs: {"7_0": "no node fits"})
+    assert errors == {"7_0+9.0.0": "no node fits", "7_0+9.0.1": "no node fits"}
+
+
+def test_a_member_kill_goes_through_the_channel_and_a_whole_element_to_the_backend(
+    tmp_path,
+) -> None:
+    packer, channel = make_packer(tmp_path)
+    steps = submit_four(packer)
+    cancelled = []
+    packer.terminate([steps[0]], cancelled.extend, lambda element: True)
+    assert cancelled == []  # the other member of 7_0 goes on
+    assert channel.member_kill_requested("9.0.0")
+    assert not channel.member_kill_requested("9.0.1")
+    packer.terminate([steps[2], steps[3], "plain"], cancelled.extend, lambda element: True)
+    assert sorted(cancelled) == ["7_1", "plain"]  # every member of 7_1: the element goes
+    assert not channel.member_kill_requested("9.0.2")
+    assert packer.submitted_or_running(steps.values(), lambda ids: set(ids)) == {steps[1]}
+
+
+def test_a_kill_waits_for_a_running_member_to_be_unmarked(tmp_path) -> None:
+    import threading
+
+    packer, channel = make_packer(tmp_path)
+    steps = submit_four(packer)
+    channel.mark_member_running("9.0.1", True)  # what the pack worker does as it starts it
+
+    def worker() -> None:  # stops the member once asked, as pack.py's watcher does
+        while not channel.member_kill_requested("9.0.1"):
+            threading.Event().wait(0.01)
+        channel.mark_member_running("9.0.1", False)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    packer.terminate([steps[1]], lambda ids: None, lambda element: True)
+    assert not channel.member_running("9.0.1")  # terminate returned after the unmarking
+    thread.join()
+
+
+def test_exit_info_of_a_member_that_never_started_is_unknown(tmp_path) -> None:
+    from jobfleet.core.exit_info import ErrorState, ExitReason, ExitRecord, RemoteExitInfo
+
+    packer, channel = make_packer(tmp_path)
+    steps = submit_four(packer)
+    oom = RemoteExitInfo(
+        ErrorState.RESOURCE_ERROR, "ran out of memory", record=ExitRecord(ExitReason.OOM)
+    )
+    channel.mark_member_running("9.0.0", True)  # it ran when the element died (never unmarked)
+    assert packer.exit_info(steps[0], lambda element: oom) is oom
+    never = packer.exit_info(steps[1], lambda element: oom)
+    assert never.error_state is ErrorState.UNKNOWN_ERROR
+    assert "never started" in never.error_message
+    pending = RemoteExitInfo.unknown("accounting lags", finalized=False)
+    assert packer.exit_info(steps[1], lambda element: pending) is pending

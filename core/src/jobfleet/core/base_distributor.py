@@ -12,8 +12,9 @@ its scheduler's exit information):
   worker-node arguments the host built (Jobmon's arguments-only convention);
 - the `array_length` check;
 - packing (`jobfleet.core.packing`): `submit_packed_array`, `packed_submitted_or_running`,
-  `packed_exit_info` and `terminate_packed` wrap a backend's array submission and its answers
-  per job, so that a request with `pack:` runs several instances per array element;
+  `packed_queueing_errors`, `packed_exit_info` and `terminate_packed` wrap a backend's array
+  submission and its answers per job, so that a request with `pack:` runs several instances
+  per array element;
 - `state_dir`: a private directory of the host's (0700) that survives `jobfleet run --resume`,
   for what a backend must remember across a host crash (a framework id, the ids it launched).
 
@@ -122,6 +123,12 @@ class BaseClusterDistributor(ClusterDistributor):
     ) -> set[str]:
         """`query` (the backend's answer for jobs) answered for members too."""
         return self.packer.submitted_or_running(distributor_ids, query)
+
+    def packed_queueing_errors(
+        self, distributor_ids: Iterable[str], query: Callable[[list[str]], dict[str, str]]
+    ) -> dict[str, str]:
+        """`query` (the backend's queueing errors of jobs) answered for members too."""
+        return self.packer.queueing_errors(distributor_ids, query)
 
     def packed_exit_info(
         self, distributor_id: str, job_info: Callable[[str], RemoteExitInfo]

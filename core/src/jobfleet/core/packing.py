@@ -177,6 +177,21 @@ class Packer:
             or (member is not None and member.element in present and job not in self.killed)
         }
 
+    def queueing_errors(
+        self, distributor_ids: Iterable[str], query: Callable[[list[str]], dict[str, str]]
+    ) -> dict[str, str]:
+        """`query` (the backend's stuck jobs and why) answered per member: a member waits as
+        long as its element does."""
+        members = {job: split_member_id(job) for job in distributor_ids}
+        asked = sorted({job if m is None else m.element for job, m in members.items()})
+        stuck = query(asked)
+        return {
+            job: stuck[key]
+            for job, member in members.items()
+            if (key := job if member is None else member.element) in stuck
+            and job not in self.killed
+        }
+
     def exit_info(
         self, distributor_id: str, element_info: Callable[[str], RemoteExitInfo]
     ) -> RemoteExitInfo:

@@ -301,6 +301,9 @@ class MesosDistributor(BaseClusterDistributor):
             return {did for did in distributor_ids if isinstance(did, str) and did in self._tasks}
 
     def get_queueing_errors(self, distributor_ids: list[str]) -> dict[str, str]:
+        return self.packed_queueing_errors(distributor_ids, self._queueing_errors)
+
+    def _queueing_errors(self, distributor_ids: list[str]) -> dict[str, str]:
         now = time.time()
         errors: dict[str, str] = {}
         with self._lock:
