@@ -43,10 +43,11 @@ def test_an_element_asks_for_its_members_resources_and_their_runtimes_in_turn() 
     assert element_resources(requested, 5) == {
         "cores": 2,
         "memory": "1G",
-        "runtime": 5 * 60 + ELEMENT_MARGIN,
+        "runtime": 5 * (60 + 10 + 1) + ELEMENT_MARGIN,  # each to its limit, plus its grace
         "x": 1,
     }
     assert element_resources({"cores": 1, "pack": {"max_tasks": 5}}, 5) == {"cores": 1}
+    assert element_resources({"runtime": 60}, 2, kill_grace=30)["runtime"] == 2 * 91 + 60
 
 
 @pytest.mark.parametrize(

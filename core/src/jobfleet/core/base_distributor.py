@@ -42,7 +42,12 @@ from jobfleet.core.cluster_protocol import ClusterDistributor
 from jobfleet.core.errors import BackendError
 from jobfleet.core.exit_info import RemoteExitInfo
 from jobfleet.core.packing import Packer
-from jobfleet.core.wrapper import CHANNEL_TOKEN_VARIABLE, HOST_URL_VARIABLE, entry_point_argv
+from jobfleet.core.wrapper import (
+    CHANNEL_TOKEN_VARIABLE,
+    DEFAULT_KILL_GRACE,
+    HOST_URL_VARIABLE,
+    entry_point_argv,
+)
 
 __all__ = ["BaseClusterDistributor"]
 
@@ -116,7 +121,15 @@ class BaseClusterDistributor(ClusterDistributor):
         """When the request asks for packing: submit the elements through `submit_elements`
         (the backend's array submission: command, resources, length → element ids) and map
         each step to its member's id. None when there is nothing to pack: submit as usual."""
-        return self.packer.submit(command, requested_resources, array_length, submit_elements)
+        # The wrappers' grace before SIGKILL, where the backend's settings set it.
+        grace = getattr(self.settings, "kill_grace", None)
+        return self.packer.submit(
+            command,
+            requested_resources,
+            array_length,
+            submit_elements,
+            kill_grace=float(grace) if isinstance(grace, int | float) else DEFAULT_KILL_GRACE,
+        )
 
     def packed_submitted_or_running(
         self, distributor_ids: Iterable[str], query: Callable[[list[str]], set[str]]

@@ -33,14 +33,14 @@ from typing import Any, Final
 
 from jobfleet.core.exit_info import ErrorState, ExitReason, ExitRecord, RemoteExitInfo
 from jobfleet.core.resources import PACK, ResourceRequest
+from jobfleet.core.wrapper import DEFAULT_KILL_GRACE
 
 MEMBER_SEPARATOR: Final = "+"
 """Between an element's id and a member's key in a member's id: no backend's own ids use it
 (Slurm: 123_4 and 123_4.batch; Kubernetes names: letters, digits, "-" and ".")."""
 
 ELEMENT_MARGIN: Final = 60
-"""Seconds added to an element's runtime: members each run to their own limit (plus the grace
-before SIGKILL), so the element must outlast their sum a little."""
+"""Seconds added to an element's runtime, for the pack worker's own start and end."""
 
 KILL_WAIT: Final = 60.0
 """Seconds a member kill waits for a running member's worker to stop it and report."""
@@ -83,13 +83,22 @@ def members_per_element(requested: Mapping[str, Any], array_length: int) -> int:
     return math.ceil(array_length / elements)
 
 
-def element_resources(requested: Mapping[str, Any], members: int) -> dict[str, Any]:
+def element_resources(
+    requested: Mapping[str, Any], members: int, kill_grace: float = DEFAULT_KILL_GRACE
+) -> dict[str, Any]:
     """An element's request: its members' (identical within an array), without `pack`, with a
-    runtime that holds all of them one after another."""
+    runtime that holds all of them one after another, each to its own limit.
+
+    A member over its runtime is stopped by its wrapper, which waits `kill_grace` before
+    SIGKILL: each member may take its runtime plus that grace (and a second to start), so the
+    element's limit never stops a member that its own limit would have stopped (a member the
+    backend stops ends K, and is not retried with more time).
+    """
     resources = {key: value for key, value in requested.items() if key != PACK}
     runtime = ResourceRequest.parse(resources).runtime
     if runtime is not None:
-        resources["runtime"] = members * runtime + ELEMENT_MARGIN
+        each = runtime + math.ceil(kill_grace) + 1
+        resources["runtime"] = members * each + ELEMENT_MARGIN
     return resources
 
 
@@ -142,16 +151,19 @@ class Packer:
         requested: Mapping[str, Any],
         array_length: int,
         submit_elements: Callable[[str, dict[str, Any], int], Mapping[int, str]],
+        kill_grace: float = DEFAULT_KILL_GRACE,
     ) -> dict[int, str] | None:
         """Submit the array packed and map each step to its member's id; None when the
-        request asks for no packing (or only one member would fit): submit it as it is."""
+        request asks for no packing (or only one member would fit): submit it as it is.
+        `kill_grace` is the wrappers' (`--kill-grace`)."""
         members = members_per_element(requested, array_length)
         if members < 2 or not self.can_pack():
             return None
         array_id, batch = array_coordinates(command)
         elements = math.ceil(array_length / members)
         element_command = f"{command} --pack {members} --array-length {int(array_length)}"
-        ids = submit_elements(element_command, element_resources(requested, members), elements)
+        resources = element_resources(requested, members, kill_grace)
+        ids = submit_elements(element_command, resources, elements)
         steps: dict[int, str] = {}
         for step in range(array_length):
             element = str(ids[step // members])
