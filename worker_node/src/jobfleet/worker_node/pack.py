@@ -98,7 +98,7 @@ def run_pack(args: Any, channel: Channel, node: ClusterWorkerNode, element: int 
         key = member_key(args.array_id, args.batch_number, step)
         member = _MemberNode(node, f"{element_id}{MEMBER_SEPARATOR}{key}")
         options = RunOptions(kill_grace=args.kill_grace, array_step=step, cgroup=args.cgroup)
-        stopped = _run_member(channel, key, spec, member, options)
+        stopped = _run_member(channel, key, spec, member, options, state)
         state.install()
         if stopped is not None and state.stopped_by is None:
             state.stopped_by = stopped
@@ -106,7 +106,12 @@ def run_pack(args: Any, channel: Channel, node: ClusterWorkerNode, element: int 
 
 
 def _run_member(
-    channel: Channel, key: str, spec: TaskSpec, node: _MemberNode, options: RunOptions
+    channel: Channel,
+    key: str,
+    spec: TaskSpec,
+    node: _MemberNode,
+    options: RunOptions,
+    element: _Element,
 ) -> int | None:
     """Run one member (unless the host killed it first); the signal that stopped the element
     while it ran, if one did."""
@@ -114,6 +119,8 @@ def _run_member(
     try:
         if channel.member_kill_requested(key):
             return None  # killed before it started: the host ends it K itself
+        if element.stopped_by is not None:
+            return None  # the element was told to stop as this member came up: leave it
         writer = channel.open_writer(spec.task_instance_id)
         writer.run_token = spec.run_token
         runner = TaskRunner(spec, node, writer, options)
