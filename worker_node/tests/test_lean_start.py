@@ -135,6 +135,8 @@ def _argparse_reading(argv: list[str]) -> dict:
         ["array", "--array-id", "4", "--batch-number", "0", "--cluster", "slurm"],
         ["array", "--batch-number", "9", "--array-id", "1", "--host-url", "/abs/dir"],
         ["job", "--task-instance-id", "5", "--cluster", "a=b"],
+        ["array", "--array-id", "4", "--batch-number", "0", "--pack", "8", "--array-length", "30"],
+        ["array", "--array-id=4", "--batch-number=0", "--pack=2"],
     ],
 )
 def test_the_fast_reading_is_argparse_s(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -166,6 +168,8 @@ def test_the_fast_reading_is_argparse_s(argv: list[str], monkeypatch: pytest.Mon
         ["job", "--task-instance-id", "1", "stray"],
         ["job", "--task-instance-id", "1", "--", "x"],
         ["array", "--array-id", "1"],
+        ["array", "--array-id", "1", "--batch-number", "0", "--pack", "0"],
+        ["job", "--task-instance-id", "1", "--pack", "2"],
         ["run", "--task-instance-id", "1"],
     ],
 )

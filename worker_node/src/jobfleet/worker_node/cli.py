@@ -2,6 +2,10 @@
 
     jobfleet-worker-node job   --task-instance-id N             --cluster NAME --host-url URL
     jobfleet-worker-node array --array-id A --batch-number B     --cluster NAME --host-url URL
+    jobfleet-worker-node array --array-id A --batch-number B --pack K --array-length N  (same)
+
+With `--pack K`, this node's array element e runs steps e*K … e*K+K-1 (below N) one after
+another, each its own task instance (worker_node/pack.py).
 
 Exit codes: the command's own when it ran (128 + N when signal N ended it); 240 when the
 wrapper failed; 241 when the host speaks another channel protocol version; 2 for a bad command
@@ -63,6 +67,12 @@ def _parser() -> argparse.ArgumentParser:
     array = commands.add_parser("array", help="Run this node's step of an array batch.")
     array.add_argument("--array-id", type=_non_negative, required=True, metavar="A")
     array.add_argument("--batch-number", type=_non_negative, required=True, metavar="B")
+    array.add_argument(
+        "--pack", type=_positive, metavar="K", help="Run K steps of the array, one after another."
+    )
+    array.add_argument(
+        "--array-length", type=_positive, metavar="N", help="The array's steps (with --pack)."
+    )
     for sub in (job, array):
         _common_options(sub)
     return parser
@@ -99,6 +109,7 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
 
 _IDS = {"job": ("task_instance_id",), "array": ("array_id", "batch_number")}
 _COMMON = ("cluster", "host_url", "kill_grace", "cgroup")
+_OPTIONAL = {"job": (), "array": ("pack", "array_length")}
 
 
 class Arguments:
@@ -133,7 +144,8 @@ def _fast_parse(args: list[str]) -> Arguments | None:
     if not args or args[0] not in _IDS:
         return None
     mode = args[0]
-    allowed = {"--" + name.replace("_", "-"): name for name in (*_IDS[mode], *_COMMON)}
+    names = (*_IDS[mode], *_OPTIONAL[mode], *_COMMON)
+    allowed = {"--" + name.replace("_", "-"): name for name in names}
     given: dict[str, str] = {}
     position = 1
     while position < len(args):
@@ -167,6 +179,10 @@ def _fast_parse(args: list[str]) -> Arguments | None:
             if number < 0:
                 return None
             values[key] = number
+        for key in _OPTIONAL[mode]:
+            values[key] = int(given[key]) if key in given else None
+            if values[key] is not None and values[key] < 1:
+                return None
     except (KeyError, ValueError):
         return None
     return Arguments(**values)
@@ -178,6 +194,15 @@ def _non_negative(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    import argparse
+
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
     return value
 
 
@@ -272,6 +297,10 @@ def _run(args: Arguments | argparse.Namespace, channel: Channel) -> int:
         node = _worker_node(args.cluster)
         phases.mark("plugin")
         step = node.array_step_id if args.mode == "array" else None
+        if args.mode == "array" and getattr(args, "pack", None):
+            from jobfleet.worker_node.pack import run_pack
+
+            return run_pack(args, channel, node, step)
         if writer is None:
             spec = _array_spec(args, channel, step)
             writer = channel.open_writer(spec.task_instance_id)

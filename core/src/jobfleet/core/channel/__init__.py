@@ -12,7 +12,7 @@ import os
 
 from jobfleet.core.errors import ChannelError, ProtocolVersionError
 
-from .base import Channel, EventCursor, EventWriter, new_writer_token
+from .base import Channel, EventCursor, EventWriter, member_key, new_writer_token
 from .file import FileChannel
 from .messages import (
     PROTOCOL_VERSION,
@@ -48,6 +48,7 @@ __all__ = [
     "TaskSpec",
     "TransportFactory",
     "UsageReport",
+    "member_key",
     "new_writer_token",
     "open_channel",
     "read_report",

@@ -12,6 +12,9 @@ Protocol (paths under the channel URL, e.g. `http://10.0.0.5:8765/runs/run-3-TOK
     GET  /specs/<task_instance_id>           a TaskSpec.to_dict()
     GET  /arrays/<array>/<batch>/<step>      {"task_instance_id": N, "spec": {...} or null}
     POST /events/<task_instance_id>/<writer> event lines (Event.to_line()), in sequence order
+    GET  /members/<array>.<batch>.<step>     {"kill": bool, "running": bool}  (packed members)
+    PUT  /members/<key>/kill                 ask the pack worker to kill (or skip) that member
+    PUT, DELETE /members/<key>/running       the pack worker runs that member / no longer
 
 Every request carries `Authorization: Bearer TOKEN`, the run's token, which the wrapper reads
 from `$JOBFLEET_CHANNEL_TOKEN` or from the file `$JOBFLEET_CHANNEL_TOKEN_FILE` names (never
@@ -37,7 +40,7 @@ from jobfleet.core.wrapper import (
     CHANNEL_TOKEN_VARIABLE,
 )
 
-from .base import Channel, EventCursor, EventWriter
+from .base import Channel, EventCursor, EventWriter, check_member_key
 from .http_wire import BadReply, PlainConnection, TlsConnection
 from .messages import PROTOCOL_VERSION, Event, TaskSpec
 
@@ -527,6 +530,36 @@ class HttpChannel(Channel):
             tid = _check_id(data.get("task_instance_id"), f"task instance id of step {step}")
             return self.get_spec(tid)
         return TaskSpec.from_dict(spec)
+
+    # Packed members (see `Channel`): the server keeps them as the file channel's marker files.
+
+    supports_member_kills = True
+
+    def _member(self, member: str) -> dict[str, Any]:
+        key = check_member_key(member)
+        status, data = self._get(f"/members/{key}", f"read the state of member {key}")
+        if status == 404 or not isinstance(data, dict):
+            raise ChannelError(f"The host at {self._url} does not know packed members.")
+        return data
+
+    def _change_member(self, method: str, member: str, what: str) -> None:
+        key = check_member_key(member)
+        with self._lock:
+            status, _ = self._connection.request(method, f"/members/{key}/{what}", what=what)
+        if status == 404:
+            raise ChannelError(f"The host at {self._url} does not know packed members.")
+
+    def request_member_kill(self, member: str) -> None:
+        self._change_member("PUT", member, "kill")
+
+    def member_running(self, member: str) -> bool:
+        return bool(self._member(member).get("running"))
+
+    def member_kill_requested(self, member: str) -> bool:
+        return bool(self._member(member).get("kill"))
+
+    def mark_member_running(self, member: str, running: bool) -> None:
+        self._change_member("PUT" if running else "DELETE", member, "running")
 
     def open_writer(self, task_instance_id: int) -> EventWriter:
         tid = _check_id(task_instance_id, "task instance id")
