@@ -31,6 +31,7 @@ def install_plugin(plugin_site: Path) -> Callable[..., Path]:
         modules: Mapping[str, str],
         entry_points: Mapping[str, str],
         version: str = "1.0",
+        worker_nodes: Mapping[str, str] | None = None,
     ) -> Path:
         for module, source in modules.items():
             path = plugin_site.joinpath(*module.split(".")).with_suffix(".py")
@@ -42,7 +43,11 @@ def install_plugin(plugin_site: Path) -> Callable[..., Path]:
             f"Metadata-Version: 2.1\nName: {distribution}\nVersion: {version}\n"
         )
         lines = "".join(f"{name} = {value}\n" for name, value in entry_points.items())
-        info.joinpath("entry_points.txt").write_text(f"[jobfleet.plugins]\n{lines}")
+        text = f"[jobfleet.plugins]\n{lines}"
+        if worker_nodes is not None:  # the wrapper's own entry points (jobfleet.core.worker_nodes)
+            text += "\n[jobfleet.worker_nodes]\n"
+            text += "".join(f"{name} = {value}\n" for name, value in worker_nodes.items())
+        info.joinpath("entry_points.txt").write_text(text)
         return plugin_site
 
     return install

@@ -119,7 +119,9 @@ def test_trace_goes_to_stderr_and_leaves_json_intact():
     assert "jobfleet: calling get_cluster_queue_class() of dummy" in result.stderr
 
 
-@pytest.mark.parametrize("args", [["--help"], ["plugins", "--help"], ["version", "--help"]])
+@pytest.mark.parametrize(
+    "args", [["--help"], ["plugins", "--help"], ["version", "--help"], ["ui", "--help"]]
+)
 def test_help_is_useful(args):
     result = jobfleet(*args)
     assert result.returncode == 0
@@ -168,6 +170,11 @@ def test_help_and_version_import_no_database_library(args: list[str]) -> None:
     found = imported_by(*args)
     assert not found & {"sqlalchemy", "alembic"}
     assert "jobfleet.core.host.ledger" not in found
+
+
+def test_ui_help_imports_no_web_or_database_library() -> None:
+    found = imported_by("ui", "--help")
+    assert not found & {"sqlalchemy", "alembic", "starlette", "uvicorn", "jinja2"}
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import textwrap
 
 import pytest
 
+from jobfleet.core import plugins as plugins_module
 from jobfleet.core.errors import PluginLoadError, UnknownClusterError
 from jobfleet.core.plugins import PluginRegistry, PluginStatus
 
@@ -373,3 +374,142 @@ def test_listing_after_the_quick_path_still_names_the_distribution():
     plugin = registry.get_cluster("dummy")
     assert plugin.distribution == "jobfleet-dummy"
     assert plugin.version
+
+
+# -- the wrapper's fast path: jobfleet.worker_nodes entry points (jobfleet.core.worker_nodes) --
+
+
+def test_every_declared_worker_node_is_the_class_the_plugin_hook_gives():
+    from jobfleet.core.worker_nodes import find_worker_node_class
+
+    registry = PluginRegistry(environ={})
+    declared = {name: find_worker_node_class(name, environ={}) for name in registry.names()}
+    fast = {name: found for name, found in declared.items() if found is not None}
+    # Every built-in backend with a worker node declares it (aws provisions only; the Jobmon
+    # bridge builds its classes at run time and keeps the pluggy path).
+    assert {"dummy", "kubernetes", "mesos", "multiprocess", "sequential", "slurm"} <= set(fast)
+    for name, found in fast.items():
+        assert found is registry.get_worker_node_class(name), name
+
+
+def test_a_plugin_with_the_entry_point_is_loaded_without_its_module(install_plugin, good_plugin):
+    from jobfleet.core.worker_nodes import find_worker_node_class
+
+    hooks = JOBMON_STYLE_HOOKS.format(impl="fast_impl") + "\nraise RuntimeError('imported')\n"
+    install_plugin(
+        "jobfleet-fast",
+        {"fast_impl": good_plugin, "fast_plugin": hooks},
+        {"fast": "fast_plugin"},
+        worker_nodes={"fast": "fast_impl:WorkerNode"},
+    )
+    found = find_worker_node_class("fast", environ={})
+    assert found is not None
+    assert found.__module__ == "fast_impl"
+    assert "fast_plugin" not in sys.modules
+
+
+def test_a_plugin_without_the_entry_point_falls_back_to_pluggy(
+    install_plugin, good_plugin, monkeypatch
+):
+    from jobfleet.core.worker_nodes import find_worker_node_class
+    from jobfleet.worker_node import cli
+
+    install_plugin(
+        "jobfleet-older",
+        {"older_impl": good_plugin, "older_plugin": JOBMON_STYLE_HOOKS.format(impl="older_impl")},
+        {"older": "older_plugin"},
+    )
+    assert find_worker_node_class("older", environ={}) is None
+    monkeypatch.setattr(plugins_module, "_default", None, raising=False)
+    node = cli._worker_node("older")
+    assert type(node).__module__ == "older_impl"
+    assert "older_plugin" in sys.modules  # loaded through its hooks
+
+
+@pytest.mark.parametrize(
+    ("environ", "declared"),
+    [
+        ({"JOBFLEET_DISABLE_PLUGINS": "gated"}, {"gated": "gated_impl:WorkerNode"}),
+        ({"JOBFLEET_LOAD_PLUGINS": "other"}, {"gated": "gated_impl:WorkerNode"}),
+        ({}, {"gated": "gated_impl:NoSuchClass"}),
+        ({}, {"gated": "gated_impl:Queue"}),  # a class, but no worker node
+        ({}, {"gated": "no_such_module:WorkerNode"}),
+    ],
+)
+def test_what_only_the_full_discovery_can_answer_is_left_to_it(
+    install_plugin, good_plugin, environ, declared
+):
+    from jobfleet.core.worker_nodes import find_worker_node_class
+
+    install_plugin(
+        "jobfleet-gated",
+        {"gated_impl": good_plugin, "gated_plugin": JOBMON_STYLE_HOOKS.format(impl="gated_impl")},
+        {"gated": "gated_plugin"},
+        worker_nodes=declared,
+    )
+    assert find_worker_node_class("gated", environ=environ) is None
+    assert find_worker_node_class("gated", environ={"JOBFLEET_LOAD_PLUGINS": "x"}) is None
+
+
+def test_a_worker_node_entry_without_its_plugin_or_claimed_twice_is_left_to_pluggy(
+    install_plugin, good_plugin
+):
+    from jobfleet.core.worker_nodes import find_worker_node_class
+
+    install_plugin(
+        "jobfleet-orphan",
+        {"orphan_impl": good_plugin},
+        {},
+        worker_nodes={"orphan": "orphan_impl:WorkerNode"},
+    )
+    assert find_worker_node_class("orphan", environ={}) is None
+    for suffix in ("a", "b"):
+        install_plugin(
+            f"jobfleet-twice-{suffix}",
+            {f"twice_{suffix}": good_plugin},
+            {"twice": f"twice_{suffix}"},
+            worker_nodes={"twice": f"twice_{suffix}:WorkerNode"},
+        )
+    assert find_worker_node_class("twice", environ={}) is None
+    with pytest.raises(PluginLoadError, match="two installed distributions claim it"):
+        PluginRegistry(environ={}).get_worker_node_class("twice")
+
+
+def test_the_fast_path_imports_neither_pluggy_nor_the_registry():
+    probe = (
+        "import sys\n"
+        "from jobfleet.core.worker_nodes import find_worker_node_class\n"
+        "assert find_worker_node_class('dummy').__name__ == 'DummyWorkerNode'\n"
+        "print(sorted(m for m in ('pluggy', 'jobfleet.core.plugins', 'importlib.metadata',"
+        " 'typing', 'dataclasses') if m in sys.modules))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBFLEET_")}
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True
+    )
+    assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("options", [{}, {"tryfirst": True}, {"specname": "x", "trylast": True}])
+def test_the_light_hook_marker_marks_as_pluggy_s_does(options):
+    import pluggy
+
+    from jobfleet.core.hook_marker import PROJECT_NAME, hookimpl
+
+    def light() -> None: ...
+
+    def real() -> None: ...
+
+    (hookimpl(**options) if options else hookimpl)(light)
+    pluggy.HookimplMarker(PROJECT_NAME)(**options)(real)
+    attribute = f"{PROJECT_NAME}_impl"
+    assert getattr(light, attribute) == getattr(real, attribute)
+    manager = pluggy.PluginManager(PROJECT_NAME)
+    assert manager.parse_hookimpl_opts(_Holder(light), "light") == getattr(real, attribute)
+
+
+class _Holder:
+    """A plugin object holding one function, for pluggy's parse_hookimpl_opts."""
+
+    def __init__(self, function: object) -> None:
+        self.light = function

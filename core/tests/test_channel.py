@@ -1,4 +1,3 @@
-import dataclasses
 import json
 import math
 import os
@@ -426,7 +425,7 @@ def test_a_malformed_report_is_a_problem_on_the_cursor_and_skipped(
     [problem] = cursor.problems
     assert problem.startswith("Skipped the record at byte")
     assert field_named in problem
-    assert channel.read_events(cursor) == ([], dataclasses.replace(cursor, problems=()))
+    assert channel.read_events(cursor) == ([], cursor.replace(problems=()))
 
 
 @pytest.mark.parametrize(("kind", "data", "field_named"), MALFORMED_REPORTS[:-1])

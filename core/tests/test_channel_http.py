@@ -544,3 +544,31 @@ def test_the_client_imports_no_server_library_and_the_channel_package_no_client(
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_packed_members_marks_reach_the_file_channel_both_ways(host, served):
+    """A pack worker's running mark and the host's kill request, over http and on disk."""
+    worker = HttpChannel(served.url)
+    assert worker.supports_member_kills
+    assert (worker.member_running("4.0.7"), worker.member_kill_requested("4.0.7")) == (False, False)
+    worker.mark_member_running("4.0.7", True)
+    assert host.member_running("4.0.7")  # what the server keeps: the file channel's marks
+    worker.request_member_kill("4.0.7")  # the host's distributor asks through its own client
+    assert worker.member_kill_requested("4.0.7")
+    assert host.member_kill_requested("4.0.7")
+    worker.mark_member_running("4.0.7", False)
+    assert not worker.member_running("4.0.7")
+    assert not host.member_running("4.0.7")
+    assert not host.member_kill_requested("4.0.8")  # one member's kill is that member's only
+    worker.close()
+
+
+def test_a_member_key_that_is_not_one_is_refused(served):
+    raw = Raw(served)
+    for key in ("..", "1.2", "a.b.c", "1.2.3.4"):
+        status, answer, _ = raw.request("GET", f"/members/{key}")
+        assert status in (400, 404), (key, status, answer)
+    status, answer, _ = raw.request("DELETE", "/members/1.2.3/kill")
+    assert status == 405, answer
+    status, _, _ = raw.request("GET", "/members/1.2.3", auth=False)
+    assert status == 401

@@ -17,14 +17,19 @@ from jobfleet.core.testing.host import wait_for
 if not Path("/proc/self/environ").exists():
     pytest.skip("finding processes by their environment needs /proc", allow_module_level=True)
 
-# Sleeps until its stdin closes (or the test kills it), so a failing test leaves nothing behind.
-WAITS = "import sys; sys.stdin.read()"
+# Says it is running (an empty line), then sleeps until its stdin closes (or the test kills it),
+# so a failing test leaves nothing behind. The line matters: `Popen` returns once the exec has
+# begun, before the kernel has set up the new program's environment, and a scan of
+# /proc/<pid>/environ in between reads nothing.
+WAITS = "import sys; print(flush=True); sys.stdin.read()"
 
-# Starts a child of the same tag and waits; the child waits too.
+# Says it is running, starts a child of the same tag, and waits; the child prints its own pid
+# once it runs, then waits too.
 PARENT = (
-    "import subprocess, sys; "
-    "child = subprocess.Popen([sys.executable, '-c', 'import sys; sys.stdin.read()']); "
-    "print(child.pid, flush=True); sys.stdin.read(); child.kill(); child.wait()"
+    "import subprocess, sys; print(flush=True); "
+    "child = subprocess.Popen([sys.executable, '-c', "
+    "'import os, sys; print(os.getpid(), flush=True); sys.stdin.read()']); "
+    "sys.stdin.read(); child.kill(); child.wait()"
 )
 
 
@@ -46,6 +51,9 @@ def spawn() -> Iterator[object]:
             stdout=subprocess.PIPE,
         )
         started.append(process)
+        if code in (WAITS, PARENT):
+            assert process.stdout is not None
+            process.stdout.readline()  # it runs: its environment can be read
         return process
 
     yield start

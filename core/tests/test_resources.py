@@ -828,3 +828,62 @@ def test_preemptible_stays_an_extra_key_and_defaults_to_false() -> None:
     assert request.to_dict() == {"cores": 1, "preemptible": "yes"}
     assert ResourceRequest.parse({"cores": 1}).preemptible is False
     assert ResourceRequest.parse({"preemptible": None}).preemptible is False
+
+
+# --- pack (an extra key with a reader of its own) -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ({"max_tasks": 50, "max_runtime": "10m"}, {"max_tasks": 50, "max_runtime": 600}),
+        ("max_tasks=50,max_runtime=10m", {"max_tasks": 50, "max_runtime": 600}),
+        (" max_tasks = 7 ", {"max_tasks": 7}),
+        ({"max_tasks": "3", "max_runtime": None}, {"max_tasks": 3}),
+    ],
+)
+def test_pack_reads_a_mapping_or_the_command_line_text(value: object, expected: dict) -> None:
+    from jobfleet.core.resources import ResourceRequest, parse_pack
+
+    pack = parse_pack(value)
+    assert pack is not None
+    assert pack.to_dict() == expected
+    assert ResourceRequest.parse({"pack": value}).pack == pack
+
+
+@pytest.mark.parametrize("value", [False, "off", "no", "False"])
+def test_pack_off_means_no_packing(value: object) -> None:
+    from jobfleet.core.resources import ResourceRequest, parse_pack
+
+    assert parse_pack(value) is None
+    assert ResourceRequest.parse({}).pack is None
+
+
+@pytest.mark.parametrize(
+    ("value", "field", "fragment"),
+    [
+        ({"max_runtime": "10m"}, "pack", "has no max_tasks"),
+        ({"max_tasks": 0}, "pack", "not a whole number from 1 to 10000"),
+        ({"max_tasks": 10001}, "pack", "not a whole number from 1 to 10000"),
+        ({"max_tasks": 2.5}, "pack", "not a whole number"),
+        ({"max_tasks": True}, "pack.max_tasks", "is a bool"),
+        ("max_tasks=x", "pack", "'x', not a whole number"),
+        ("max_tasks=2,tasks=3", "pack", "'tasks', which is not one of max_tasks, max_runtime"),
+        ("max_tasks=2,max_tasks=3", "pack", "gives max_tasks twice"),
+        ("max_tasks", "pack", "'max_tasks', which is not KEY=VALUE"),
+        ({"max_tasks": 2, "max_runtime": "10 parsecs"}, "pack.max_runtime", "duration"),
+        (True, "pack", "is a bool, not a mapping or text"),
+        (50, "pack", "is a int, not a mapping or text"),
+        ("", "pack", "is empty"),
+    ],
+)
+def test_pack_refuses_bad_values_naming_the_field_and_the_accepted_form(
+    value: object, field: str, fragment: str
+) -> None:
+    from jobfleet.core.resources import parse_pack
+
+    with pytest.raises(ResourceError) as caught:
+        parse_pack(value)
+    assert caught.value.field == field
+    assert fragment in str(caught.value)
+    assert "Accepted:" in str(caught.value)

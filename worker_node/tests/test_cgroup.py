@@ -83,7 +83,7 @@ def make_cgroup() -> Iterator[Callable[..., TaskCgroup]]:
 def test_this_process_is_described(make_cgroup: Callable[..., TaskCgroup]) -> None:
     info = current_memory_cgroup()
     assert info is not None
-    assert info.path.is_dir()
+    assert Path(info.path).is_dir()
     assert os.getpid() in TaskCgroup.open(info).pids()
     assert info.has_limit == (info.memory_limit is not None)
 
@@ -94,10 +94,10 @@ def test_created_under_our_own_cgroup_with_a_clean_unique_name(
     info = current_memory_cgroup()
     assert info is not None
     first, second = make_cgroup(name="my task/../x y"), make_cgroup(name="my task/../x y")
-    assert first.path.parent == info.path == second.path.parent
-    assert first.path.name.startswith("jobfleet-my_task_")
-    assert "/" not in first.path.name
-    assert " " not in first.path.name
+    assert Path(first.path).parent == Path(info.path) == Path(second.path).parent
+    assert Path(first.path).name.startswith("jobfleet-my_task_")
+    assert "/" not in Path(first.path).name
+    assert " " not in Path(first.path).name
     assert first.path != second.path
     assert first.limit() is None
 
@@ -105,7 +105,7 @@ def test_created_under_our_own_cgroup_with_a_clean_unique_name(
 def test_limit_covers_memory_and_swap(make_cgroup: Callable[..., TaskCgroup]) -> None:
     cgroup = make_cgroup(limit=50 * MB)
     assert cgroup.limit() == 50 * MB
-    memsw = cgroup.path / "memory.memsw.limit_in_bytes"
+    memsw = Path(cgroup.path) / "memory.memsw.limit_in_bytes"
     assert cgroup.swap_limited == memsw.exists()
     if memsw.exists():
         assert int(memsw.read_text()) == 50 * MB
@@ -207,7 +207,7 @@ def test_remove_kills_what_is_left_and_is_idempotent(
 
     assert cgroup.remove()
 
-    assert not cgroup.path.exists()
+    assert not Path(cgroup.path).exists()
     assert task.wait(timeout=30) == -signal.SIGKILL
     assert cgroup.remove()
     assert cgroup.pids() == []
@@ -217,8 +217,8 @@ def test_remove_kills_what_is_left_and_is_idempotent(
 
 def test_context_manager_removes_the_cgroup(make_cgroup: Callable[..., TaskCgroup]) -> None:
     with make_cgroup() as cgroup:
-        assert cgroup.path.is_dir()
-    assert not cgroup.path.exists()
+        assert Path(cgroup.path).is_dir()
+    assert not Path(cgroup.path).exists()
 
 
 def test_an_opened_cgroup_is_never_removed() -> None:
@@ -228,7 +228,7 @@ def test_an_opened_cgroup_is_never_removed() -> None:
     view = TaskCgroup.open(info)
     assert not view.owned
     assert not view.remove()
-    assert info.path.is_dir()
+    assert Path(info.path).is_dir()
 
 
 def test_v2_files_are_read(tmp_path: Path) -> None:
@@ -258,6 +258,7 @@ def test_paths_are_found_through_mountinfo_even_for_a_container_subtree() -> Non
     assert _cgroup_path(proc_cgroup, 2) == "/docker/abc"
     memory = [m for m in _mounts(mountinfo) if "memory" in m.super_options]
     assert len(memory) == 1
-    assert _join(memory[0], "/docker/abc/task") == Path("/sys/fs/cgroup/mem ory/task")
+    assert _join(memory[0], "/docker/abc/task") == "/sys/fs/cgroup/mem ory/task"
+    assert _join(memory[0], "/docker/abc") == "/sys/fs/cgroup/mem ory"  # the mount's own root
     unified = next(m for m in _mounts(mountinfo) if m.fstype == "cgroup2")
-    assert _join(unified, "/docker/abc") == Path("/sys/fs/cgroup/unified/docker/abc")
+    assert _join(unified, "/docker/abc") == "/sys/fs/cgroup/unified/docker/abc"

@@ -20,8 +20,10 @@ from jobfleet.core.channel import TaskSpec, open_channel
 from jobfleet.worker_node import cli
 
 # Imported only off the hot path: argparse (and the shutil, gettext it pulls in) for help and
-# errors, importlib.metadata for --version, settings for the host, secrets never, the http
-# client only for an http channel.
+# errors, importlib.metadata for --version, settings for the host, secrets never; typing,
+# dataclasses (with inspect) and pathlib (with urllib.parse and ipaddress) by no module the
+# wrapper imports; pluggy and the plugin registry only for a plugin without a
+# `jobfleet.worker_nodes` entry point; http.client (with ssl and email) only for https.
 LAZY = (
     "argparse",
     "shutil",
@@ -29,6 +31,18 @@ LAZY = (
     "secrets",
     "importlib.metadata",
     "jobfleet.core.settings",
+    "typing",
+    "dataclasses",
+    "inspect",
+    "pathlib",
+    "urllib.parse",
+    "ipaddress",
+    "pluggy",
+    "jobfleet.core.plugins",
+    "jobfleet.core.hookspecs",
+    "jobfleet.core.cluster_protocol",
+    "jobfleet.plugins.dummy.queue",
+    "jobfleet.plugins.dummy.distributor",
     "http.client",
     "ssl",
     "email",
@@ -50,12 +64,26 @@ print(json.dumps({{"code": code, "modules": modules, "threads": started}}))
 """
 
 
-def _probe(tmp_path: Path, command: str) -> dict:
+def _probe(tmp_path: Path, command: str, *, http: bool = False) -> dict:
     channel = open_channel(f"file://{tmp_path / 'channel'}", create=True)
     channel.put_spec(TaskSpec(7, command, "lean"))
-    argv = ["job", "--task-instance-id", "7", "--cluster", "dummy", "--host-url", channel.url]
-    argv += ["--cgroup", "never"]
     env = {**os.environ, "JOBFLEET_DISTRIBUTOR_ID": "lean"}
+    url = channel.url
+    if http:
+        from jobfleet.core.host.channel_server import serve_channel
+
+        served = serve_channel(channel, "lean")
+        url, env["JOBFLEET_CHANNEL_TOKEN"] = served.url, served.token
+    argv = ["job", "--task-instance-id", "7", "--cluster", "dummy", "--host-url", url]
+    argv += ["--cgroup", "never"]
+    try:
+        return _run_probe(argv, env)
+    finally:
+        if http:
+            served.close()
+
+
+def _run_probe(argv: list[str], env: dict[str, str]) -> dict:
     done = subprocess.run(
         [sys.executable, "-c", PROBE.format(argv=argv)],
         capture_output=True,
@@ -70,6 +98,15 @@ def test_a_true_task_imports_none_of_the_lazy_modules(tmp_path: Path) -> None:
     seen = _probe(tmp_path, "true")
     assert seen["code"] == 0
     assert [name for name in LAZY if name in seen["modules"]] == []
+
+
+def test_over_http_too_and_without_http_client(tmp_path: Path) -> None:
+    seen = _probe(tmp_path, "true", http=True)
+    assert seen["code"] == 0
+    assert "jobfleet.core.channel.http" in seen["modules"]  # the probe did go over http
+    assert [name for name in LAZY if name in seen["modules"]] == []
+    events, _ = open_channel(f"file://{tmp_path / 'channel'}").read_events()
+    assert [event.kind.value for event in events] == ["running", "final"]
 
 
 def test_a_task_that_ends_at_once_starts_no_sampler_or_timer(tmp_path: Path) -> None:
@@ -98,6 +135,8 @@ def _argparse_reading(argv: list[str]) -> dict:
         ["array", "--array-id", "4", "--batch-number", "0", "--cluster", "slurm"],
         ["array", "--batch-number", "9", "--array-id", "1", "--host-url", "/abs/dir"],
         ["job", "--task-instance-id", "5", "--cluster", "a=b"],
+        ["array", "--array-id", "4", "--batch-number", "0", "--pack", "8", "--array-length", "30"],
+        ["array", "--array-id=4", "--batch-number=0", "--pack=2"],
     ],
 )
 def test_the_fast_reading_is_argparse_s(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -129,6 +168,8 @@ def test_the_fast_reading_is_argparse_s(argv: list[str], monkeypatch: pytest.Mon
         ["job", "--task-instance-id", "1", "stray"],
         ["job", "--task-instance-id", "1", "--", "x"],
         ["array", "--array-id", "1"],
+        ["array", "--array-id", "1", "--batch-number", "0", "--pack", "0"],
+        ["job", "--task-instance-id", "1", "--pack", "2"],
         ["run", "--task-instance-id", "1"],
     ],
 )

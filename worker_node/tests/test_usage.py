@@ -90,7 +90,7 @@ os.waitpid(middle, 0)
 # A wrapper in miniature: becomes a child sub-reaper, runs a daemonising command whose
 # intermediate exits at once, samples its own tree (minus itself), prints the TreeSample.
 SUBREAPER_WRAPPER = f"""
-import ctypes, dataclasses, json, os, subprocess, sys, time
+import ctypes, json, os, subprocess, sys, time
 from jobfleet.worker_node.usage import TreeSampler
 libc = ctypes.CDLL(None, use_errno=True)
 assert libc.prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
@@ -119,7 +119,7 @@ while orphan not in sampler.tracked_pids() or sampler.current_bytes < 90 * 10485
     time.sleep(0.01)
 task.stdin.close()
 os.waitpid(orphan, 0)
-print(json.dumps(dataclasses.asdict(sampler.stop())))
+print(json.dumps(sampler.stop().as_dict()))
 """
 
 # Burns 0.6 s of cpu in a short-lived child, which then waits to be released and exits while
@@ -371,7 +371,7 @@ linux_only = pytest.mark.skipif(not procfs.HAS_PROC, reason="reads /proc")
 
 # A whole start/sample/stop cycle in a fresh interpreter (this one imported psutil long ago).
 NO_PSUTIL = f"""
-import dataclasses, json, os, subprocess, sys, time
+import json, os, subprocess, sys, time
 from jobfleet.worker_node.usage import TreeSampler
 holder = '''
 import sys
@@ -392,7 +392,7 @@ while child.pid not in sampler.tracked_pids():
 child.stdin.close()
 child.wait()
 sample = sampler.stop()
-print(json.dumps({{"psutil": "psutil" in sys.modules, "sample": dataclasses.asdict(sample)}}))
+print(json.dumps({{"psutil": "psutil" in sys.modules, "sample": sample.as_dict()}}))
 """
 
 

@@ -114,7 +114,7 @@ def test_open_applies_the_migrations(ledger: Ledger) -> None:
     tables = set(inspect(ledger.engine).get_table_names())
     assert tables == {*Base.metadata.tables, "alembic_version"}
     with ledger.engine.connect() as connection:
-        assert current_revision(connection) == head_revision() == "0005"
+        assert current_revision(connection) == head_revision() == "0006"
 
 
 def test_the_migration_files_are_read_as_alembic_reads_them() -> None:

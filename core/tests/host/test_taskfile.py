@@ -755,3 +755,60 @@ def test_yaml_and_json_give_the_same_tasks() -> None:
 def dataclass_without_line(task: TaskDefinition) -> tuple[Any, ...]:
     return (task.name, task.command, task.resources, task.env, task.max_attempts,
             task.resource_scale, task.fallback_queues)  # fmt: skip
+
+
+# -- pack -------------------------------------------------------------------------------------
+
+
+def test_pack_is_written_in_one_form_and_a_task_can_turn_the_default_off() -> None:
+    text = yaml_text(
+        """
+        defaults:
+          resources: {pack: "max_tasks=50,max_runtime=10m"}
+        tasks:
+          - {name: packed, command: "true"}
+          - {name: own, command: "true", resources: {pack: {max_tasks: 5}}}
+          - {name: alone, command: "true", resources: {pack: off}}
+        """
+    )
+    packed, own, alone = parse(text, defaults=TaskDefaults())
+    assert packed.resources["pack"] == {"max_tasks": 50, "max_runtime": 600}
+    assert own.resources["pack"] == {"max_tasks": 5}
+    assert "pack" not in alone.resources
+
+
+def test_pack_from_the_command_line_is_every_task_default() -> None:
+    defaults = TaskDefaults(resources={"pack": "max_tasks=8"})
+    [task] = parse("echo hi\n", "text", defaults)
+    assert task.resources["pack"] == {"max_tasks": 8}
+
+
+def test_a_bad_pack_names_its_line_and_field() -> None:
+    text = yaml_text(
+        """
+        tasks:
+          - name: bad
+            command: "true"
+            resources:
+              pack: {max_tasks: 0}
+        """
+    )
+    assert_error(error_of(text), 5, "tasks[0].resources.pack", "max_tasks 0")
+
+
+def test_a_bad_pack_runtime_names_the_line_of_pack() -> None:
+    text = yaml_text(
+        """
+        tasks:
+          - name: bad
+            command: "true"
+            resources:
+              pack: {max_tasks: 2, max_runtime: soon}
+        """
+    )
+    assert_error(error_of(text), 5, "tasks[0].resources.pack", "'pack.max_runtime'")
+
+
+def test_a_bad_pack_on_the_command_line_names_the_flag() -> None:
+    error = error_of("echo hi\n", "text", TaskDefaults(resources={"pack": "max_tasks=lots"}))
+    assert_error(error, None, "--pack", "max_tasks 'lots'")

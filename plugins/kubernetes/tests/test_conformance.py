@@ -80,6 +80,13 @@ class TestKubernetesDistributor(DistributorTests):
         return lambda: sum(emu.request_count(verb=v) for v in ("list", "get", "watch"))
 
 
+class TestPackedKubernetesDistributor(TestKubernetesDistributor):
+    """The same contracts with every job a member of a packed array element (issue 16): the
+    member kills go through the http channel."""
+
+    packed = True
+
+
 class TestKubernetesWorkerNode(WorkerNodeTests):
     cluster_name = "kubernetes"
 

@@ -87,6 +87,13 @@ class TestMesosDistributor(DistributorTests):
         return lambda: mesos.call_count()
 
 
+class TestPackedMesosDistributor(TestMesosDistributor):
+    """The same contracts with every job a member of a packed array element (issue 16): the
+    member kills go through the http channel."""
+
+    packed = True
+
+
 class TestMesosWorkerNode(WorkerNodeTests):
     cluster_name = "mesos"
 

@@ -50,6 +50,12 @@ class TestSlurmDistributor(DistributorTests):
         return lambda: commands.calls["squeue"] + commands.calls["sacct"]
 
 
+class TestPackedSlurmDistributor(TestSlurmDistributor):
+    """The same contracts with every job a member of a packed array element (issue 16)."""
+
+    packed = True
+
+
 class TestSlurmWorkerNode(WorkerNodeTests):
     cluster_name = "slurm"
 

@@ -1,6 +1,10 @@
 """jobfleet core: cluster protocols, plugin discovery, resource model, conformance kit."""
 
-from typing import Any
+from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # the worker-node wrapper imports this package before every task
+    from typing import Any
 
 
 def __getattr__(name: str) -> Any:

@@ -11,6 +11,10 @@ its scheduler's exit information):
   list that never passes through a shell, with `--cluster` and `--host-url` appended to the
   worker-node arguments the host built (Jobmon's arguments-only convention);
 - the `array_length` check;
+- packing (`jobfleet.core.packing`): `submit_packed_array`, `packed_submitted_or_running`,
+  `packed_queueing_errors`, `packed_exit_info` and `terminate_packed` wrap a backend's array
+  submission and its answers per job, so that a request with `pack:` runs several instances
+  per array element;
 - `state_dir`: a private directory of the host's (0700) that survives `jobfleet run --resume`,
   for what a backend must remember across a host crash (a framework id, the ids it launched).
 
@@ -30,12 +34,20 @@ from __future__ import annotations
 
 import os
 import shlex
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 from jobfleet.core.cluster_protocol import ClusterDistributor
 from jobfleet.core.errors import BackendError
-from jobfleet.core.wrapper import CHANNEL_TOKEN_VARIABLE, HOST_URL_VARIABLE, entry_point_argv
+from jobfleet.core.exit_info import RemoteExitInfo
+from jobfleet.core.packing import Packer
+from jobfleet.core.wrapper import (
+    CHANNEL_TOKEN_VARIABLE,
+    DEFAULT_KILL_GRACE,
+    HOST_URL_VARIABLE,
+    entry_point_argv,
+)
 
 __all__ = ["BaseClusterDistributor"]
 
@@ -83,6 +95,68 @@ class BaseClusterDistributor(ClusterDistributor):
         files atomically (a temporary file renamed over) and 0600, since it may hold ids that
         give control over the run's tasks."""
         self.connection_parameters = connection_parameters
+        self.packer = Packer(self._open_member_channel)
+
+    # -- packing (jobfleet.core.packing) -------------------------------------------------------
+
+    def _open_member_channel(self) -> Any:
+        """The run's channel, as a client: member kills go through it (jobfleet.core.packing)."""
+        url = self.require_host_url()
+        if url.lower().startswith(("http://", "https://")):
+            from jobfleet.core.channel.http import HttpChannel
+
+            # The host gave the token as a parameter: it may not be in this environment.
+            return HttpChannel(url, token=self.channel_token)
+        from jobfleet.core.channel import open_channel
+
+        return open_channel(url)
+
+    def submit_packed_array(
+        self,
+        command: str,
+        requested_resources: Mapping[str, Any],
+        array_length: int,
+        submit_elements: Callable[[str, dict[str, Any], int], Mapping[int, str]],
+    ) -> dict[int, str] | None:
+        """When the request asks for packing: submit the elements through `submit_elements`
+        (the backend's array submission: command, resources, length → element ids) and map
+        each step to its member's id. None when there is nothing to pack: submit as usual."""
+        # The wrappers' grace before SIGKILL, where the backend's settings set it.
+        grace = getattr(self.settings, "kill_grace", None)
+        return self.packer.submit(
+            command,
+            requested_resources,
+            array_length,
+            submit_elements,
+            kill_grace=float(grace) if isinstance(grace, int | float) else DEFAULT_KILL_GRACE,
+        )
+
+    def packed_submitted_or_running(
+        self, distributor_ids: Iterable[str], query: Callable[[list[str]], set[str]]
+    ) -> set[str]:
+        """`query` (the backend's answer for jobs) answered for members too."""
+        return self.packer.submitted_or_running(distributor_ids, query)
+
+    def packed_queueing_errors(
+        self, distributor_ids: Iterable[str], query: Callable[[list[str]], dict[str, str]]
+    ) -> dict[str, str]:
+        """`query` (the backend's queueing errors of jobs) answered for members too."""
+        return self.packer.queueing_errors(distributor_ids, query)
+
+    def packed_exit_info(
+        self, distributor_id: str, job_info: Callable[[str], RemoteExitInfo]
+    ) -> RemoteExitInfo:
+        """`job_info` (the backend's exit info of a job) answered for members too."""
+        return self.packer.exit_info(distributor_id, job_info)
+
+    def terminate_packed(
+        self,
+        distributor_ids: Iterable[str],
+        kill_jobs: Callable[[list[str]], None],
+        job_active: Callable[[str], bool],
+    ) -> None:
+        """Members killed through the channel, jobs (and wholly killed elements) by `kill_jobs`."""
+        self.packer.terminate(distributor_ids, kill_jobs, job_active)
 
     @property
     def worker_node_entry_point(self) -> str:

@@ -17,14 +17,17 @@ import os
 import resource
 import signal
 import time
-from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
 
-from jobfleet.core.cluster_protocol import ClusterWorkerNode
 from jobfleet.core.exit_info import ErrorState, ExitReason, ExitRecord
+from jobfleet.core.worker_node_protocol import ClusterWorkerNode
 from jobfleet.core.wrapper import NOT_EXECUTABLE, NOT_FOUND
 
-UsageSource = Callable[[], dict[str, Any]]
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing stays off the worker-node wrapper's start path
+    from collections.abc import Callable, Mapping
+    from typing import Any, ClassVar, TypeAlias
+
+    UsageSource: TypeAlias = Callable[[], dict[str, Any]]
 
 # The shell's codes for "found but not executable" and "not found".
 LAUNCHER_EXIT_CODES = frozenset({NOT_EXECUTABLE, NOT_FOUND})

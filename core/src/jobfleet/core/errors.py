@@ -6,7 +6,9 @@ traceback. Anything else that escapes is a bug.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 
 class JobfleetError(Exception):

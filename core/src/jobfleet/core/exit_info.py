@@ -6,9 +6,13 @@ Error states use Jobmon's letters so that any host built for Jobmon reads them u
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any
+
+from jobfleet.core.frozen import Frozen
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing stays off the worker-node wrapper's start path
+    from collections.abc import Iterator, Mapping
+    from typing import Any
 
 
 class ErrorState(enum.StrEnum):
@@ -79,8 +83,7 @@ _DEFAULT_STATES: Mapping[ExitReason, ErrorState] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class ExitRecord:
+class ExitRecord(Frozen):
     """The structured facts about one ended task instance.
 
     `exit_code` is None when it is not known (never 0 by default); `signal` is the number of the
@@ -88,12 +91,32 @@ class ExitRecord:
     outcome (`OUT_OF_MEMORY`, `OOMKilled`, `TASK_LOST`…), kept for people and triage.
     """
 
+    _fields = ("reason", "exit_code", "signal", "core_dumped", "raw_state", "message")
+    __slots__ = _fields
+
     reason: ExitReason
-    exit_code: int | None = None
-    signal: int | None = None
-    core_dumped: bool = False
-    raw_state: str | None = None
-    message: str = ""
+    exit_code: int | None
+    signal: int | None
+    core_dumped: bool
+    raw_state: str | None
+    message: str
+
+    def __init__(
+        self,
+        reason: ExitReason,
+        exit_code: int | None = None,
+        signal: int | None = None,
+        core_dumped: bool = False,
+        raw_state: str | None = None,
+        message: str = "",
+    ) -> None:
+        put = object.__setattr__
+        put(self, "reason", reason)
+        put(self, "exit_code", exit_code)
+        put(self, "signal", signal)
+        put(self, "core_dumped", core_dumped)
+        put(self, "raw_state", raw_state)
+        put(self, "message", message)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready form, the one reports and ledgers store."""
@@ -119,8 +142,7 @@ class ExitRecord:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class RemoteExitInfo:
+class RemoteExitInfo(Frozen):
     """What `ClusterDistributor.get_remote_exit_info` returns.
 
     It unpacks like Jobmon's `(error_state, error_message)` pair, so a Jobmon host can use it as
@@ -128,17 +150,33 @@ class RemoteExitInfo:
     later rather than act on it.
     """
 
+    _fields = ("error_state", "error_message", "finalized", "record", "usage")
+    __slots__ = _fields
+    _unhashed = frozenset({"usage"})
+
     error_state: ErrorState
     error_message: str
-    finalized: bool = True
-    record: ExitRecord | None = None
-    usage: Mapping[str, Any] | None = None
+    finalized: bool
+    record: ExitRecord | None
+    usage: Mapping[str, Any] | None
     """What the backend's accounting measured (`maxrss` bytes, `cpu` and `wallclock` seconds,
     `usage_str`), for hosts whose worker report never arrived; None when it measured nothing."""
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        error_state: ErrorState | str,
+        error_message: str,
+        finalized: bool = True,
+        record: ExitRecord | None = None,
+        usage: Mapping[str, Any] | None = None,
+    ) -> None:
+        put = object.__setattr__
         # Accept a bare letter from plugins written against Jobmon, and fail early on anything else.
-        object.__setattr__(self, "error_state", ErrorState(self.error_state))
+        put(self, "error_state", ErrorState(error_state))
+        put(self, "error_message", error_message)
+        put(self, "finalized", finalized)
+        put(self, "record", record)
+        put(self, "usage", usage)
 
     def __iter__(self) -> Iterator[Any]:
         yield self.error_state

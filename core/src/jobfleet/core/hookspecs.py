@@ -20,11 +20,10 @@ from typing import Any
 import pluggy
 
 from jobfleet.core.cluster_protocol import ClusterDistributor, ClusterQueue, ClusterWorkerNode
-
-PROJECT_NAME = "jobfleet"
+from jobfleet.core.hook_marker import PROJECT_NAME as PROJECT_NAME
+from jobfleet.core.hook_marker import hookimpl as hookimpl  # pluggy's marker, without pluggy
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
-hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 REQUIRED_HOOKS = (
     "get_cluster_queue_class",

@@ -14,7 +14,6 @@ Environment:
 from __future__ import annotations
 
 import enum
-import importlib
 import os
 import re
 import sys
@@ -33,6 +32,10 @@ from jobfleet.core.cluster_protocol import (
     ClusterQueue,
     ClusterWorkerNode,
     protocol_problems,
+)
+from jobfleet.core.entry_point_scan import (  # the scanner lives apart, for the wrapper
+    ScannedEntryPoint,  # noqa: F401 - still importable from here
+    scan_entry_point,
 )
 from jobfleet.core.errors import (
     JobfleetError,
@@ -523,71 +526,6 @@ class _EntryPointLike(Protocol):
     def value(self) -> str: ...
 
     def load(self) -> Any: ...
-
-
-@dataclass(frozen=True)
-class ScannedEntryPoint:
-    """An entry point read straight from an installed distribution's entry_points.txt."""
-
-    name: str
-    value: str
-
-    def load(self) -> Any:
-        module, _, attribute = self.value.partition(":")
-        loaded: Any = importlib.import_module(module.strip())
-        for part in filter(None, attribute.strip().split(".")):
-            loaded = getattr(loaded, part)
-        return loaded
-
-
-def scan_entry_point(group: str, name: str) -> ScannedEntryPoint | None:
-    """Find one entry point by reading the dist-info folders on sys.path directly.
-
-    The worker-node wrapper needs one plugin at every task start, and importing
-    importlib.metadata costs ~20 ms. None when it is absent, or claimed by two
-    distributions: the full discovery then decides, and reports the conflict.
-    """
-    claims: dict[str, str] = {}  # distribution folder -> value
-    for folder in sys.path:
-        try:
-            entries = list(os.scandir(folder or "."))
-        except OSError:
-            continue
-        for entry in entries:
-            if entry.name.endswith((".dist-info", ".egg-info")):
-                value = _entry_point_value(
-                    os.path.join(entry.path, "entry_points.txt"), group, name
-                )
-                if value is not None:
-                    claims[entry.name] = value
-    values = set(claims.values())
-    if len(claims) != 1 and not (len(values) == 1 and _same_distribution(claims)):
-        return None
-    return ScannedEntryPoint(name, values.pop())
-
-
-def _same_distribution(claims: Mapping[str, str]) -> bool:
-    """Whether every folder is the same distribution (found twice on sys.path)."""
-    return len({folder.rsplit("-", 1)[0].lower().replace("-", "_") for folder in claims}) == 1
-
-
-def _entry_point_value(path: str, group: str, name: str) -> str | None:
-    """`name`'s value in the `[group]` section of an entry_points.txt (an INI file)."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            lines = handle.read().splitlines()
-    except OSError:
-        return None
-    section = None
-    for raw in lines:
-        line = raw.strip()
-        if line.startswith("[") and line.endswith("]"):
-            section = line[1:-1].strip()
-        elif section == group and "=" in line and not line.startswith(("#", ";")):
-            key, _, value = line.partition("=")
-            if key.strip() == name:
-                return value.strip()
-    return None
 
 
 def _import(name: str, ep: _EntryPointLike) -> ModuleType:

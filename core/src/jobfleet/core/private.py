@@ -11,11 +11,11 @@ Kept to the standard library: the worker-node wrapper imports it around every ta
 from __future__ import annotations
 
 import os
-from typing import Final
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # typing and pathlib stay off the worker-node wrapper's start path
     from pathlib import Path
+    from typing import Final
 
 FILE_MODE: Final = 0o600
 """Files: read and written by their owner only."""

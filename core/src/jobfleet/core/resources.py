@@ -40,13 +40,16 @@ __all__ = [
     "MAX_CORES",
     "MAX_GPUS",
     "MAX_MEMORY",
+    "MAX_PACK_TASKS",
     "MAX_RUNTIME",
     "MIB",
     "MIN_TASK_MEMORY",
+    "PACK",
     "PIB",
     "RAISED_TO_MINIMUM",
     "TIB",
     "Adjustment",
+    "PackRequest",
     "QueueLimits",
     "ResourceRequest",
     "check_task_memory",
@@ -57,6 +60,7 @@ __all__ = [
     "parse_cores",
     "parse_gpus",
     "parse_memory",
+    "parse_pack",
     "parse_preemptible",
     "parse_runtime",
     "validate",
@@ -108,6 +112,18 @@ PREEMPTIBLE_FORMS: Final = "true or false (also yes/no, on/off, 1/0, in any lett
 PREEMPTIBLE: Final = "preemptible"
 """The request key saying a task may run on preemptible (spot) capacity. It stays an extra key
 (no queue limits it); backends that know such capacity read `ResourceRequest.preemptible`."""
+PACK: Final = "pack"
+"""The request key asking a batch backend to run several short task instances of one array in
+one backend job, one after another (docs/resources.md, "Packing"). An extra key like
+`preemptible`: no queue limits it, and being part of the request it takes part in the host's
+grouping of instances into arrays."""
+MAX_PACK_TASKS: Final = 10_000
+PACK_FORMS: Final = (
+    "a mapping such as {max_tasks: 50, max_runtime: 10m} (max_tasks: a whole number from 1 to "
+    f"{MAX_PACK_TASKS}; max_runtime, optional: a runtime such as 10m), the same as text "
+    "'max_tasks=50,max_runtime=10m', or off/false for no packing"
+)
+_PACK_KEYS: Final = ("max_tasks", "max_runtime")
 
 # ASCII only: "\d" would otherwise accept digits of every script.
 _DECIMAL: Final = r"(?:\d+(?:\.\d+)?|\.\d+)"
@@ -496,6 +512,74 @@ def parse_preemptible(value: object, *, field: str = PREEMPTIBLE) -> bool:
     raise _error(field, value, PREEMPTIBLE_FORMS, "is not a yes or no")
 
 
+@dataclass(frozen=True)
+class PackRequest:
+    """How many task instances one backend job may run one after another (`max_tasks`), and
+    how long their runtimes may add up to (`max_runtime`, seconds; None: no bound)."""
+
+    max_tasks: int
+    max_runtime: int | None = None
+
+    def to_dict(self) -> dict[str, int]:
+        """The canonical form written into a request (runtime in seconds)."""
+        values = {"max_tasks": self.max_tasks}
+        if self.max_runtime is not None:
+            values["max_runtime"] = self.max_runtime
+        return values
+
+
+def parse_pack(value: object, *, field: str = PACK) -> PackRequest | None:
+    """Read a `pack` request; None when it says no packing (off, false, no).
+
+    A mapping `{max_tasks: 50, max_runtime: "10m"}`, or the same as text
+    "max_tasks=50,max_runtime=10m" (the command line's form). Unknown or repeated keys, a
+    missing `max_tasks` and values out of range are refused, naming the key.
+    """
+    if value is False or (isinstance(value, str) and value.strip().lower() in _PACK_OFF):
+        return None
+    if isinstance(value, str):
+        entries = _pack_text_entries(value, field)
+    elif isinstance(value, Mapping):
+        entries = dict(value)
+    else:
+        problem = f"is a {type(value).__name__}, not a mapping or text"
+        raise _error(field, value, PACK_FORMS, problem)
+    unknown = sorted(str(key) for key in entries if key not in _PACK_KEYS)
+    if unknown:
+        problem = f"has the key {unknown[0]!r}, which is not one of {', '.join(_PACK_KEYS)}"
+        raise _error(field, value, PACK_FORMS, problem)
+    if entries.get("max_tasks") is None:
+        raise _error(field, value, PACK_FORMS, "has no max_tasks")
+    count = entries["max_tasks"]
+    if isinstance(count, str) and not _COUNT_RE.fullmatch(count.strip()):
+        raise _error(field, value, PACK_FORMS, f"has max_tasks {count!r}, not a whole number")
+    number = _exact_number(count, f"{field}.max_tasks", PACK_FORMS)
+    if number.denominator != 1 or not 1 <= number <= MAX_PACK_TASKS:
+        problem = f"has max_tasks {count!r}, not a whole number from 1 to {MAX_PACK_TASKS}"
+        raise _error(field, value, PACK_FORMS, problem)
+    limit = entries.get("max_runtime")
+    runtime = None if limit is None else parse_runtime(limit, field=f"{field}.max_runtime")
+    return PackRequest(int(number), runtime)
+
+
+_PACK_OFF: Final = frozenset({"off", "false", "no", "none"})
+
+
+def _pack_text_entries(value: str, field: str) -> dict[str, str]:
+    text = _text(value, field, PACK_FORMS)
+    entries: dict[str, str] = {}
+    for part in text.split(","):
+        key, equals, item = part.partition("=")
+        key = key.strip()
+        if not equals or not key or not item.strip():
+            problem = f"has {part.strip()!r}, which is not KEY=VALUE"
+            raise _error(field, value, PACK_FORMS, problem)
+        if key in entries:
+            raise _error(field, value, PACK_FORMS, f"gives {key} twice")
+        entries[key] = item.strip()
+    return entries
+
+
 def _parse_queue(value: object, field: str = "queue") -> str:
     if not isinstance(value, str) or not value.strip():
         raise _error(field, value, QUEUE_FORMS, "is not a queue name")
@@ -599,6 +683,13 @@ class ResourceRequest:
         `preemptible`, read with `parse_preemptible` (absent or None: False)."""
         value = self.extra.get(PREEMPTIBLE)
         return False if value is None else parse_preemptible(value)
+
+    @property
+    def pack(self) -> PackRequest | None:
+        """The packing the task allows: the extra key `pack`, read with `parse_pack` (absent,
+        None or off: no packing)."""
+        value = self.extra.get(PACK)
+        return None if value is None else parse_pack(value)
 
     def to_dict(self, *, bare_memory_unit: str | None = None) -> dict[str, Any]:
         """The canonical JSON-ready dict: canonical fields first, then extra keys as given.

@@ -14,10 +14,13 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections.abc import Mapping
-from typing import Final
 
 from jobfleet.core.exit_info import ErrorState, ExitReason, ExitRecord, RemoteExitInfo
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing stays off the start path
+    from collections.abc import Mapping
+    from typing import Final
 
 # -- exit codes ----------------------------------------------------------------------------------
 # When the command ran, the wrapper exits with the command's code (128 + N when signal N ended

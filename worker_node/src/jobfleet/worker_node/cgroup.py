@@ -21,10 +21,15 @@ import os
 import re
 import signal
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from types import TracebackType
+
+from jobfleet.core.frozen import Frozen
+
+# Paths are plain strings (os.path), and no dataclasses: pathlib costs the wrapper
+# urllib.parse and ipaddress, and this module is imported before every task.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from types import TracebackType
 
 __all__ = ["JOIN_FAILED_EXIT_CODE", "CgroupInfo", "TaskCgroup", "current_memory_cgroup"]
 
@@ -41,17 +46,24 @@ _NAME_MAX = 48
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
-@dataclass(frozen=True)
-class CgroupInfo:
-    """The memory cgroup a process is in.
+class CgroupInfo(Frozen):
+    """The memory cgroup a process is in (`path`, a directory).
 
     `memory_limit` is the effective limit in bytes: the smallest limit of the cgroup and its
     ancestors, which is what the OOM killer enforces; None when there is none.
     """
 
+    _fields = ("version", "path", "memory_limit")
+    __slots__ = _fields
+
     version: int
-    path: Path
+    path: str
     memory_limit: int | None
+
+    def __init__(self, version: int, path: str, memory_limit: int | None) -> None:
+        object.__setattr__(self, "version", version)
+        object.__setattr__(self, "path", path)
+        object.__setattr__(self, "memory_limit", memory_limit)
 
     @property
     def has_limit(self) -> bool:
@@ -69,7 +81,7 @@ def current_memory_cgroup(pid: int | str = "self") -> CgroupInfo | None:
     if path is not None:
         return CgroupInfo(1, path, _v1_effective_limit(path))
     path = _memory_cgroup_dir(2, pid)
-    if path is not None and (path / "memory.current").exists():
+    if path is not None and os.path.exists(os.path.join(path, "memory.current")):
         return CgroupInfo(2, path, _v2_effective_limit(path))
     return None
 
@@ -82,15 +94,17 @@ class TaskCgroup:
     The wrapper's own process is never signalled, so `kill_all()` is safe on a cgroup it shares.
     """
 
-    def __init__(self, path: Path, version: int = 1, *, owned: bool = False) -> None:
-        self.path = path
+    def __init__(
+        self, path: str | os.PathLike[str], version: int = 1, *, owned: bool = False
+    ) -> None:
+        self.path: str = os.fspath(path)
         self.version = version
         self.owned = owned
         # Whether memory+swap is limited too; without it a limited task could spill into swap.
         self.swap_limited = False
 
     def __repr__(self) -> str:
-        return f"TaskCgroup({str(self.path)!r}, version={self.version}, owned={self.owned})"
+        return f"TaskCgroup({self.path!r}, version={self.version}, owned={self.owned})"
 
     # -- creating and opening ---------------------------------------------------------------------
 
@@ -108,9 +122,9 @@ class TaskCgroup:
         parent = _memory_cgroup_dir(1, "self")
         if parent is None:
             return None, "no v1 memory cgroup controller on this machine"
-        path = parent / _cgroup_name(name)
+        path = os.path.join(parent, _cgroup_name(name))
         try:
-            path.mkdir()
+            os.mkdir(path)
         except OSError as exc:
             return None, f"cannot create memory cgroup {path}: {exc.strerror or exc}"
         cgroup = cls(path, 1, owned=True)
@@ -134,11 +148,11 @@ class TaskCgroup:
     def _set_v1_limit(self, limit: int) -> str:
         # memsw must never be below the memory limit, so the memory limit goes first.
         try:
-            _write(self.path / "memory.limit_in_bytes", str(limit))
+            _write(self._file("memory.limit_in_bytes"), str(limit))
         except OSError as exc:
             return f"cannot set memory.limit_in_bytes of {self.path}: {exc.strerror or exc}"
-        memsw = self.path / "memory.memsw.limit_in_bytes"
-        if memsw.exists():
+        memsw = self._file("memory.memsw.limit_in_bytes")
+        if os.path.exists(memsw):
             try:
                 _write(memsw, str(limit))
                 self.swap_limited = True
@@ -155,7 +169,7 @@ class TaskCgroup:
         Memory the process allocated before the move stays charged where it was, so move it
         before it allocates (or start it through `wrap_argv()`).
         """
-        _write(self.path / "cgroup.procs", str(pid))
+        _write(self._file("cgroup.procs"), str(pid))
 
     def wrap_argv(self, argv: Sequence[str]) -> list[str]:
         """An argv that joins this cgroup and then execs `argv`, keeping the same pid.
@@ -165,13 +179,13 @@ class TaskCgroup:
         (the shell prints why on stderr) rather than run without its limit.
         """
         script = f'echo $$ > "$0" || exit {JOIN_FAILED_EXIT_CODE}; exec "$@"'
-        return ["/bin/sh", "-c", script, str(self.path / "cgroup.procs"), *argv]
+        return ["/bin/sh", "-c", script, self._file("cgroup.procs"), *argv]
 
     # -- reading -----------------------------------------------------------------------------------
 
     def pids(self) -> list[int]:
         """Processes (thread-group ids) in the cgroup now; [] once it is gone."""
-        text = _read(self.path / "cgroup.procs")
+        text = _read(self._file("cgroup.procs"))
         if text is None:
             return []
         return sorted({int(word) for word in text.split()})
@@ -179,22 +193,25 @@ class TaskCgroup:
     def peak_bytes(self) -> int | None:
         """Peak memory charged to the cgroup since it was created (includes page cache)."""
         name = "memory.max_usage_in_bytes" if self.version == 1 else "memory.peak"
-        return _read_int(self.path / name)
+        return _read_int(self._file(name))
 
     def current_bytes(self) -> int | None:
         """Memory charged to the cgroup now."""
         name = "memory.usage_in_bytes" if self.version == 1 else "memory.current"
-        return _read_int(self.path / name)
+        return _read_int(self._file(name))
 
     def oom_kills(self) -> int:
         """How many processes the OOM killer killed in this cgroup (0 when unknown)."""
         name = "memory.oom_control" if self.version == 1 else "memory.events"
-        return _read_keyed(self.path / name).get("oom_kill", 0)
+        return _read_keyed(self._file(name)).get("oom_kill", 0)
 
     def limit(self) -> int | None:
         """This cgroup's own memory limit in bytes, None when unlimited or unreadable."""
         name = "memory.limit_in_bytes" if self.version == 1 else "memory.max"
-        return _parse_limit(_read(self.path / name))
+        return _parse_limit(_read(self._file(name)))
+
+    def _file(self, name: str) -> str:
+        return os.path.join(self.path, name)
 
     # -- killing and removing ----------------------------------------------------------------------
 
@@ -234,7 +251,7 @@ class TaskCgroup:
         self.kill_all(signal.SIGKILL, timeout)
         while True:
             try:
-                self.path.rmdir()
+                os.rmdir(self.path)
                 return True
             except FileNotFoundError:
                 return True
@@ -259,18 +276,26 @@ class TaskCgroup:
 # -- locating cgroups -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Mount:
+class _Mount(Frozen):
+    _fields = ("root", "point", "fstype", "super_options")
+    __slots__ = _fields
+
     root: str  # the path inside the hierarchy that is mounted (not "/" under some containers)
-    point: Path
+    point: str
     fstype: str
     super_options: frozenset[str]
 
+    def __init__(self, root: str, point: str, fstype: str, super_options: frozenset[str]) -> None:
+        object.__setattr__(self, "root", root)
+        object.__setattr__(self, "point", point)
+        object.__setattr__(self, "fstype", fstype)
+        object.__setattr__(self, "super_options", super_options)
 
-def _memory_cgroup_dir(version: int, pid: int | str) -> Path | None:
+
+def _memory_cgroup_dir(version: int, pid: int | str) -> str | None:
     """Directory of `pid`'s memory cgroup in the given hierarchy, None if there is none."""
-    own = _read(Path(f"/proc/{pid}/cgroup"))
-    mountinfo = _read(Path("/proc/self/mountinfo"))
+    own = _read(f"/proc/{pid}/cgroup")
+    mountinfo = _read("/proc/self/mountinfo")
     if own is None or mountinfo is None:
         return None
     cgroup_path = _cgroup_path(own, version)
@@ -279,7 +304,7 @@ def _memory_cgroup_dir(version: int, pid: int | str) -> Path | None:
     for mount in _mounts(mountinfo):
         if _mount_matches(mount, version):
             path = _join(mount, cgroup_path)
-            if path.is_dir():
+            if os.path.isdir(path):
                 return path
     return None
 
@@ -305,7 +330,7 @@ def _mounts(mountinfo: str) -> list[_Mount]:
         if not sep or len(fields) < 5 or not tail:
             continue
         options = frozenset(tail[2].split(",")) if len(tail) > 2 else frozenset()
-        mounts.append(_Mount(_unescape(fields[3]), Path(_unescape(fields[4])), tail[0], options))
+        mounts.append(_Mount(_unescape(fields[3]), _unescape(fields[4]), tail[0], options))
     return mounts
 
 
@@ -315,13 +340,15 @@ def _mount_matches(mount: _Mount, version: int) -> bool:
     return mount.fstype == "cgroup" and "memory" in mount.super_options
 
 
-def _join(mount: _Mount, cgroup_path: str) -> Path:
+def _join(mount: _Mount, cgroup_path: str) -> str:
     # A container may mount only its own subtree: /proc says "/docker/abc/x" while the mount's
     # root is "/docker/abc"; the part below the mount root is what lies under the mount point.
     root = mount.root.rstrip("/")
     if root and (cgroup_path == root or cgroup_path.startswith(root + "/")):
         cgroup_path = cgroup_path[len(root) :]
-    return mount.point / cgroup_path.lstrip("/")
+    below = cgroup_path.strip("/")
+    # What `Path(point) / below` gave: the point itself for the mount's own root.
+    return os.path.join(mount.point, below) if below else os.path.normpath(mount.point)
 
 
 def _unescape(field: str) -> str:
@@ -329,21 +356,24 @@ def _unescape(field: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
-def _v1_effective_limit(path: Path) -> int | None:
+def _v1_effective_limit(path: str) -> int | None:
     # v1 computes the smallest limit up the hierarchy for us.
-    stat = _read_keyed(path / "memory.stat")
+    stat = _read_keyed(os.path.join(path, "memory.stat"))
     limits = [stat.get("hierarchical_memory_limit"), stat.get("hierarchical_memsw_limit")]
     found = [value for value in limits if value is not None and value < _UNLIMITED]
     return min(found) if found else None
 
 
-def _v2_effective_limit(path: Path) -> int | None:
+def _v2_effective_limit(path: str) -> int | None:
     limits = []
-    while (path / "memory.max").exists():
-        limit = _parse_limit(_read(path / "memory.max"))
+    while os.path.exists(os.path.join(path, "memory.max")):
+        limit = _parse_limit(_read(os.path.join(path, "memory.max")))
         if limit is not None:
             limits.append(limit)
-        path = path.parent
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
     return min(limits) if limits else None
 
 
@@ -355,14 +385,15 @@ def _cgroup_name(name: str) -> str:
 # -- small file helpers ---------------------------------------------------------------------------
 
 
-def _read(path: Path) -> str | None:
+def _read(path: str) -> str | None:
     try:
-        return path.read_text()
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
     except (OSError, UnicodeDecodeError):
         return None
 
 
-def _read_int(path: Path) -> int | None:
+def _read_int(path: str) -> int | None:
     text = _read(path)
     try:
         return int(text) if text is not None else None
@@ -370,7 +401,7 @@ def _read_int(path: Path) -> int | None:
         return None
 
 
-def _read_keyed(path: Path) -> dict[str, int]:
+def _read_keyed(path: str) -> dict[str, int]:
     """Files of "key value" lines: memory.stat, memory.oom_control, memory.events."""
     values: dict[str, int] = {}
     for line in (_read(path) or "").splitlines():
@@ -390,7 +421,7 @@ def _parse_limit(text: str | None) -> int | None:
     return value if value < _UNLIMITED else None
 
 
-def _write(path: Path, text: str) -> None:
+def _write(path: str, text: str) -> None:
     # One value per write(2), unbuffered, so the kernel's answer (EINVAL, EBUSY) is raised here.
     fd = os.open(path, os.O_WRONLY)
     try:

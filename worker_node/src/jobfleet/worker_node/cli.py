@@ -2,16 +2,21 @@
 
     jobfleet-worker-node job   --task-instance-id N             --cluster NAME --host-url URL
     jobfleet-worker-node array --array-id A --batch-number B     --cluster NAME --host-url URL
+    jobfleet-worker-node array --array-id A --batch-number B --pack K --array-length N  (same)
     jobfleet-worker-node slot                                    --cluster NAME --host-url URL
 
-`slot` runs task after task, each sent on stdin by a local distributor (`slot.py`).
+With `--pack K`, this node's array element e runs steps e*K … e*K+K-1 (below N) one after
+another, each its own task instance (worker_node/pack.py). `slot` runs task after task, each
+sent on stdin by a local distributor (`slot.py`).
 
 Exit codes: the command's own when it ran (128 + N when signal N ended it); 240 when the
 wrapper failed; 241 when the host speaks another channel protocol version; 2 for a bad command
 line. Every failure after the task instance is known is also sent as a final report.
 
-Kept light on purpose: it runs around every task on every node. It imports the channel, the
-one plugin named by --cluster, and psutil; no database, no CLI library, no other plugin.
+Kept light on purpose: it runs around every task on every node. It imports the channel and
+the worker-node class of the plugin named by --cluster (through its `jobfleet.worker_nodes`
+entry point; the plugin registry and pluggy only for a plugin without one); no database, no CLI
+library, no other plugin. worker_node/tests/test_lean_start.py lists what it must not import.
 """
 
 from __future__ import annotations
@@ -65,6 +70,12 @@ def _parser() -> argparse.ArgumentParser:
     array = commands.add_parser("array", help="Run this node's step of an array batch.")
     array.add_argument("--array-id", type=_non_negative, required=True, metavar="A")
     array.add_argument("--batch-number", type=_non_negative, required=True, metavar="B")
+    array.add_argument(
+        "--pack", type=_positive, metavar="K", help="Run K steps of the array, one after another."
+    )
+    array.add_argument(
+        "--array-length", type=_positive, metavar="N", help="The array's steps (with --pack)."
+    )
     slot = commands.add_parser(
         "slot", help="Run task after task, as a local distributor sends them on stdin."
     )
@@ -108,6 +119,11 @@ _IDS: dict[str, tuple[str, ...]] = {
     "slot": (),
 }
 _COMMON = ("cluster", "host_url", "kill_grace", "cgroup")
+_OPTIONAL: dict[str, tuple[str, ...]] = {
+    "job": (),
+    "array": ("pack", "array_length"),
+    "slot": (),
+}
 
 
 class Arguments:
@@ -142,7 +158,8 @@ def _fast_parse(args: list[str]) -> Arguments | None:
     if not args or args[0] not in _IDS:
         return None
     mode = args[0]
-    allowed = {"--" + name.replace("_", "-"): name for name in (*_IDS[mode], *_COMMON)}
+    names = (*_IDS[mode], *_OPTIONAL[mode], *_COMMON)
+    allowed = {"--" + name.replace("_", "-"): name for name in names}
     given: dict[str, str] = {}
     position = 1
     while position < len(args):
@@ -176,6 +193,10 @@ def _fast_parse(args: list[str]) -> Arguments | None:
             if number < 0:
                 return None
             values[key] = number
+        for key in _OPTIONAL[mode]:
+            values[key] = int(given[key]) if key in given else None
+            if values[key] is not None and values[key] < 1:
+                return None
     except (KeyError, ValueError):
         return None
     return Arguments(**values)
@@ -187,6 +208,15 @@ def _non_negative(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    import argparse
+
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
     return value
 
 
@@ -295,6 +325,10 @@ def _run(
             node.environ = environ
         phases.mark("plugin")
         step = node.array_step_id if args.mode == "array" else None
+        if args.mode == "array" and getattr(args, "pack", None):
+            from jobfleet.worker_node.pack import run_pack
+
+            return run_pack(args, channel, node, step)
         if writer is None:
             spec = _array_spec(args, channel, step)
             writer = channel.open_writer(spec.task_instance_id)
@@ -338,16 +372,22 @@ run_task = _run
 
 _NODE_CLASSES: dict[str, Any] = {}
 """Worker-node classes by cluster, once found: a slot worker runs many tasks of one cluster, and
-finding a class scans the plugins' entry points (milliseconds)."""
+finding a class costs a look at the plugins' entry points."""
 
 
 def _worker_node(cluster: str) -> Any:
-    node_class = _NODE_CLASSES.get(cluster)
-    if node_class is None:
-        from jobfleet.core.plugins import get_worker_node_class
+    found = _NODE_CLASSES.get(cluster)
+    if found is None:
+        # The plugin's `jobfleet.worker_nodes` entry point when it has one: no pluggy, no hooks.
+        from jobfleet.core.worker_nodes import find_worker_node_class
 
-        node_class = _NODE_CLASSES[cluster] = get_worker_node_class(cluster)
-    return node_class()
+        found = find_worker_node_class(cluster)
+        if found is None:  # an older plugin, or a failure the full discovery explains
+            from jobfleet.core.plugins import get_worker_node_class
+
+            found = get_worker_node_class(cluster)
+        _NODE_CLASSES[cluster] = found
+    return found()
 
 
 def _array_spec(

@@ -4,32 +4,66 @@ from __future__ import annotations
 
 import os
 import signal
-from dataclasses import dataclass
 
 from jobfleet.core.base_worker_node import LAUNCHER_EXIT_CODES
 from jobfleet.core.exit_info import ExitReason, ExitRecord
+from jobfleet.core.frozen import Frozen
 
 # Without a cgroup's OOM counter, a SIGKILL while the tree held this share of its memory limit
 # is taken for an out-of-memory kill (the kernel's, or the wrapper's own enforcement).
 NEAR_LIMIT = 0.9
 
 
-@dataclass(frozen=True)
-class Observation:
-    """What the wrapper saw of one run of the command."""
+class Observation(Frozen):
+    """What the wrapper saw of one run of the command.
+
+    `wait_status` is the raw status from wait4 (None when the command never started);
+    `cancelled_by` the signal (SIGTERM, SIGINT) that asked the wrapper to stop the task;
+    `oom_kills` the OOM kills counted by the task's cgroup; `memory_enforced` says the wrapper
+    itself killed the tree for passing its memory limit (no cgroup).
+    """
+
+    _fields = (
+        "wait_status",
+        "start_error",
+        "timed_out",
+        "cancelled_by",
+        "oom_kills",
+        "memory_enforced",
+        "memory_limit",
+        "memory_peak",
+    )
+    __slots__ = _fields
 
     wait_status: int | None
-    """The raw status from wait4; None when the command never started."""
-    start_error: str | None = None
-    timed_out: bool = False
-    cancelled_by: int | None = None
-    """The signal (SIGTERM, SIGINT) that asked the wrapper to stop the task."""
-    oom_kills: int = 0
-    """OOM kills counted by the task's cgroup."""
-    memory_enforced: bool = False
-    """The wrapper itself killed the tree for passing its memory limit (no cgroup)."""
-    memory_limit: int | None = None
-    memory_peak: int | None = None
+    start_error: str | None
+    timed_out: bool
+    cancelled_by: int | None
+    oom_kills: int
+    memory_enforced: bool
+    memory_limit: int | None
+    memory_peak: int | None
+
+    def __init__(
+        self,
+        wait_status: int | None,
+        start_error: str | None = None,
+        timed_out: bool = False,
+        cancelled_by: int | None = None,
+        oom_kills: int = 0,
+        memory_enforced: bool = False,
+        memory_limit: int | None = None,
+        memory_peak: int | None = None,
+    ) -> None:
+        put = object.__setattr__
+        put(self, "wait_status", wait_status)
+        put(self, "start_error", start_error)
+        put(self, "timed_out", timed_out)
+        put(self, "cancelled_by", cancelled_by)
+        put(self, "oom_kills", oom_kills)
+        put(self, "memory_enforced", memory_enforced)
+        put(self, "memory_limit", memory_limit)
+        put(self, "memory_peak", memory_peak)
 
 
 def classify(seen: Observation) -> ExitRecord:

@@ -15,9 +15,6 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
 
 from jobfleet.core import process_tree
 from jobfleet.core.channel import (
@@ -28,7 +25,6 @@ from jobfleet.core.channel import (
     TaskSpec,
     UsageReport,
 )
-from jobfleet.core.cluster_protocol import ClusterWorkerNode
 from jobfleet.core.errors import ChannelError, JobfleetError
 from jobfleet.core.exit_info import ErrorState, ExitRecord
 from jobfleet.core.wrapper import DEFAULT_CGROUP, DEFAULT_KILL_GRACE, without_host_variables
@@ -40,6 +36,15 @@ from jobfleet.worker_node.sampler import TreeSample, TreeSampler
 from jobfleet.worker_node.termination import write_termination_log
 from jobfleet.worker_node.usage import combine, current_rss, gpu_usage, rusage_sum
 
+# The type checker's only: typing, dataclasses and the backend protocols are not imported by
+# the wrapper before a task (issue 16: a lean start).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+
+    from jobfleet.core.worker_node_protocol import ClusterWorkerNode
+
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
 STOPPING_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 
@@ -50,26 +55,44 @@ STOPPING_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 _GATE = 'read _; exec /bin/sh -c "$1" </dev/null'
 
 
-@dataclass
 class RunOptions:
-    """How the wrapper treats the task, beyond what the spec says."""
+    """How the wrapper treats the task, beyond what the spec says.
 
-    kill_grace: float = DEFAULT_KILL_GRACE
-    """Seconds between SIGTERM and SIGKILL when stopping the task."""
-    array_step: int | None = None
-    cgroup: str = DEFAULT_CGROUP
-    """"auto": a memory cgroup of its own when the spec limits memory; "always"; "never"."""
+    `kill_grace`: seconds between SIGTERM and SIGKILL when stopping the task. `cgroup`: "auto"
+    (a memory cgroup of its own when the spec limits memory), "always" or "never".
+    """
+
+    def __init__(
+        self,
+        kill_grace: float = DEFAULT_KILL_GRACE,
+        array_step: int | None = None,
+        cgroup: str = DEFAULT_CGROUP,
+    ) -> None:
+        self.kill_grace = kill_grace
+        self.array_step = array_step
+        self.cgroup = cgroup
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return vars(self) == vars(other)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it was
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={value!r}" for name, value in vars(self).items())
+        return f"RunOptions({shown})"
 
 
-@dataclass
 class _Run:
     """The mutable state of one run, shared with signal handlers and timer threads."""
 
-    process: subprocess.Popen[bytes] | None = None
-    timed_out: bool = False
-    cancelled_by: int | None = None
-    memory_enforced: bool = False
-    finished: threading.Event = field(default_factory=threading.Event)
+    def __init__(self) -> None:
+        self.process: subprocess.Popen[bytes] | None = None
+        self.timed_out = False
+        self.cancelled_by: int | None = None
+        self.memory_enforced = False
+        self.finished = threading.Event()
 
 
 class TaskRunner:

@@ -15,12 +15,11 @@ import importlib
 import os
 import threading
 import time
-from dataclasses import dataclass
 
+from jobfleet.core.frozen import Frozen
 from jobfleet.worker_node import procfs
 
-# typing and types are only for the type checker: this idiom saves importing typing (contextlib
-# and importlib come with dataclasses anyway).
+# typing and types are only for the type checker: this idiom saves importing typing.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from types import ModuleType
@@ -44,9 +43,26 @@ _PF_FORKNOEXEC = 0x40  # in /proc/PID/stat's flags: forked, has not exec'd since
 _Key = tuple[int, float]
 
 
-@dataclass(frozen=True)
-class TreeSample:
+class TreeSample(Frozen):
     """What a `TreeSampler` saw. Memory in bytes, cpu in seconds."""
+
+    _fields = (
+        "peak_bytes",
+        "metric",
+        "peak_processes",
+        "samples",
+        "processes_seen",
+        "read_bytes",
+        "write_bytes",
+        "cpu_user",
+        "cpu_system",
+        "largest_process_peak",
+        "current_bytes",
+        "current_processes",
+        "sampling_seconds",
+        "errors",
+    )
+    __slots__ = _fields
 
     peak_bytes: int  # highest sum of per-process memory in one sample
     metric: str  # "pss", "uss" or "rss": the weakest one used in the peak sample; "none"
@@ -62,6 +78,40 @@ class TreeSample:
     current_processes: int
     sampling_seconds: float  # what sampling cost the wrapper
     errors: int  # samples that failed as a whole (should stay 0)
+
+    def __init__(
+        self,
+        *,
+        peak_bytes: int,
+        metric: str,
+        peak_processes: int,
+        samples: int,
+        processes_seen: int,
+        read_bytes: int,
+        write_bytes: int,
+        cpu_user: float,
+        cpu_system: float,
+        largest_process_peak: int,
+        current_bytes: int,
+        current_processes: int,
+        sampling_seconds: float,
+        errors: int,
+    ) -> None:
+        put = object.__setattr__
+        put(self, "peak_bytes", peak_bytes)
+        put(self, "metric", metric)
+        put(self, "peak_processes", peak_processes)
+        put(self, "samples", samples)
+        put(self, "processes_seen", processes_seen)
+        put(self, "read_bytes", read_bytes)
+        put(self, "write_bytes", write_bytes)
+        put(self, "cpu_user", cpu_user)
+        put(self, "cpu_system", cpu_system)
+        put(self, "largest_process_peak", largest_process_peak)
+        put(self, "current_bytes", current_bytes)
+        put(self, "current_processes", current_processes)
+        put(self, "sampling_seconds", sampling_seconds)
+        put(self, "errors", errors)
 
 
 class _Tracked:

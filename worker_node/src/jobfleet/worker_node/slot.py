@@ -42,9 +42,9 @@ from typing import Any
 
 from jobfleet.core import process_tree, wrapper
 from jobfleet.core.channel import Channel, EventWriter, TaskSpec
-from jobfleet.core.cluster_protocol import ClusterWorkerNode
 from jobfleet.core.local.slots import SLOT_MARKER, SLOT_WORK_DIR, running_marker
 from jobfleet.core.private import open_private
+from jobfleet.core.worker_node_protocol import ClusterWorkerNode
 from jobfleet.worker_node import cli
 from jobfleet.worker_node.cgroup import CgroupInfo, TaskCgroup, current_memory_cgroup
 from jobfleet.worker_node.forkserver import ForkServer, usable_environment
@@ -371,7 +371,7 @@ class SlotTaskRunner(TaskRunner):
             environment,
             self._outputs[0].path,
             self._outputs[1].path,
-            str(cgroup.path / "cgroup.procs") if cgroup is not None else None,
+            os.path.join(cgroup.path, "cgroup.procs") if cgroup is not None else None,
         )
         fd = open_private(launch_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         with open(fd, "w", encoding="utf-8", errors="surrogateescape") as handle:

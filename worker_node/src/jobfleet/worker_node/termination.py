@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
 
-from jobfleet.core.channel import FinalReport
 from jobfleet.core.wrapper import (
     TERMINATION_LOG_LIMIT,
     TERMINATION_LOG_STARTED,
     TERMINATION_LOG_VARIABLE,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing stays off the wrapper's start path
+    from typing import Any
+
+    from jobfleet.core.channel import FinalReport
 
 
 def termination_record(report: FinalReport, limit: int = TERMINATION_LOG_LIMIT) -> bytes:

@@ -9,11 +9,10 @@ with `register_transport`. See docs/channel.md for the protocol.
 from __future__ import annotations
 
 import os
-from typing import Protocol
 
 from jobfleet.core.errors import ChannelError, ProtocolVersionError
 
-from .base import Channel, EventCursor, EventWriter, new_writer_token
+from .base import Channel, EventCursor, EventWriter, member_key, new_writer_token
 from .file import FileChannel
 from .messages import (
     PROTOCOL_VERSION,
@@ -27,6 +26,10 @@ from .messages import (
     UsageReport,
     read_report,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .transport_factory import TransportFactory
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -45,6 +48,7 @@ __all__ = [
     "TaskSpec",
     "TransportFactory",
     "UsageReport",
+    "member_key",
     "new_writer_token",
     "open_channel",
     "read_report",
@@ -80,10 +84,13 @@ def _scheme(url: str) -> str:
     return urlsplit(url).scheme.lower()
 
 
-class TransportFactory(Protocol):
-    """Opens (or, with `create=True`, creates on the host side) the channel a URL names."""
+def __getattr__(name: str) -> object:
+    # `TransportFactory` is a typing.Protocol, imported when asked for: the wrapper never is.
+    if name == "TransportFactory":
+        from .transport_factory import TransportFactory
 
-    def __call__(self, url: str, *, create: bool = False) -> Channel: ...
+        return TransportFactory
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 _TRANSPORTS: dict[str, TransportFactory] = {}

@@ -14,16 +14,28 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from types import MappingProxyType, TracebackType
-from typing import Any, Self
+from types import MappingProxyType
 
 from jobfleet.core.errors import ChannelError
+from jobfleet.core.frozen import Frozen
 from jobfleet.core.naming import safe_name
 
 from .messages import Event, EventKind, Report, TaskSpec, parse_kind
 
-__all__ = ["Channel", "EventCursor", "EventWriter", "new_writer_token"]
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing stays off the worker-node wrapper's start path
+    from collections.abc import Iterable
+    from types import TracebackType
+    from typing import Any, ClassVar, Self
+
+__all__ = [
+    "Channel",
+    "EventCursor",
+    "EventWriter",
+    "check_member_key",
+    "member_key",
+    "new_writer_token",
+]
 
 
 def new_writer_token() -> str:
@@ -35,8 +47,7 @@ def new_writer_token() -> str:
     return safe_name(f"{os.uname().nodename}-{os.getpid()}-{os.urandom(8).hex()}")
 
 
-@dataclass(frozen=True, slots=True)
-class EventCursor:
+class EventCursor(Frozen):
     """Where a host is in the event stream of one channel.
 
     Callers treat it as opaque: they pass the cursor one `read_events` returned to the next,
@@ -48,9 +59,24 @@ class EventCursor:
     `to_dict`; a host logs them or records them against the instance.
     """
 
+    _fields = ("transport", "positions", "problems")
+    __slots__ = _fields
+    _unhashed = frozenset({"positions"})
+
     transport: str
-    positions: Mapping[str, int] = field(default_factory=dict, hash=False)
-    problems: tuple[str, ...] = ()
+    positions: Mapping[str, int]
+    problems: tuple[str, ...]
+
+    def __init__(
+        self,
+        transport: str,
+        positions: Mapping[str, int] | None = None,
+        problems: tuple[str, ...] = (),
+    ) -> None:
+        put = object.__setattr__
+        put(self, "transport", transport)
+        put(self, "positions", {} if positions is None else positions)
+        put(self, "problems", problems)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready form a host may store (problems are left out)."""
@@ -160,6 +186,19 @@ class EventWriter(ABC):
         self.close()
 
 
+def member_key(array_id: int, batch_number: int, step: int) -> str:
+    """The name of a packed member: its array, batch and step ("12.0.7")."""
+    return f"{int(array_id)}.{int(batch_number)}.{int(step)}"
+
+
+def check_member_key(member: str) -> str:
+    """`member` when it is a member key, else a ChannelError (it names files)."""
+    parts = member.split(".") if isinstance(member, str) else []
+    if len(parts) != 3 or not all(part.isascii() and part.isdigit() for part in parts):
+        raise ChannelError(f"{member!r} is not a packed member's key (ARRAY.BATCH.STEP).")
+    return member
+
+
 class Channel(ABC):
     """One host channel, as seen by the host and by the worker-node wrappers.
 
@@ -238,6 +277,48 @@ class Channel(ABC):
     def get_array_step(self, array_id: int, batch_number: int, step: int) -> TaskSpec:
         """The spec that step `step` of an array batch runs, however the host stored it."""
         return self.get_spec(self.resolve_array_step(array_id, batch_number, step))
+
+    def get_array_steps(
+        self, array_id: int, batch_number: int, steps: Iterable[int]
+    ) -> dict[int, TaskSpec]:
+        """The specs of several steps of an array batch (a packed job's members), by step.
+
+        A step the batch does not have is left out. This default asks step by step; a
+        transport that stores a batch whole reads it once.
+        """
+        found = {}
+        for step in steps:
+            try:
+                found[step] = self.get_array_step(array_id, batch_number, step)
+            except ChannelError:
+                continue
+        return found
+
+    # Packed members (see jobfleet.core.packing): one backend job runs several task instances
+    # in turn, so the backend cannot kill one of them; the host asks through the channel, and
+    # the pack worker says which member it is running so that the host knows whom to wait for.
+
+    supports_member_kills: ClassVar[bool] = False
+    """Whether this transport carries member kill requests (packing needs it)."""
+
+    # A member is named by its place, "<array_id>.<batch_number>.<step>" (`member_key`): the
+    # backend's id of a member carries it, so the host needs no lookup to ask for a kill.
+
+    def request_member_kill(self, member: str) -> None:
+        """Host side: ask the pack worker to kill (or skip) this member."""
+        raise ChannelError(f"The {type(self).__name__} carries no member kill requests.")
+
+    def member_running(self, member: str) -> bool:
+        """Host side: whether a pack worker runs this member now (or did when it died)."""
+        return False
+
+    def member_kill_requested(self, member: str) -> bool:
+        """Worker side: whether the host asked to kill this member."""
+        return False
+
+    def mark_member_running(self, member: str, running: bool) -> None:
+        """Worker side: say that this member starts (True) or has ended (False)."""
+        raise ChannelError(f"The {type(self).__name__} carries no packed members' marks.")
 
     @abstractmethod
     def open_writer(self, task_instance_id: int) -> EventWriter:

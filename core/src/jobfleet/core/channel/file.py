@@ -7,6 +7,8 @@ under the root:
     specs/<task_instance_id>.json                 one task spec, replaced atomically
     arrays/<array_id>.<batch_number>.json         one array step map, replaced atomically
     events/<task_instance_id>.<writer>.jsonl      the events of one wrapper run, appended
+    members/<array_id>.<batch>.<step>.kill        the host asks a pack worker to kill a member
+    members/<array_id>.<batch>.<step>.running     a pack worker runs this member now
 
 File names come only from integers and sanitised writer tokens, never from task names. Every
 events file has exactly one writer, so records can never interleave, even on NFS where
@@ -22,15 +24,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator, Mapping
 from types import MappingProxyType
-from typing import Any, Final
 
 from jobfleet.core.errors import ChannelError, ProtocolVersionError
 from jobfleet.core.private import make_private_dirs, open_private
 
-from .base import Channel, EventCursor, EventWriter
+from .base import Channel, EventCursor, EventWriter, check_member_key
 from .messages import PROTOCOL_VERSION, Event, TaskSpec
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing stays off the worker-node wrapper's start path
+    from collections.abc import Iterable, Iterator, Mapping
+    from typing import Any, Final
 
 __all__ = ["TRANSPORT", "FileChannel", "FileEventWriter", "path_from_url"]
 
@@ -41,6 +46,7 @@ _SPECS: Final = "specs"
 _ARRAYS: Final = "arrays"
 _EVENTS: Final = "events"
 _EVENTS_SUFFIX: Final = ".jsonl"
+_MEMBERS: Final = "members"
 
 
 def path_from_url(url: str) -> str:
@@ -502,6 +508,53 @@ class FileChannel(Channel):
             ) from None
         except OSError as exc:
             raise ChannelError(f"Could not read the step map {path}: {exc}.") from exc
+
+    def get_array_steps(
+        self, array_id: int, batch_number: int, steps: Iterable[int]
+    ) -> dict[int, TaskSpec]:
+        """Read the batch's file once for all of `steps` (a packed job's members)."""
+        data, _ = self._read_array(array_id, batch_number)
+        inline = data.get("specs") if isinstance(data, dict) else None
+        if not isinstance(inline, dict):
+            return super().get_array_steps(array_id, batch_number, steps)
+        return {
+            step: TaskSpec.from_dict(inline[str(step)]) for step in steps if str(step) in inline
+        }
+
+    # Packed members: empty marker files, so a check is one stat (see `Channel`).
+
+    supports_member_kills = True
+
+    def _member_path(self, member: str, kind: str) -> str:
+        return self._path(_MEMBERS, f"{check_member_key(member)}.{kind}")
+
+    def _touch(self, path: str) -> None:
+        make_private_dirs(os.path.dirname(path))
+        os.close(open_private(path, os.O_WRONLY | os.O_CREAT))
+
+    def request_member_kill(self, member: str) -> None:
+        path = self._member_path(member, "kill")
+        try:
+            self._touch(path)
+        except OSError as exc:
+            raise ChannelError(f"Could not write the kill request {path}: {exc}.") from exc
+
+    def member_running(self, member: str) -> bool:
+        return os.path.exists(self._member_path(member, "running"))
+
+    def member_kill_requested(self, member: str) -> bool:
+        return os.path.exists(self._member_path(member, "kill"))
+
+    def mark_member_running(self, member: str, running: bool) -> None:
+        path = self._member_path(member, "running")
+        try:
+            if running:
+                self._touch(path)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+        except OSError as exc:
+            raise ChannelError(f"Could not mark member {member}: {exc}.") from exc
 
     def open_writer(self, task_instance_id: int) -> EventWriter:
         tid = _check_id(task_instance_id, "task instance id")

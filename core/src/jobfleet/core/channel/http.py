@@ -12,26 +12,26 @@ Protocol (paths under the channel URL, e.g. `http://10.0.0.5:8765/runs/run-3-TOK
     GET  /specs/<task_instance_id>           a TaskSpec.to_dict()
     GET  /arrays/<array>/<batch>/<step>      {"task_instance_id": N, "spec": {...} or null}
     POST /events/<task_instance_id>/<writer> event lines (Event.to_line()), in sequence order
+    GET  /members/<array>.<batch>.<step>     {"kill": bool, "running": bool}  (packed members)
+    PUT  /members/<key>/kill                 ask the pack worker to kill (or skip) that member
+    PUT, DELETE /members/<key>/running       the pack worker runs that member / no longer
 
 Every request carries `Authorization: Bearer TOKEN`, the run's token, which the wrapper reads
 from `$JOBFLEET_CHANNEL_TOKEN` or from the file `$JOBFLEET_CHANNEL_TOKEN_FILE` names (never
 from the URL or the command line). See docs/channel.md.
 
 Kept light: the wrapper imports this module only for an http(s) URL, and it imports nothing
-beyond the standard library (no server library).
+beyond the standard library (no server library). For `http:` not even `http.client`, `ssl` or
+`urllib.parse`: the requests go through `http_wire.PlainConnection` on a bare socket.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import random
 import threading
 import time
-from collections.abc import Mapping
-from typing import Any, Final
-from urllib.parse import quote, urlsplit
 
 from jobfleet.core.errors import ChannelError, ProtocolVersionError
 from jobfleet.core.wrapper import (
@@ -40,8 +40,14 @@ from jobfleet.core.wrapper import (
     CHANNEL_TOKEN_VARIABLE,
 )
 
-from .base import Channel, EventCursor, EventWriter
+from .base import Channel, EventCursor, EventWriter, check_member_key
+from .http_wire import BadReply, PlainConnection, TlsConnection
 from .messages import PROTOCOL_VERSION, Event, TaskSpec
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing stays off the worker-node wrapper's start path
+    from collections.abc import Mapping
+    from typing import Any, Final
 
 __all__ = [
     "DURABLE_HEADER",
@@ -130,31 +136,24 @@ class _Connection:
     """
 
     def __init__(self, url: str, base_path: str, token: str, retry_seconds: float) -> None:
-        parts = urlsplit(url)
+        parts = _split(url)
         self.url = url
-        self.scheme = parts.scheme.lower()
-        self.host = parts.hostname or ""
-        self.port = parts.port
+        self.scheme = parts.scheme
+        self.host: str = parts.hostname or ""
+        self.port: int | None = parts.port
         self.base_path = base_path
         self._token = token
         self.retry_seconds = retry_seconds
         self.timeout = _seconds(TIMEOUT_VARIABLE, DEFAULT_TIMEOUT)
-        self._connection: http.client.HTTPConnection | None = None
+        self._connection: PlainConnection | TlsConnection | None = None
 
-    def _open(self) -> http.client.HTTPConnection:
+    def _open(self) -> PlainConnection | TlsConnection:
         if self._connection is None:
             if self.scheme == "https":
-                import ssl
-
                 cafile = os.environ.get(CHANNEL_CA_VARIABLE) or None
-                context = ssl.create_default_context(cafile=cafile)
-                self._connection = http.client.HTTPSConnection(
-                    self.host, self.port, timeout=self.timeout, context=context
-                )
+                self._connection = TlsConnection(self.host, self.port, self.timeout, cafile)
             else:
-                self._connection = http.client.HTTPConnection(
-                    self.host, self.port, timeout=self.timeout
-                )
+                self._connection = PlainConnection(self.host, self.port, self.timeout)
         return self._connection
 
     def close(self) -> None:
@@ -188,13 +187,11 @@ class _Connection:
             attempt += 1
             wait: float | None = None
             try:
-                connection = self._open()
-                connection.request(method, self.base_path + path, body=body, headers=sent)
-                response = connection.getresponse()
-                raw = response.read()
-                if response.will_close:
+                reply = self._open().exchange(method, self.base_path + path, body, sent)
+                raw = reply.body
+                if reply.will_close:
                     self.close()
-            except (OSError, http.client.HTTPException) as exc:
+            except OSError as exc:  # BadReply included: an answer that is not HTTP
                 self.close()
                 if _is_certificate_error(exc):
                     raise ChannelError(
@@ -203,7 +200,7 @@ class _Connection:
                     ) from None
                 problem = f"{type(exc).__name__}: {exc}"
             else:
-                status = response.status
+                status = reply.status
                 if 200 <= status < 300 or status == 404:
                     return status, _decode(raw)
                 problem = f"HTTP {status}: {_server_message(raw)}"
@@ -217,7 +214,7 @@ class _Connection:
                         f"Could not {what}: the host at {self.url} refused ({problem}).{hint}",
                         status,
                     )
-                wait = _retry_after(response.getheader("Retry-After"))
+                wait = _retry_after(reply.headers.get("retry-after"))
             pause = min(LONGEST_PAUSE, _FIRST_PAUSE * 2 ** min(attempt - 1, 16))
             pause = pause / 2 + random.uniform(0, pause / 2)  # noqa: S311 - jitter, not secrecy
             if wait is not None:
@@ -235,6 +232,8 @@ def _is_certificate_error(exc: BaseException) -> bool:
     import sys
 
     ssl = sys.modules.get("ssl")
+    if isinstance(exc, BadReply) and exc.__cause__ is not None:
+        exc = exc.__cause__
     return ssl is not None and isinstance(exc, ssl.SSLCertVerificationError)
 
 
@@ -261,9 +260,66 @@ def _server_message(raw: bytes) -> str:
     return raw[:200].decode("utf-8", "replace").strip() or "no message"
 
 
+class _Parts:
+    """What this module reads of a URL: `urlsplit`'s fields of the same names."""
+
+    __slots__ = ("fragment", "hostname", "password", "path", "port", "query", "scheme", "username")
+
+    def __init__(self, scheme: str, hostname: str, port: int | None, path: str) -> None:
+        self.scheme = scheme
+        self.hostname = hostname
+        self.port = port
+        self.path = path
+        self.query = self.fragment = ""
+        self.username: str | None = None
+        self.password: str | None = None
+
+
+_HOST_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789.-")
+_PATH_CHARACTERS = frozenset(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~/%!$&'()*+,;=:@"
+)
+
+
+def _split(url: str) -> Any:
+    """`urlsplit(url)` with the scheme and host in lower case, read by hand for the plain form
+    `http(s)://host[:port][/path]` (a name or IPv4 host, a decimal port, a path of URL
+    characters): urllib.parse would cost the wrapper `ipaddress` too. Anything else (IPv6,
+    user info, a query, odd characters) is left to urllib.parse, which checks it."""
+    scheme, sep, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    host, colon, port_text = authority.partition(":")
+    host = host.lower()
+    if (
+        sep
+        and scheme.lower() in TRANSPORTS
+        and host
+        and set(host) <= _HOST_CHARACTERS
+        and (not colon or (port_text.isascii() and port_text.isdigit()))
+        and set(path) <= _PATH_CHARACTERS
+    ):
+        port = int(port_text) if colon else None
+        if port is None or port <= 65535:
+            return _Parts(scheme.lower(), host, port, slash + path)
+    from urllib.parse import urlsplit
+
+    return urlsplit(url)
+
+
+def _quote(text: str) -> str:
+    """`urllib.parse.quote(text, safe="")`: every byte but the unreserved ones %-escaped."""
+    unreserved = _UNRESERVED
+    return "".join(
+        chr(byte) if chr(byte) in unreserved else f"%{byte:02X}" for byte in text.encode("utf-8")
+    )
+
+
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
+
+
 def _check_url(url: str) -> tuple[str, str]:
     """(URL without a trailing slash, its path) of an http(s) channel URL; refuse odd ones."""
-    parts = urlsplit(url)
+    parts = _split(url)
     if parts.scheme.lower() not in TRANSPORTS or not parts.hostname:
         raise ChannelError(
             f"{url!r} is not an http channel URL; write it as http://HOST:PORT/PATH."
@@ -302,7 +358,7 @@ class HttpEventWriter(EventWriter):
         super().__init__(task_instance_id)
         self._connection = connection
         self._pending: list[bytes] = []
-        self._path = f"/events/{task_instance_id}/{quote(self.writer, safe='')}"
+        self._path = f"/events/{task_instance_id}/{_quote(self.writer)}"
 
     def _deliver(self, event: Event, line: bytes, *, durable: bool) -> None:
         self._pending.append(line)
@@ -474,6 +530,36 @@ class HttpChannel(Channel):
             tid = _check_id(data.get("task_instance_id"), f"task instance id of step {step}")
             return self.get_spec(tid)
         return TaskSpec.from_dict(spec)
+
+    # Packed members (see `Channel`): the server keeps them as the file channel's marker files.
+
+    supports_member_kills = True
+
+    def _member(self, member: str) -> dict[str, Any]:
+        key = check_member_key(member)
+        status, data = self._get(f"/members/{key}", f"read the state of member {key}")
+        if status == 404 or not isinstance(data, dict):
+            raise ChannelError(f"The host at {self._url} does not know packed members.")
+        return data
+
+    def _change_member(self, method: str, member: str, what: str) -> None:
+        key = check_member_key(member)
+        with self._lock:
+            status, _ = self._connection.request(method, f"/members/{key}/{what}", what=what)
+        if status == 404:
+            raise ChannelError(f"The host at {self._url} does not know packed members.")
+
+    def request_member_kill(self, member: str) -> None:
+        self._change_member("PUT", member, "kill")
+
+    def member_running(self, member: str) -> bool:
+        return bool(self._member(member).get("running"))
+
+    def member_kill_requested(self, member: str) -> bool:
+        return bool(self._member(member).get("kill"))
+
+    def mark_member_running(self, member: str, running: bool) -> None:
+        self._change_member("PUT" if running else "DELETE", member, "running")
 
     def open_writer(self, task_instance_id: int) -> EventWriter:
         tid = _check_id(task_instance_id, "task instance id")

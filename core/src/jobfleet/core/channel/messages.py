@@ -8,17 +8,24 @@ version it was written for; a reader of another version refuses it rather than g
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import json
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, ClassVar, Final, Self, TypeVar
 
 from jobfleet.core.errors import ChannelError, ProtocolVersionError
 from jobfleet.core.exit_info import ErrorState, ExitReason, ExitRecord
+from jobfleet.core.frozen import Frozen
+
+# Plain classes rather than dataclasses, and typing only for the type checker: the worker-node
+# wrapper imports this module before every task (see jobfleet.core.frozen).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, ClassVar, Final, Self, TypeVar
+
+    _T = TypeVar("_T")
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -34,8 +41,6 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION: Final = 1
-
-_T = TypeVar("_T")
 
 
 def _type_name(value: object) -> str:
@@ -100,8 +105,7 @@ def _frozen_environment(value: object) -> Mapping[str, str]:
     return MappingProxyType(dict(value))
 
 
-@dataclass(frozen=True, slots=True)
-class TaskSpec:
+class TaskSpec(Frozen):
     """Everything the worker-node wrapper needs to run one task instance.
 
     `stdout_dir` / `stderr_dir` of None mean "keep no log file" (the wrapper still keeps
@@ -110,43 +114,88 @@ class TaskSpec:
     so a host cannot store a spec its wrappers would refuse to read.
     """
 
+    _fields = (
+        "task_instance_id",
+        "command",
+        "name",
+        "run_id",
+        "run_token",
+        "stdout_dir",
+        "stderr_dir",
+        "environment",
+        "memory",
+        "runtime",
+        "cores",
+        "heartbeat_interval",
+        "protocol_version",
+    )
+    __slots__ = _fields
+    _unhashed = frozenset({"environment"})
+
     task_instance_id: int
     command: str
     name: str
-    run_id: int | None = None
-    run_token: str | None = None
+    run_id: int | None
+    run_token: str | None
     """The host's token of the run: the wrapper puts it in every report, and the host
     refuses reports without its run's token (None: a host that keeps no token)."""
-    stdout_dir: str | None = None
-    stderr_dir: str | None = None
-    environment: Mapping[str, str] = field(default_factory=dict, hash=False)
-    memory: int | None = None
-    runtime: int | None = None
-    cores: float | None = None
-    heartbeat_interval: float = 30.0
-    protocol_version: int = PROTOCOL_VERSION
+    stdout_dir: str | None
+    stderr_dir: str | None
+    environment: Mapping[str, str]
+    memory: int | None
+    runtime: int | None
+    cores: float | None
+    heartbeat_interval: float
+    protocol_version: int
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        task_instance_id: int,
+        command: str,
+        name: str,
+        run_id: int | None = None,
+        run_token: str | None = None,
+        stdout_dir: str | None = None,
+        stderr_dir: str | None = None,
+        environment: Mapping[str, str] | None = None,
+        memory: int | None = None,
+        runtime: int | None = None,
+        cores: float | None = None,
+        heartbeat_interval: float = 30.0,
+        protocol_version: int = PROTOCOL_VERSION,
+    ) -> None:
         what = "task spec"
-        _check_int(what, "task_instance_id", self.task_instance_id)
-        _check_str(what, "command", self.command)
-        _check_str(what, "name", self.name)
-        _check_int(what, "run_id", self.run_id, nullable=True)
-        _check_str(what, "run_token", self.run_token, nullable=True)
-        _check_str(what, "stdout_dir", self.stdout_dir, nullable=True)
-        _check_str(what, "stderr_dir", self.stderr_dir, nullable=True)
-        _check_int(what, "protocol_version", self.protocol_version)
+        _check_int(what, "task_instance_id", task_instance_id)
+        _check_str(what, "command", command)
+        _check_str(what, "name", name)
+        _check_int(what, "run_id", run_id, nullable=True)
+        _check_str(what, "run_token", run_token, nullable=True)
+        _check_str(what, "stdout_dir", stdout_dir, nullable=True)
+        _check_str(what, "stderr_dir", stderr_dir, nullable=True)
+        _check_int(what, "protocol_version", protocol_version)
         # A zero limit would kill every task at once; "no limit" is spelled None.
-        for name in ("memory", "runtime"):
-            value = getattr(self, name)
+        for field_name, value in (("memory", memory), ("runtime", runtime)):
             if value is not None and not (_is_int(value) and value > 0):
-                raise _field_error(what, name, "a positive integer or null", value)
+                raise _field_error(what, field_name, "a positive integer or null", value)
+        put = object.__setattr__
+        put(self, "task_instance_id", task_instance_id)
+        put(self, "command", command)
+        put(self, "name", name)
+        put(self, "run_id", run_id)
+        put(self, "run_token", run_token)
+        put(self, "stdout_dir", stdout_dir)
+        put(self, "stderr_dir", stderr_dir)
         # Normalise the forms a JSON reader or a caller may hand over (int cores, a plain dict).
-        cores = _check_positive(what, "cores", self.cores, nullable=True)
-        interval = _check_positive(what, "heartbeat_interval", self.heartbeat_interval)
-        object.__setattr__(self, "cores", cores)
-        object.__setattr__(self, "heartbeat_interval", interval)
-        object.__setattr__(self, "environment", _frozen_environment(self.environment))
+        put(self, "environment", _frozen_environment({} if environment is None else environment))
+        put(self, "memory", memory)
+        put(self, "runtime", runtime)
+        put(self, "cores", _check_positive(what, "cores", cores, nullable=True))
+        put(
+            self,
+            "heartbeat_interval",
+            _check_positive(what, "heartbeat_interval", heartbeat_interval),
+        )
+        put(self, "protocol_version", protocol_version)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready form, with every field written out."""
@@ -189,7 +238,7 @@ class TaskSpec:
         return cls(**{name: data[name] for name in _SPEC_FIELDS if name in data})
 
 
-_SPEC_FIELDS: Final = tuple(TaskSpec.__dataclass_fields__)
+_SPEC_FIELDS: Final = TaskSpec._fields
 _REQUIRED_SPEC_FIELDS: Final = ("protocol_version", "task_instance_id", "command", "name")
 
 
@@ -215,9 +264,9 @@ def _object(what: str, value: object) -> Mapping[str, Any]:
     return value
 
 
-def _known_fields(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
-    """The fields of dataclass `cls` that `data` has; unknown keys are left behind."""
-    return {f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data}
+def _known_fields(cls: type[Frozen], data: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of `cls` that `data` has; unknown keys are left behind."""
+    return {name: data[name] for name in cls._fields if name in data}
 
 
 def _check_amount(what: str, name: str, value: object) -> float | None:
@@ -283,7 +332,7 @@ def _exit_record(value: object) -> ExitRecord:
     )
 
 
-class _Report:
+class _Report(Frozen):
     """What the report classes share: their JSON form, read and written field by field."""
 
     __slots__ = ()
@@ -294,8 +343,7 @@ class _Report:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready form: an event's data (a final report's `usage`)."""
-        fields = dataclasses.fields(self)  # type: ignore[arg-type]
-        return {f.name: _json_ready(getattr(self, f.name)) for f in fields}
+        return {name: _json_ready(getattr(self, name)) for name in self._fields}
 
     @classmethod
     def from_dict(cls, data: object) -> Self:
@@ -315,7 +363,6 @@ def _json_ready(value: object) -> object:
     return to_dict() if to_dict is not None else value
 
 
-@dataclass(frozen=True, slots=True)
 class UsageReport(_Report):
     """What a task used, as the wrapper (or the backend's worker node) measured it.
 
@@ -323,58 +370,92 @@ class UsageReport(_Report):
     people; None where nothing was measured.
     """
 
+    _fields = ("maxrss", "cpu", "wallclock", "usage_str")
+    __slots__ = _fields
     _what: ClassVar[str] = "usage"
-    maxrss: int | None = None
-    cpu: float | None = None
-    wallclock: float | None = None
-    usage_str: str | None = None
+    maxrss: int | None
+    cpu: float | None
+    wallclock: float | None
+    usage_str: str | None
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        maxrss: int | None = None,
+        cpu: float | None = None,
+        wallclock: float | None = None,
+        usage_str: str | None = None,
+    ) -> None:
         what = self._what
-        maxrss = _check_amount(what, "maxrss", self.maxrss)
-        object.__setattr__(self, "maxrss", None if maxrss is None else int(maxrss))
-        object.__setattr__(self, "cpu", _check_amount(what, "cpu", self.cpu))
-        object.__setattr__(self, "wallclock", _check_amount(what, "wallclock", self.wallclock))
-        _check_str(what, "usage_str", self.usage_str, nullable=True)
+        peak = _check_amount(what, "maxrss", maxrss)
+        _check_str(what, "usage_str", usage_str, nullable=True)
+        put = object.__setattr__
+        put(self, "maxrss", None if peak is None else int(peak))
+        put(self, "cpu", _check_amount(what, "cpu", cpu))
+        put(self, "wallclock", _check_amount(what, "wallclock", wallclock))
+        put(self, "usage_str", usage_str)
 
 
-@dataclass(frozen=True, slots=True)
 class RunningReport(_Report):
     """The command has started: where, under which pids, and where its logs go."""
 
+    _fields = (
+        "hostname",
+        "pid",
+        "wrapper_pid",
+        "distributor_id",
+        "stdout_path",
+        "stderr_path",
+    )
+    __slots__ = _fields
     kind: ClassVar[EventKind] = EventKind.RUNNING
     _what: ClassVar[str] = "running report"
-    hostname: str | None = None
-    pid: int | None = None
+    hostname: str | None
+    pid: int | None
     """The command's pid (it leads its own process group)."""
-    wrapper_pid: int | None = None
-    distributor_id: str | None = None
-    stdout_path: str | None = None
-    stderr_path: str | None = None
+    wrapper_pid: int | None
+    distributor_id: str | None
+    stdout_path: str | None
+    stderr_path: str | None
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        hostname: str | None = None,
+        pid: int | None = None,
+        wrapper_pid: int | None = None,
+        distributor_id: str | int | None = None,
+        stdout_path: str | None = None,
+        stderr_path: str | None = None,
+    ) -> None:
         what = self._what
-        _check_str(what, "hostname", self.hostname, nullable=True)
-        _check_int(what, "pid", self.pid, nullable=True)
-        _check_int(what, "wrapper_pid", self.wrapper_pid, nullable=True)
-        object.__setattr__(self, "distributor_id", _check_distributor_id(what, self.distributor_id))
-        _check_str(what, "stdout_path", self.stdout_path, nullable=True)
-        _check_str(what, "stderr_path", self.stderr_path, nullable=True)
+        _check_str(what, "hostname", hostname, nullable=True)
+        _check_int(what, "pid", pid, nullable=True)
+        _check_int(what, "wrapper_pid", wrapper_pid, nullable=True)
+        distributor = _check_distributor_id(what, distributor_id)
+        _check_str(what, "stdout_path", stdout_path, nullable=True)
+        _check_str(what, "stderr_path", stderr_path, nullable=True)
+        put = object.__setattr__
+        put(self, "hostname", hostname)
+        put(self, "pid", pid)
+        put(self, "wrapper_pid", wrapper_pid)
+        put(self, "distributor_id", distributor)
+        put(self, "stdout_path", stdout_path)
+        put(self, "stderr_path", stderr_path)
 
 
-@dataclass(frozen=True, slots=True)
 class HeartbeatReport(_Report):
     """The wrapper is alive; `rss` is the task tree's memory at the last sample (bytes)."""
 
+    _fields = ("rss",)
+    __slots__ = _fields
     kind: ClassVar[EventKind] = EventKind.HEARTBEAT
     _what: ClassVar[str] = "heartbeat report"
-    rss: int | None = None
+    rss: int | None
 
-    def __post_init__(self) -> None:
-        _check_int(self._what, "rss", self.rss, nullable=True)
+    def __init__(self, rss: int | None = None) -> None:
+        _check_int(self._what, "rss", rss, nullable=True)
+        object.__setattr__(self, "rss", rss)
 
 
-@dataclass(frozen=True, slots=True)
 class FinalReport(_Report):
     """How the task ended: the one report a wrapper sends last, durably.
 
@@ -384,34 +465,75 @@ class FinalReport(_Report):
     decoded; the paths are its log files (None when the spec asked for none).
     """
 
+    _fields = (
+        "error_state",
+        "message",
+        "exit",
+        "usage",
+        "stdout_tail",
+        "stderr_tail",
+        "stdout_path",
+        "stderr_path",
+        "distributor_id",
+        "hostname",
+    )
+    __slots__ = _fields
     kind: ClassVar[EventKind] = EventKind.FINAL
     _what: ClassVar[str] = "final report"
     _required: ClassVar[tuple[str, ...]] = ("error_state",)
     error_state: ErrorState
-    message: str = ""
-    exit: ExitRecord | None = None
-    usage: UsageReport | None = None
-    stdout_tail: str = ""
-    stderr_tail: str = ""
-    stdout_path: str | None = None
-    stderr_path: str | None = None
-    distributor_id: str | None = None
-    hostname: str | None = None
+    message: str
+    exit: ExitRecord | None
+    usage: UsageReport | None
+    stdout_tail: str
+    stderr_tail: str
+    stdout_path: str | None
+    stderr_path: str | None
+    distributor_id: str | None
+    hostname: str | None
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        error_state: ErrorState | str,
+        message: str = "",
+        exit: ExitRecord | Mapping[str, Any] | None = None,
+        usage: UsageReport | Mapping[str, Any] | None = None,
+        stdout_tail: str = "",
+        stderr_tail: str = "",
+        stdout_path: str | None = None,
+        stderr_path: str | None = None,
+        distributor_id: str | int | None = None,
+        hostname: str | None = None,
+    ) -> None:
         what = self._what
-        _check_choice(what, "error_state", self.error_state, _ERROR_STATES)
-        object.__setattr__(self, "error_state", ErrorState(self.error_state))
-        for name in ("message", "stdout_tail", "stderr_tail"):
-            object.__setattr__(self, name, _check_text(what, name, getattr(self, name)))
-        if self.exit is not None and not isinstance(self.exit, ExitRecord):
-            object.__setattr__(self, "exit", _nested(what, "exit", _exit_record, self.exit))
-        if self.usage is not None and not isinstance(self.usage, UsageReport):
-            usage = _nested(what, "usage", UsageReport.from_dict, self.usage)
-            object.__setattr__(self, "usage", usage)
-        for name in ("stdout_path", "stderr_path", "hostname"):
-            _check_str(what, name, getattr(self, name), nullable=True)
-        object.__setattr__(self, "distributor_id", _check_distributor_id(what, self.distributor_id))
+        _check_choice(what, "error_state", error_state, _ERROR_STATES)
+        texts = [
+            _check_text(what, name, value)
+            for name, value in (
+                ("message", message),
+                ("stdout_tail", stdout_tail),
+                ("stderr_tail", stderr_tail),
+            )
+        ]
+        if exit is not None and not isinstance(exit, ExitRecord):
+            exit = _nested(what, "exit", _exit_record, exit)
+        if usage is not None and not isinstance(usage, UsageReport):
+            usage = _nested(what, "usage", UsageReport.from_dict, usage)
+        _check_str(what, "stdout_path", stdout_path, nullable=True)
+        _check_str(what, "stderr_path", stderr_path, nullable=True)
+        distributor = _check_distributor_id(what, distributor_id)
+        _check_str(what, "hostname", hostname, nullable=True)
+        put = object.__setattr__
+        put(self, "error_state", ErrorState(error_state))
+        put(self, "message", texts[0])
+        put(self, "exit", exit)
+        put(self, "usage", usage)
+        put(self, "stdout_tail", texts[1])
+        put(self, "stderr_tail", texts[2])
+        put(self, "stdout_path", stdout_path)
+        put(self, "stderr_path", stderr_path)
+        put(self, "distributor_id", distributor)
+        put(self, "hostname", hostname)
 
 
 def _nested(what: str, name: str, read: Callable[[Mapping[str, Any]], _T], value: object) -> _T:
@@ -434,8 +556,7 @@ def read_report(kind: EventKind, data: object) -> Report:
     return _REPORTS[kind].from_dict(data)
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(Frozen):
     """One record a wrapper sends to the host.
 
     `writer` is a token unique to one wrapper run and `sequence` counts that writer's events
@@ -447,16 +568,44 @@ class Event:
     checked already: a malformed report never gets that far.
     """
 
+    _fields = ("kind", "task_instance_id", "writer", "sequence", "time", "data", "run_token")
+    _unhashed = frozenset({"data"})
+    __slots__ = (*_fields, "_report")  # a cache: not a field, neither compared nor shown
+
     kind: EventKind
     task_instance_id: int
     writer: str
     sequence: int
     time: float
-    data: Mapping[str, Any] = field(default_factory=dict, hash=False)
-    run_token: str | None = None
+    data: Mapping[str, Any]
+    run_token: str | None
     """The `run_token` of the spec the wrapper ran (None before it read one, or when the spec
     had none): a host refuses a report that does not carry its run's token."""
-    _report: Report | None = field(default=None, init=False, repr=False, compare=False)
+    _report: Report | None
+
+    def __init__(
+        self,
+        kind: EventKind,
+        task_instance_id: int,
+        writer: str,
+        sequence: int,
+        time: float,
+        data: Mapping[str, Any] | None = None,
+        run_token: str | None = None,
+    ) -> None:
+        put = object.__setattr__
+        put(self, "kind", kind)
+        put(self, "task_instance_id", task_instance_id)
+        put(self, "writer", writer)
+        put(self, "sequence", sequence)
+        put(self, "time", time)
+        put(self, "data", {} if data is None else data)
+        put(self, "run_token", run_token)
+        put(self, "_report", None)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        super().__setstate__(state)
+        object.__setattr__(self, "_report", None)
 
     @property
     def report(self) -> Report:

@@ -254,3 +254,8 @@ from jobfleet.core.cli.run_commands import COMMANDS as _RUN_COMMANDS  # noqa: E4
 
 for _command in _RUN_COMMANDS:
     cli.add_command(_command)
+
+from jobfleet.core.cli.ui_commands import COMMANDS as _UI_COMMANDS  # noqa: E402
+
+for _command in _UI_COMMANDS:
+    cli.add_command(_command)

@@ -67,7 +67,7 @@ _RUN_STATUS_STYLES: Final = {**_TASK_STATE_STYLES, "running": "cyan", "created":
 
 
 @contextmanager
-def _existing_ledger(url: str | None, *, write: bool = False) -> Iterator[Ledger]:
+def existing_ledger(url: str | None, *, write: bool = False) -> Iterator[Ledger]:
     """The ledger, for a command that does not create one: a missing SQLite file is an error.
 
     It is opened read-only unless the command writes (`write`).
@@ -267,7 +267,7 @@ def _from_status_source(url: str | None, read: Callable[[StatusSource], _T]) -> 
             pass  # SQLAlchemy's path migrates, refuses or explains, as for every command
     from jobfleet.core.host.queries import SessionStatus
 
-    with _existing_ledger(url) as ledger, ledger.read_session() as session:
+    with existing_ledger(url) as ledger, ledger.read_session() as session:
         return read(SessionStatus(session, ledger.safe_url))
 
 
@@ -415,7 +415,7 @@ def logs(
     from jobfleet.core.host.queries import NotFoundError
 
     stream = "stderr" if use_stderr else "stdout"
-    with _existing_ledger(ledger_url) as ledger, ledger.read_session() as session:
+    with existing_ledger(ledger_url) as ledger, ledger.read_session() as session:
         instance = queries.find_instance(session, instance_id)
         recorded = instance.stderr_path if use_stderr else instance.stdout_path
         state, run_id = instance.state, instance.run_id
@@ -544,7 +544,7 @@ def usage(run_ref: str, as_json: bool, ledger_url: str | None) -> None:
         queries.RESOURCE_RETRIED: "magenta",
         queries.NEAR_LIMIT: "bold red",
     }
-    with _existing_ledger(ledger_url) as ledger, ledger.read_session() as session:
+    with existing_ledger(ledger_url) as ledger, ledger.read_session() as session:
         run = queries.find_run(session, run_ref)
         run_id, run_name = run.id, run.name
         rows = queries.usage_rows(session, run.id)
@@ -630,7 +630,7 @@ def events(
     from jobfleet.core.host import queries
     from jobfleet.core.host.queries import NotFoundError
 
-    with _existing_ledger(ledger_url) as ledger:
+    with existing_ledger(ledger_url) as ledger:
         with ledger.read_session() as session:
             run_id = queries.find_run(session, run_ref).id
             if instance_id is not None:
@@ -740,7 +740,7 @@ def list_queues(cluster_name: str | None, as_json: bool, ledger_url: str | None)
 
     from jobfleet.core.host import queues as queue_admin
 
-    with _existing_ledger(ledger_url) as ledger, ledger.read_session() as session:
+    with existing_ledger(ledger_url) as ledger, ledger.read_session() as session:
         found = [entry.to_dict() for entry in queue_admin.list_queues(session, cluster_name)]
         where = ledger.safe_url
     if as_json:
@@ -877,7 +877,7 @@ def remove_queue(cluster_name: str, queue_name: str, as_json: bool, ledger_url: 
     """Remove QUEUE from CLUSTER; refused while arrays of past runs refer to it."""
     from jobfleet.core.host import queues as queue_admin
 
-    with _existing_ledger(ledger_url, write=True) as ledger, ledger.session() as session:
+    with existing_ledger(ledger_url, write=True) as ledger, ledger.session() as session:
         queue_admin.remove_queue(session, cluster_name, queue_name)
     if as_json:
         print_json({"cluster": cluster_name, "queue": queue_name, "removed": True})

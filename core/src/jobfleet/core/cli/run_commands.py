@@ -106,6 +106,13 @@ class _RunCommand(click.Command):
     "--runtime", help="Runtime limit per task unless the task says, e.g. 90, 10m, 1:30:00."
 )
 @click.option("--gpus", help="GPUs per task unless the task says, e.g. 1 or a100:2.")
+@click.option(
+    "--pack",
+    metavar="max_tasks=N[,max_runtime=T]",
+    help="Let a batch backend run up to N short tasks of an array one after another in one "
+    "job (their runtimes adding up to at most T), unless the task says (`pack:`), e.g. "
+    "max_tasks=50,max_runtime=10m. See docs/resources.md.",
+)
 @click.option("--max-attempts", type=click.IntRange(1, 100), help="Attempts per task (default 3).")
 @click.option(
     "--array-size",
@@ -349,7 +356,7 @@ def _tasks(
 
     resources = {
         key: flags[key]
-        for key in ("queue", "cores", "memory", "runtime", "gpus")
+        for key in ("queue", "cores", "memory", "runtime", "gpus", "pack")
         if flags[key] is not None
     }
     defaults = TaskDefaults(resources=resources, max_attempts=flags["max_attempts"])

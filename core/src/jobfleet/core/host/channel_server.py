@@ -6,6 +6,9 @@ this server makes it reachable by wrappers that share no file system with the ho
     GET  /runs/<key>/channel                             {"protocol": 1}
     GET  /runs/<key>/specs/<task_instance_id>            the spec file, as stored
     GET  /runs/<key>/arrays/<array>/<batch>/<step>       {"task_instance_id": N, "spec": … | null}
+    GET  /runs/<key>/members/<array>.<batch>.<step>      {"kill": …, "running": …} (packing)
+    PUT  /runs/<key>/members/<member>/kill               a member kill request
+    PUT, DELETE /runs/<key>/members/<member>/running     a pack worker's running mark
     POST /runs/<key>/events/<task_instance_id>/<writer>  event lines, appended to that
                                                          writer's events file
 
@@ -420,6 +423,12 @@ class ChannelServer:
                 methods=["GET"],
             ),
             Route("/runs/{key}/events/{tid:int}/{writer}", handle(self._events), methods=["POST"]),
+            Route("/runs/{key}/members/{member}", handle(self._member), methods=["GET"]),
+            Route(
+                "/runs/{key}/members/{member}/{mark}",
+                handle(self._member_mark),
+                methods=["PUT", "DELETE"],
+            ),
         ]
         return Starlette(
             routes=routes,
@@ -492,6 +501,38 @@ class ChannelServer:
             raise _Refused(404, f"There is no step map for array {array} batch {batch}.") from None
         run.arrays[(array, batch)] = (version, data)
         return data
+
+    def _member_key(self, request: Request) -> str:
+        from jobfleet.core.channel.base import check_member_key
+
+        try:
+            return check_member_key(request.path_params["member"])
+        except ChannelError as exc:
+            raise _Refused(400, str(exc)) from None
+
+    async def _member(self, request: Request) -> Any:
+        """A packed member's marks (the pack worker's kill checks, the host's kill waits)."""
+        run = self._run(request)
+        member = self._member_key(request)
+        return {
+            "kill": run.channel.member_kill_requested(member),
+            "running": run.channel.member_running(member),
+        }
+
+    async def _member_mark(self, request: Request) -> Any:
+        """Set a member's kill request (PUT …/kill, the host's distributor) or a pack worker's
+        running mark (PUT / DELETE …/running). Anyone with the run's token may: the same
+        holders may already report any of the run's instances."""
+        run = self._run(request)
+        member = self._member_key(request)
+        mark, method = request.path_params["mark"], request.method
+        if mark == "kill" and method == "PUT":
+            await asyncio.to_thread(run.channel.request_member_kill, member)
+        elif mark == "running":
+            await asyncio.to_thread(run.channel.mark_member_running, member, method == "PUT")
+        else:
+            raise _Refused(405, f"{method} of a member's {mark!r} is not a thing.")
+        return {"member": member}
 
     async def _events(self, request: Request) -> Any:
         run = self._run(request)

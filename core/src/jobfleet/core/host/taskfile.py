@@ -37,7 +37,7 @@ from jobfleet.core.host.located_tree import (
     yaml_tree,
 )
 from jobfleet.core.naming import safe_name
-from jobfleet.core.resources import CANONICAL_FIELDS, ResourceRequest, check_task_memory
+from jobfleet.core.resources import CANONICAL_FIELDS, PACK, ResourceRequest, check_task_memory
 
 __all__ = [
     "DEFAULT_MAX_ATTEMPTS",
@@ -336,7 +336,8 @@ def _check_resources(given: Mapping[str, Node], where: Node) -> dict[str, Any]:
             return dict(_cached_resources(loose))  # a copy: the cached dict is shared
         return _canonical_resources({key: node.value for key, node in given.items()})
     except ResourceError as error:
-        culprit = given.get(error.field, where)
+        # "pack.max_runtime" is a part of `pack`: the line is that of `pack`.
+        culprit = given.get(error.field.split(".", 1)[0], where)
         raise Invalid(culprit.line, culprit.path, str(error)) from error
 
 
@@ -344,7 +345,15 @@ def _canonical_resources(loose: Mapping[str, Any]) -> dict[str, Any]:
     request = ResourceRequest.parse(loose)
     if request.memory is not None:
         check_task_memory(request.memory, value=loose.get("memory"))
-    return request.to_dict()
+    canonical = request.to_dict()
+    if PACK in canonical:
+        # Checked here, once, and written in one form, so that equal requests group alike.
+        pack = request.pack
+        if pack is None:
+            del canonical[PACK]
+        else:
+            canonical[PACK] = pack.to_dict()
+    return canonical
 
 
 @functools.lru_cache(maxsize=256)

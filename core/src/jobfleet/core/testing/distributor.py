@@ -191,6 +191,11 @@ class DistributorTests:
     """True: the factory also gets `state_dir=`, a private directory of the kit host's (what
     the real host passes a `BaseClusterDistributor` as `<run work dir>/distributor`)."""
 
+    packed: ClassVar[bool] = False
+    """True: the kit host submits every job as a member of a packed array element, and arrays
+    ask for packing (`pack` in `task_resources`), so that every contract is checked through
+    packing (jobfleet.core.packing)."""
+
     @pytest.fixture
     def make_distributor(self) -> DistributorFactory:
         """A factory of new, not yet started distributors: `factory(host_url=...)`."""
@@ -202,7 +207,9 @@ class DistributorTests:
     def kit_host(self, tmp_path: Path) -> Iterator[KitHost]:
         """The kit's host: a file channel (and log directory) under the test's tmp_path,
         served over HTTP when `channel_transport` is "http"."""
-        host = KitHost(tmp_path / "kit", self.channel_transport, state_dir=self.state_dir)
+        host = KitHost(
+            tmp_path / "kit", self.channel_transport, state_dir=self.state_dir, packed=self.packed
+        )
         try:
             yield host
         finally:
@@ -227,7 +234,10 @@ class DistributorTests:
     @pytest.fixture
     def task_resources(self) -> dict[str, Any]:
         """Resources of the submitted instances; override for backends that need some."""
-        return {"cores": 1, "memory": "64M", "runtime": "60s"}
+        resources: dict[str, Any] = {"cores": 1, "memory": "64M", "runtime": "60s"}
+        if self.packed:
+            resources["pack"] = {"max_tasks": 2}
+        return resources
 
     @pytest.fixture
     def cores_available(self) -> int | None:

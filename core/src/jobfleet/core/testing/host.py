@@ -94,6 +94,7 @@ class KitHost:
         bind: str = "127.0.0.1:0",
         address: str | None = None,
         state_dir: bool = False,
+        packed: bool = False,
     ) -> None:
         if transport not in ("file", "http"):
             raise ValueError(f"transport must be file or http, not {transport!r}")
@@ -115,6 +116,10 @@ class KitHost:
             from jobfleet.core.private import make_private_dirs
 
             self.state_dir = make_private_dirs(root / "distributor")
+        self.packed = packed
+        """`submit` sends each job as the first member of a packed array element (the second
+        member's step has no spec, so the element runs the job alone): the kit then checks
+        every contract through packing (jobfleet.core.packing)."""
         self._task_ids = itertools.count(1)
         self._array_ids = itertools.count(1)
         self._cursor: EventCursor | None = None
@@ -180,11 +185,33 @@ class KitHost:
         task_instance_id = self.add_spec(
             command, env=env, name=name, memory=memory, runtime=runtime
         )
+        if self.packed:
+            return self._submit_packed(distributor, task_instance_id, name, resources)
         worker_command = distributor.build_worker_node_command(task_instance_id=task_instance_id)
         distributor_id = distributor.submit_to_batch_distributor(
             worker_command, name or f"kit-{task_instance_id}", dict(resources or {})
         )
         return Submitted(task_instance_id, distributor_id)
+
+    def _submit_packed(
+        self,
+        distributor: ClusterDistributor,
+        task_instance_id: int,
+        name: str | None,
+        resources: Mapping[str, Any] | None,
+    ) -> Submitted:
+        array_id = next(self._array_ids)
+        self.channel.put_array(array_id, 0, {0: task_instance_id})
+        worker_command = distributor.build_worker_node_command(array_id=array_id, batch_number=0)
+        packed = {**(resources or {}), "pack": {"max_tasks": 2}}
+        steps = distributor.submit_array_to_batch_distributor(
+            worker_command, name or f"kit-{task_instance_id}", packed, 2
+        )
+        from jobfleet.core.packing import split_member_id
+
+        # Else the kit would check the unpacked path again and call it packing.
+        assert split_member_id(steps[0]) is not None, f"not submitted packed: {steps[0]!r}"
+        return Submitted(task_instance_id, steps[0])
 
     def submit_array(
         self,

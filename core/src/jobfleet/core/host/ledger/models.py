@@ -139,7 +139,11 @@ class Run(Base):
 
 class Task(Base):
     __tablename__ = "tasks"
-    __table_args__ = (Index("ix_tasks_run_id_state", "run_id", "state"),)
+    __table_args__ = (
+        Index("ix_tasks_run_id_state", "run_id", "state"),
+        # `jobfleet ui`'s tasks sorted by name (migration 0006).
+        Index("ix_tasks_run_id_name", "run_id", "name"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
@@ -182,6 +186,12 @@ class TaskInstance(Base):
         # The service's main query: the instances of a run in a given state.
         Index("ix_task_instances_run_id_state", "run_id", "state"),
         Index("ix_task_instances_run_id_task_id", "run_id", "task_id"),
+        # `jobfleet ui`'s rankings and retries of a run (migration 0006).
+        Index("ix_task_instances_run_id_wallclock", "run_id", "wallclock"),
+        Index("ix_task_instances_run_id_maxrss", "run_id", "maxrss"),
+        # Partial: `WHERE attempt > 1` (migration 0006). The condition is left out here: a
+        # `postgresql_where` would import SQLAlchemy's PostgreSQL dialect for every ledger.
+        Index("ix_task_instances_retries", "run_id", "id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -217,7 +227,12 @@ class Event(Base):
     """An append-only log: every state transition and every adjustment, in order."""
 
     __tablename__ = "events"
-    __table_args__ = (Index("ix_events_run_id_id", "run_id", "id"),)
+    __table_args__ = (
+        Index("ix_events_run_id_id", "run_id", "id"),
+        # Events other than transitions (adjustments, kills, notes), for `jobfleet ui`:
+        # partial, `WHERE kind != 'transition'` (migration 0006; condition left out as above).
+        Index("ix_events_notes", "run_id", "id"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))

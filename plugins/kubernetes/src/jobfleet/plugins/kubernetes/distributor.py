@@ -21,7 +21,7 @@ import re
 import shlex
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -165,6 +165,7 @@ class KubernetesDistributor(BaseClusterDistributor):
                 )
                 self._secret = None
         finally:
+            self.packer.close()
             if self._own_api:
                 api.close()
                 self.api = None
@@ -203,18 +204,41 @@ class KubernetesDistributor(BaseClusterDistributor):
         array_length: int,
     ) -> dict[int, str]:
         self.check_array_length(array_length)
+
+        def submit_elements(
+            element_command: str, resources: Mapping[str, Any], elements: int
+        ) -> dict[int, str]:
+            return self._submit_array(element_command, name, resources, elements)
+
+        packed = self.submit_packed_array(
+            command, requested_resources, array_length, submit_elements
+        )
+        if packed is not None:
+            return packed
+        return self._submit_array(command, name, requested_resources, array_length)
+
+    def _submit_array(
+        self, command: str, name: str, requested_resources: Mapping[str, Any], array_length: int
+    ) -> dict[int, str]:
         request = ResourceRequest.parse(requested_resources)
         job = manifests.job_name(self.run, name)
         self._create_job(job, command, request, array_length, _command_labels(command))
         return {index: f"{job}_{index}" for index in range(array_length)}
 
     def get_submitted_or_running(self, distributor_ids: list[str]) -> set[str]:
-        """From the watched state: no API call, however many ids."""
+        """From the watched state: no API call, however many ids (a packed member: while its
+        array element's pod is)."""
         self._check_watches()
+        return self.packed_submitted_or_running(distributor_ids, self._alive_ones)
+
+    def _alive_ones(self, distributor_ids: list[str]) -> set[str]:
         with self._lock:
             return {did for did in distributor_ids if self._alive(did)}
 
     def get_queueing_errors(self, distributor_ids: list[str]) -> dict[str, str]:
+        return self.packed_queueing_errors(distributor_ids, self._queueing_errors)
+
+    def _queueing_errors(self, distributor_ids: list[str]) -> dict[str, str]:
         now = time.time()
         errors: dict[str, str] = {}
         with self._lock:
@@ -231,12 +255,24 @@ class KubernetesDistributor(BaseClusterDistributor):
 
     def get_remote_exit_info(self, distributor_id: str) -> RemoteExitInfo:
         try:
-            with self._lock:
-                return self._exit_info(distributor_id)
+            return self.packed_exit_info(distributor_id, self._locked_exit_info)
         except Exception as exc:  # the protocol: never raise, say it is unknown
             return RemoteExitInfo.unknown(f"reading the pod's state failed: {exc}", finalized=False)
 
+    def _locked_exit_info(self, distributor_id: str) -> RemoteExitInfo:
+        with self._lock:
+            return self._exit_info(distributor_id)
+
     def terminate_task_instances(self, distributor_ids: list[str]) -> None:
+        """Jobs and pods through the API; a packed member through the channel, unless its
+        whole element goes."""
+        self.terminate_packed(distributor_ids, self._terminate, self._alive_one)
+
+    def _alive_one(self, distributor_id: str) -> bool:
+        with self._lock:
+            return self._alive(distributor_id)
+
+    def _terminate(self, distributor_ids: list[str]) -> None:
         """Delete the tasks' Jobs (by label, background propagation); an array step's pod
         alone, and the whole Indexed Job once every step is killed. Returns once none of their
         pods runs (or `kill_wait` passed)."""

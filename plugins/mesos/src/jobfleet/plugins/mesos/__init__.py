@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from jobfleet.core.cluster_protocol import ClusterDistributor, ClusterQueue, ClusterWorkerNode
-from jobfleet.core.hookspecs import hookimpl
+# Light on purpose: this runs before the worker-node class the wrapper imports at every task
+# start (the `jobfleet.worker_nodes` entry point), so neither pluggy nor the protocols.
+from jobfleet.core.hook_marker import hookimpl
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from jobfleet.core.cluster_protocol import ClusterDistributor, ClusterQueue, ClusterWorkerNode
 
 
 @hookimpl

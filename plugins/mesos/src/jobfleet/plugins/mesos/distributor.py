@@ -29,6 +29,7 @@ import secrets
 import shlex
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -221,6 +222,7 @@ class MesosDistributor(BaseClusterDistributor):
             self._monitor.join(timeout=5)
             self._monitor = None
         self._driver = None
+        self.packer.close()
         if connected:
             self._journal.forget()
         else:
@@ -262,6 +264,22 @@ class MesosDistributor(BaseClusterDistributor):
         array_length: int,
     ) -> dict[int, str]:
         self.check_array_length(array_length)
+
+        def submit_elements(
+            element_command: str, resources: Mapping[str, Any], elements: int
+        ) -> dict[int, str]:
+            return self._submit_array(element_command, name, resources, elements)
+
+        packed = self.submit_packed_array(
+            command, requested_resources, array_length, submit_elements
+        )
+        if packed is not None:
+            return packed
+        return self._submit_array(command, name, requested_resources, array_length)
+
+    def _submit_array(
+        self, command: str, name: str, requested_resources: Mapping[str, Any], array_length: int
+    ) -> dict[int, str]:
         request = ResourceRequest.parse(requested_resources)
         base = self._new_id()
         tasks = [
@@ -272,13 +290,20 @@ class MesosDistributor(BaseClusterDistributor):
         return {step: task.did for step, task in enumerate(tasks)}
 
     def get_submitted_or_running(self, distributor_ids: list[str]) -> set[str]:
-        """From the callbacks' state: no call to the master, however many ids."""
+        """From the callbacks' state: no call to the master, however many ids (a packed
+        member: while its array element's task is)."""
+        return self.packed_submitted_or_running(distributor_ids, self._present)
+
+    def _present(self, distributor_ids: list[str]) -> set[str]:
         with self._lock:
             if self._failure is not None:
                 raise BackendError(self._failure)
             return {did for did in distributor_ids if isinstance(did, str) and did in self._tasks}
 
     def get_queueing_errors(self, distributor_ids: list[str]) -> dict[str, str]:
+        return self.packed_queueing_errors(distributor_ids, self._queueing_errors)
+
+    def _queueing_errors(self, distributor_ids: list[str]) -> dict[str, str]:
         now = time.time()
         errors: dict[str, str] = {}
         with self._lock:
@@ -305,6 +330,9 @@ class MesosDistributor(BaseClusterDistributor):
         return errors
 
     def get_remote_exit_info(self, distributor_id: str) -> RemoteExitInfo:
+        return self.packed_exit_info(distributor_id, self._exit_info)
+
+    def _exit_info(self, distributor_id: str) -> RemoteExitInfo:
         try:
             with self._lock:
                 if distributor_id in self._ended:
@@ -325,7 +353,15 @@ class MesosDistributor(BaseClusterDistributor):
 
     def terminate_task_instances(self, distributor_ids: list[str]) -> None:
         """Drop those still waiting (they never launch); KILL the launched ones and wait for
-        their terminal updates (up to `kill_wait`)."""
+        their terminal updates (up to `kill_wait`). A packed member through the channel,
+        unless its whole element goes."""
+        self.terminate_packed(distributor_ids, self._terminate, self._still_there)
+
+    def _still_there(self, distributor_id: str) -> bool:
+        with self._lock:
+            return distributor_id in self._tasks
+
+    def _terminate(self, distributor_ids: list[str]) -> None:
         to_kill: list[str] = []
         with self._lock:
             for did in dict.fromkeys(distributor_ids):

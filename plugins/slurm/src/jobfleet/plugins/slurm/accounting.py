@@ -5,7 +5,6 @@ Pure functions over text, so each mapping is tested without a cluster.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from collections.abc import Iterable
@@ -204,7 +203,7 @@ def _from_wrapper(record: AccountingRecord, output: str) -> RemoteExitInfo:
         raw_state=record.state,
         detail=detail,
     )
-    return dataclasses.replace(shared, usage=usage_of(record))
+    return shared.replace(usage=usage_of(record))
 
 
 def full_exit_code(record: AccountingRecord, output: str) -> int | None:

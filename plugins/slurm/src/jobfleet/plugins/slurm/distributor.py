@@ -84,6 +84,8 @@ class SlurmDistributor(BaseClusterDistributor):
         self._round = 0
         self._sacct_round = -1
         self._max_array_size: int | None = None
+        self._listed: set[str] = set()  # active jobs, for member kills (_still_listed)
+        self._listed_at = -math.inf
 
     # -- the protocol ---------------------------------------------------------------------------
 
@@ -105,6 +107,7 @@ class SlurmDistributor(BaseClusterDistributor):
         if self._scripts is not None:
             shutil.rmtree(self._scripts, ignore_errors=True)
             self._scripts = None
+        self.packer.close()
 
     def submit_to_batch_distributor(
         self, command: str, name: str, requested_resources: dict[str, Any]
@@ -123,6 +126,16 @@ class SlurmDistributor(BaseClusterDistributor):
         array_length: int,
     ) -> dict[int, str]:
         self.check_array_length(array_length)
+        packed = self.submit_packed_array(
+            command, requested_resources, array_length, self._submit_array
+        )
+        if packed is not None:
+            return packed
+        return self._submit_array(command, requested_resources, array_length)
+
+    def _submit_array(
+        self, command: str, requested_resources: Mapping[str, Any], array_length: int
+    ) -> dict[int, str]:
         options = self._resource_options(requested_resources)
         chunk = self.max_array_size()
         steps: dict[int, str] = {}
@@ -139,7 +152,11 @@ class SlurmDistributor(BaseClusterDistributor):
         return steps
 
     def get_submitted_or_running(self, distributor_ids: list[str]) -> set[str]:
-        """From one squeue for all of the run's jobs (reused while the interval runs)."""
+        """From one squeue for all of the run's jobs (reused while the interval runs); a
+        packed member is there while its array element is."""
+        return self.packed_submitted_or_running(distributor_ids, self._jobs_present)
+
+    def _jobs_present(self, distributor_ids: list[str]) -> set[str]:
         self._round += 1
         if self._poller.due():
             self._refresh_snapshot()
@@ -158,7 +175,23 @@ class SlurmDistributor(BaseClusterDistributor):
         return present
 
     def terminate_task_instances(self, distributor_ids: list[str]) -> None:
-        """One scancel for all of them (in chunks of 500 ids)."""
+        """One scancel for all of them (in chunks of 500 ids); a packed member through the
+        channel, unless its whole element goes."""
+        self.terminate_packed(distributor_ids, self._cancel, self._still_listed)
+
+    def _still_listed(self, job: str) -> bool:
+        """Whether Slurm lists the job as active, from a squeue at most once a second (while
+        a member kill waits for its worker)."""
+        now = time.monotonic()
+        if now - self._listed_at >= 1.0:
+            try:
+                self._listed = set(self._list_jobs())
+            except SlurmCommandError:
+                return True  # cannot tell: wait for the worker, within the kill's bound
+            self._listed_at = now
+        return _listed(job, self._listed)
+
+    def _cancel(self, distributor_ids: list[str]) -> None:
         ids = sorted({str(job) for job in distributor_ids if _is_job_id(str(job))})
         if not ids:
             return
@@ -194,7 +227,7 @@ class SlurmDistributor(BaseClusterDistributor):
     def get_remote_exit_info(self, distributor_id: str) -> RemoteExitInfo:
         """sacct's final record of the job; never raises (`finalized=False` while it lags)."""
         try:
-            return self._exit_info(distributor_id)
+            return self.packed_exit_info(distributor_id, self._exit_info)
         except Exception as exc:  # the protocol: never raise, say it is unknown
             return RemoteExitInfo.unknown(f"asking Slurm failed: {exc}", finalized=False)
 
