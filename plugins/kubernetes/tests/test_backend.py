@@ -223,13 +223,13 @@ def test_429_and_5xx_are_retried(target: Any, host: KitHost) -> None:
     emu = target.require_emulator("it throttles and fails requests on request")
     with running(target, host) as distributor:
         emu.reset_counts()
-        emu.throttle(2, retry_after=1)
+        emu.throttle(2, retry_after=1, verb="create", resource="jobs")
         started = time.monotonic()
         first = distributor.submit_to_batch_distributor("job --task-instance-id 1", "a", {})
         waited = time.monotonic() - started
-        emu.fail_next(2, status=503)
+        emu.fail_next(2, status=503, verb="create", resource="jobs")
         second = distributor.submit_to_batch_distributor("job --task-instance-id 2", "b", {})
-        emu.fail_next(1, status=500)
+        emu.fail_next(1, status=500, verb="create", resource="jobs")
         third = distributor.submit_to_batch_distributor("job --task-instance-id 3", "c", {})
         creates = emu.request_count(verb="create", resource="jobs")
         distributor.terminate_task_instances([first, second, third])

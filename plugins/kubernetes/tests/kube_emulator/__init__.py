@@ -61,8 +61,11 @@ class KubeEmulator:
         self.requests: collections.Counter[tuple[str, str]] = collections.Counter()
         self._request_log: list[str] = []
         self._fault_lock = threading.Lock()
-        self._throttle: tuple[int, int] = (0, 1)
-        self._fail: tuple[int, int] = (0, 500)
+        # Faults for the next requests: (how many, value, the verb and resource they hit; None
+        # for any). A test aims them, so that a watch or relist of the backend's own in the
+        # background cannot take a fault meant for the request under test.
+        self._throttle: tuple[int, int, str | None, str | None] = (0, 1, None, None)
+        self._fail: tuple[int, int, str | None, str | None] = (0, 500, None, None)
         self._forbidden: set[tuple[str, str]] = set()
         self._watch_lock = threading.Lock()
         self._open_watches = 0
@@ -300,13 +303,19 @@ class KubeEmulator:
             self._request_log.append("\n".join(lines))
 
     # -- fault injection -----------------------------------------------------------------------
-    def throttle(self, n: int, retry_after: int = 1) -> None:
+    def throttle(
+        self, n: int, retry_after: int = 1, verb: str | None = None, resource: str | None = None
+    ) -> None:
+        """Answer the next `n` requests (of `verb` on `resource` where given) with 429."""
         with self._fault_lock:
-            self._throttle = (n, retry_after)
+            self._throttle = (n, retry_after, verb, resource)
 
-    def fail_next(self, n: int, status: int = 500) -> None:
+    def fail_next(
+        self, n: int, status: int = 500, verb: str | None = None, resource: str | None = None
+    ) -> None:
+        """Answer the next `n` requests (of `verb` on `resource` where given) with `status`."""
         with self._fault_lock:
-            self._fail = (n, status)
+            self._fail = (n, status, verb, resource)
 
     def forbid(self, verb: str, resource: str) -> None:
         with self._fault_lock:
@@ -330,9 +339,9 @@ class KubeEmulator:
                     f'"{group}" in the namespace "default"',
                     details={"group": group, "kind": res},
                 )
-            n, retry_after = self._throttle
-            if n > 0:
-                self._throttle = (n - 1, retry_after)
+            n, retry_after, aim_verb, aim_resource = self._throttle
+            if n > 0 and _aimed_at(verb, resource, aim_verb, aim_resource):
+                self._throttle = (n - 1, retry_after, aim_verb, aim_resource)
                 raise ApiError(
                     429,
                     "Too many requests, please try again later.",
@@ -342,9 +351,9 @@ class KubeEmulator:
                     },
                     headers={"Retry-After": str(retry_after)},
                 )
-            n, status = self._fail
-            if n > 0:
-                self._fail = (n - 1, status)
+            n, status, aim_verb, aim_resource = self._fail
+            if n > 0 and _aimed_at(verb, resource, aim_verb, aim_resource):
+                self._fail = (n - 1, status, aim_verb, aim_resource)
                 raise ApiError(status, f"injected failure ({status})")
 
     # -- cluster-side actions ------------------------------------------------------------------
@@ -489,3 +498,9 @@ def _redact(obj: dict[str, Any]) -> dict[str, Any]:
     out = dict(obj)
     out["data"] = dict.fromkeys(obj.get("data") or {}, "<redacted>")
     return out
+
+
+def _aimed_at(verb: str, resource: str, aim_verb: str | None, aim_resource: str | None) -> bool:
+    return (aim_verb is None or aim_verb == verb) and (
+        aim_resource is None or aim_resource == resource
+    )
