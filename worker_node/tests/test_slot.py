@@ -208,6 +208,32 @@ def test_signals_start_at_their_defaults(slot: SlotUnderTest) -> None:
     assert final["exit"]["signal"] == signal.SIGINT, final["message"]
 
 
+def test_no_signal_starts_ignored(slot: SlotUnderTest) -> None:
+    final = slot.run("grep SigIgn /proc/$$/status")
+    assert final["stdout_tail"].split() == ["SigIgn:", "0" * 16], final["stdout_tail"]
+
+
+def test_the_task_leads_a_session_and_group_of_its_own(slot: SlotUnderTest) -> None:
+    # Fields after the command name in /proc/PID/stat: state ppid pgrp session.
+    final = slot.run("echo $$; cut -d')' -f2 /proc/$$/stat")
+    pid, stat = final["stdout_tail"].splitlines()
+    _state, _ppid, group, session = stat.split()[:4]
+    assert group == session == pid
+
+
+def test_names_a_shell_cannot_export_still_reach_the_task(slot: SlotUnderTest) -> None:
+    # Set by `env -i` rather than by `export` in the launch file: still each as given, alone.
+    # Read from the environment the task's shell was started with (dash passes no odd names on).
+    odd = {"odd-name": "1", "OPTIND": "3", "PLAIN": "$(touch pwned)"}
+    show = "tr '\\0' '\\n' </proc/$$/environ"
+    lines = slot.run(show, environment=odd)["stdout_tail"].splitlines()
+    assert {"odd-name=1", "OPTIND=3", "PLAIN=$(touch pwned)"} <= set(lines), lines
+    assert not Path("pwned").exists()
+    plain = slot.run(show)["stdout_tail"].splitlines()
+    assert "PLAIN=$(touch pwned)" not in plain
+    assert not [line for line in plain if line.startswith(("odd-name=", "OPTIND="))], plain
+
+
 def test_what_a_task_leaves_behind_is_ended_before_done(slot: SlotUnderTest) -> None:
     final = slot.run("setsid sleep 300 & (sleep 300 &) ; echo $!")
     assert final["error_state"] == "D", final["message"]
