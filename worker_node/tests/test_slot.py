@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -295,3 +296,39 @@ def _zombie(pid: int) -> bool:
             return stat.read().rsplit(b")", 1)[1].split()[0] == b"Z"
     except OSError:
         return True
+
+
+LAUNCH_FAILS_THEN_WORKS = """
+import os, sys
+from jobfleet.core import process_tree
+from jobfleet.worker_node.forkserver import ForkServer, ForkServerError
+assert process_tree.become_subreaper()
+server = ForkServer()
+scratch = sys.argv[1]
+bad = os.path.join(scratch, "bad")
+with open(bad, "w") as handle:  # a log in a directory that does not exist: nothing starts
+    handle.write(server.launch_script("true", {}, "/nonexistent/dir/out", "/dev/null", None))
+try:
+    server.launch(bad)
+except ForkServerError as exc:
+    print("refused:", exc)
+good = os.path.join(scratch, "good")
+with open(good, "w") as handle:
+    handle.write(server.launch_script("exit 7", {"A": "1"}, "/dev/null", "/dev/null", None))
+pid = server.launch(good)
+_, status, _ = os.wait4(pid, 0)
+print("dead:", server.dead, "code:", os.waitstatus_to_exitcode(status))
+server.close()
+"""
+
+
+def test_a_launch_that_starts_nothing_is_refused_and_the_server_goes_on(tmp_path: Path) -> None:
+    script = tmp_path / "launch.py"
+    script.write_text(LAUNCH_FAILS_THEN_WORKS)
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    refused, outcome = result.stdout.splitlines()
+    assert refused.startswith("refused: the task could not be started"), refused
+    assert outcome == "dead: False code: 7"
