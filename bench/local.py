@@ -12,8 +12,8 @@ ratios mean something: the runs share one noisy machine.
 
 `--memory-tasks N` (0: skip; `--tasks 0` skips the comparison) then runs N tasks through slot
 workers, in ten equal arrays, and prints the host's RSS and the largest worker's after each:
-the workers' should stay flat; the host's grows by what the distributor remembers of every
-instance (~0.5 KiB each, for `get_remote_exit_info`).
+the workers' should stay flat; the host's grows by its file channel's event cursor (a byte
+offset per events file, so per instance), while the distributor keeps 16 bytes of an ended one.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -208,6 +209,32 @@ def test_signals_start_at_their_defaults(slot: SlotUnderTest) -> None:
     assert final["exit"]["signal"] == signal.SIGINT, final["message"]
 
 
+def test_no_signal_starts_ignored(slot: SlotUnderTest) -> None:
+    final = slot.run("grep SigIgn /proc/$$/status")
+    assert final["stdout_tail"].split() == ["SigIgn:", "0" * 16], final["stdout_tail"]
+
+
+def test_the_task_leads_a_session_and_group_of_its_own(slot: SlotUnderTest) -> None:
+    # Fields after the command name in /proc/PID/stat: state ppid pgrp session.
+    final = slot.run("echo $$; cut -d')' -f2 /proc/$$/stat")
+    pid, stat = final["stdout_tail"].splitlines()
+    _state, _ppid, group, session = stat.split()[:4]
+    assert group == session == pid
+
+
+def test_names_a_shell_cannot_export_still_reach_the_task(slot: SlotUnderTest) -> None:
+    # Set by `env -i` rather than by `export` in the launch file: still each as given, alone.
+    # Read from the environment the task's shell was started with (dash passes no odd names on).
+    odd = {"odd-name": "1", "OPTIND": "3", "PLAIN": "$(touch pwned)"}
+    show = "tr '\\0' '\\n' </proc/$$/environ"
+    lines = slot.run(show, environment=odd)["stdout_tail"].splitlines()
+    assert {"odd-name=1", "OPTIND=3", "PLAIN=$(touch pwned)"} <= set(lines), lines
+    assert not Path("pwned").exists()
+    plain = slot.run(show)["stdout_tail"].splitlines()
+    assert "PLAIN=$(touch pwned)" not in plain
+    assert not [line for line in plain if line.startswith(("odd-name=", "OPTIND="))], plain
+
+
 def test_what_a_task_leaves_behind_is_ended_before_done(slot: SlotUnderTest) -> None:
     final = slot.run("setsid sleep 300 & (sleep 300 &) ; echo $!")
     assert final["error_state"] == "D", final["message"]
@@ -269,3 +296,39 @@ def _zombie(pid: int) -> bool:
             return stat.read().rsplit(b")", 1)[1].split()[0] == b"Z"
     except OSError:
         return True
+
+
+LAUNCH_FAILS_THEN_WORKS = """
+import os, sys
+from jobfleet.core import process_tree
+from jobfleet.worker_node.forkserver import ForkServer, ForkServerError
+assert process_tree.become_subreaper()
+server = ForkServer()
+scratch = sys.argv[1]
+bad = os.path.join(scratch, "bad")
+with open(bad, "w") as handle:  # a log in a directory that does not exist: nothing starts
+    handle.write(server.launch_script("true", {}, "/nonexistent/dir/out", "/dev/null", None))
+try:
+    server.launch(bad)
+except ForkServerError as exc:
+    print("refused:", exc)
+good = os.path.join(scratch, "good")
+with open(good, "w") as handle:
+    handle.write(server.launch_script("exit 7", {"A": "1"}, "/dev/null", "/dev/null", None))
+pid = server.launch(good)
+_, status, _ = os.wait4(pid, 0)
+print("dead:", server.dead, "code:", os.waitstatus_to_exitcode(status))
+server.close()
+"""
+
+
+def test_a_launch_that_starts_nothing_is_refused_and_the_server_goes_on(tmp_path: Path) -> None:
+    script = tmp_path / "launch.py"
+    script.write_text(LAUNCH_FAILS_THEN_WORKS)
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    refused, outcome = result.stdout.splitlines()
+    assert refused.startswith("refused: the task could not be started"), refused
+    assert outcome == "dead: False code: 7"

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import threading
@@ -107,7 +108,8 @@ if os.fork() == 0:
         sys.stdin.read()
     os._exit(0)
 '''
-sampler = TreeSampler(os.getpid(), exclude_pids=frozenset({{os.getpid()}}), max_interval=0.05)
+sampler = TreeSampler(os.getpid(), exclude_pids=frozenset({{os.getpid()}}), max_interval=0.05,
+                      root_is_subreaper=sys.argv[1] == "tree")
 sampler.start()
 task = subprocess.Popen([sys.executable, "-c", daemon], stdin=subprocess.PIPE,
                         stdout=subprocess.PIPE, text=True)
@@ -283,11 +285,13 @@ def test_a_daemonising_grandchild_is_still_measured_once_seen(
     assert sample.processes_seen == 3
 
 
+@pytest.mark.parametrize("reads", ["tree", "all of /proc"])
 def test_a_subreaper_wrapper_measures_adopted_orphans_but_not_itself(
-    script: Callable[[str], str],
+    script: Callable[[str], str], reads: str
 ) -> None:
+    # "tree": the sampler reads only the wrapper's tree (root_is_subreaper), not all of /proc.
     result = subprocess.run(
-        [sys.executable, script(SUBREAPER_WRAPPER)],
+        [sys.executable, script(SUBREAPER_WRAPPER), reads],
         capture_output=True,
         text=True,
         timeout=120,
@@ -772,3 +776,31 @@ def test_gpu_usage_without_nvml_is_none() -> None:
         assert result is None or all(isinstance(v, int) for v in result.values())
     else:
         assert gpu_usage() is None
+
+
+@linux_only
+def test_the_tree_table_holds_the_tree_and_the_processes_asked_for_only() -> None:
+    # A child and its grandchild (a shell running a sleep in the background), and one process
+    # outside the tree passed by pid: each with the same entry as a scan of all of /proc gives.
+    outsider = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    child = subprocess.Popen(
+        ["/bin/sh", "-c", "sleep 30 & echo $!; wait"], stdout=subprocess.PIPE, text=True
+    )
+    grandchild = 0
+    try:
+        assert child.stdout is not None
+        grandchild = int(child.stdout.readline())
+        table = procfs.tree_table(child.pid, [outsider.pid])
+        everything = procfs.proc_table()
+        assert table is not None
+        assert set(table) == {child.pid, grandchild, outsider.pid}
+        assert all(table[pid] == everything[pid] for pid in table)
+        assert procfs.tree_table(2**22 + 12345) == {}  # no such process: nothing
+    finally:
+        if grandchild:
+            os.kill(grandchild, signal.SIGKILL)
+        for process in (outsider, child):
+            process.kill()
+            process.wait()
+            if process.stdout is not None:
+                process.stdout.close()

@@ -137,3 +137,32 @@ def test_stop_removes_the_work_directory(host):
     distributor.stop()
     assert not workdir.exists()
     distributor.stop()
+
+
+def test_ended_instances_answer_from_a_packed_record_again_and_again(host, tmp_path):
+    release = tmp_path / "release"
+    distributor = started_distributor(host, cores=1)
+    try:
+        jobs = host.submit_array(distributor, ["exit 0", "exit 1", "exit 2"])
+        blocker = host.submit(distributor, waits_for(release))
+        queued = host.submit(distributor, "true")
+        wait_for(lambda: still_queued(distributor, queued.distributor_id), "a queued instance")
+        distributor.terminate_task_instances([queued.distributor_id])
+        release.touch()
+        ids = [job.distributor_id for job in [*jobs, blocker, queued]]
+        wait_for(lambda: not distributor.get_submitted_or_running(ids), "the end")
+        # Nothing of an ended instance is kept but its record: the host's memory stays flat.
+        assert distributor._jobs == {}
+        for _ in range(2):  # asked again, the same answer
+            for step, job in enumerate(jobs):
+                info = distributor.get_remote_exit_info(job.distributor_id)
+                assert info.finalized
+                assert (info.record.exit_code if info.record else 0) == step
+            killed = distributor.get_remote_exit_info(queued.distributor_id)
+            assert killed.error_state is ErrorState.KILL_SELF
+            assert killed.finalized
+        prefix = jobs[0].distributor_id.rpartition("-")[0]
+        never = distributor.get_remote_exit_info(f"{prefix}-999999")
+        assert "never ran" in never.error_message
+    finally:
+        distributor.stop()

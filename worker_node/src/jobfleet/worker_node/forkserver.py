@@ -5,32 +5,45 @@ Why: a child's `ru_maxrss` starts at its parent's RSS when it forks (with vfork,
 subprocess uses, at the parent's high-water mark), so every task forked from a ~15 MiB Python
 wrapper reports at least ~15 MiB, even `true`. Forked from dash (~1-2 MiB), the floor is dash's.
 
-How: the server reads the path of a *launch file* per line, and for each forks a subshell that
-forks the task in the background, prints its pid and exits; the task, orphaned, is re-parented
-to the slot worker (a child subreaper), which `wait4`s it and so gets its exit status and its
-rusage as if it had forked it itself. The launch file is written by Python with every word
-`shlex.quote`d: the command, its environment and its log paths are never pasted into shell
-code. Its last line execs `env -i --default-signal` (an asynchronous list of a shell starts
-with SIGINT and SIGQUIT ignored; the task must start with every signal at its default, as one
-forked by Python does), then `setsid` (a session and process group of its own), then
-`/bin/sh -c COMMAND`, as the one-shot wrapper runs it.
+How: the server reads the path of a *launch file* per line, and for each runs it in a subshell
+(not in the background: an asynchronous list starts with SIGINT and SIGQUIT ignored, and dash
+gives no way to undo that), waits for it, and prints its exit status. The launch file sets the
+task's redirections and environment in the subshell, then execs `setsid --fork /bin/sh -c
+COMMAND`: setsid forks the task into a session and process group of its own and exits, so the
+task, orphaned, is re-parented to the slot worker (a child subreaper), which finds it as its
+one new child, and `wait4`s it, so getting its exit status and its rusage as if it had forked
+it itself. Per task: two forks and two execs (setsid, the task's shell), no helper process.
+
+The launch file is written by Python with every word `shlex.quote`d: the command, its
+environment and its log paths are never pasted into shell code. The environment is set with
+`unset`/`export` of quoted assignments when every name is a plain shell identifier a shell
+lets one export; otherwise `env -i` sets it (one exec more). The server itself is started
+through `env --default-signal` (once per worker): the task starts with every signal at its
+default, whatever the worker inherited.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shlex
 import shutil
 import subprocess
 from collections.abc import Mapping
 
-# `( ( . FILE ) & exec echo $! )`: the outer subshell forks the task and exits before the server
-# writes "." - so once the worker has read both lines, the task is the worker's child. It execs
-# /bin/echo rather than running the builtin: a shell may reap a child that ended already (a
-# fast `true`) before it exits itself, and the worker would lose the task's status and rusage;
-# /bin/echo reaps nothing.
-_SERVER = 'while IFS= read -r launch; do ( ( . "$launch" ) & exec /bin/echo "$!" ); echo .; done'
+# The subshell ends as setsid's parent half exits, after its child (the task) was re-parented
+# to the worker: once the worker has read the status line, the task is the worker's child, and
+# the server's shell never saw it (so cannot reap it before the worker does).
+_SERVER = 'while IFS= read -r launch; do ( . "$launch" ); echo "$?"; done'
+
+_SERVER_VARIABLES = ("PATH", "PWD")
+"""What the server's shell exports (PWD: dash exports it on its own): unset for every task."""
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
+_NOT_EXPORTABLE = frozenset({"OPTIND", "PPID", "UID", "EUID", "SHELLOPTS", "BASHOPTS"})
+"""Names a shell refuses to export a string as (dash checks OPTIND is a number; bash, as
+/bin/sh, has the others read-only): a task whose environment has one gets `env -i`."""
 
 JOIN_FAILED_EXIT_CODE = 125
 """The task's exit code when it could not join its cgroup (as `cgroup.wrap_argv`'s)."""
@@ -51,7 +64,7 @@ class ForkServer:
         self.env_path = env_path
         self.setsid_path = setsid_path
         self._process = subprocess.Popen(
-            ["/bin/sh", "-c", _SERVER],
+            [env_path, "--default-signal", "/bin/sh", "-c", _SERVER],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env={"PATH": os.defpath},
@@ -70,17 +83,27 @@ class ForkServer:
         assert stdout is not None
         if self.dead:
             raise ForkServerError("the fork server is gone")
+        before = own_children()
         try:
             stdin.write(launch_file.encode() + b"\n")
             stdin.flush()
-            pid_line, done_line = stdout.readline(), stdout.readline()
+            status_line = stdout.readline()
         except (BrokenPipeError, ValueError) as exc:
             self.dead = True
             raise ForkServerError(f"the fork server is gone: {exc}") from exc
-        if not pid_line.strip().isdigit() or done_line != b".\n":
+        if not status_line.strip().isdigit():
             self.dead = True
-            raise ForkServerError(f"the fork server answered {pid_line!r} {done_line!r}")
-        return int(pid_line)
+            raise ForkServerError(f"the fork server answered {status_line!r}")
+        new = own_children() - before - {self.pid}
+        if len(new) > 1:  # an orphan of an earlier task adopted meanwhile: the task leads a session
+            new = {pid for pid in new if _session_of(pid) == pid}
+        if len(new) != 1:
+            # No task: its redirections or setsid failed (said on the worker's stderr).
+            raise ForkServerError(
+                f"the task could not be started (its launch ended with status "
+                f"{int(status_line)} and started {len(new)} processes)"
+            )
+        return new.pop()
 
     def rss(self) -> int | None:
         """Its RSS in bytes now: a task's ru_maxrss starts there (the fork floor)."""
@@ -114,16 +137,47 @@ class ForkServer:
         """The launch file's text: every word quoted, nothing of the task's pasted as code."""
         quote = shlex.quote
         lines = [f"exec </dev/null >>{quote(stdout_path)} 2>>{quote(stderr_path)}"]
+        task = f"{quote(self.setsid_path)} --fork /bin/sh -c"
         if cgroup_procs is not None:
-            # "0" is the writing process itself: the subshell that is about to exec the task,
-            # so the command is inside its cgroup before it runs an instruction of its own.
-            lines.append(f"echo 0 >{quote(cgroup_procs)} || exit {JOIN_FAILED_EXIT_CODE}")
+            # "0" is the writing process itself: the subshell that is about to exec setsid,
+            # which forks the task inside the cgroup before it runs an instruction of its own.
+            # If it cannot join, a stand-in task ends with the code that says so.
+            lines.append(
+                f"echo 0 >{quote(cgroup_procs)} || "
+                f"exec {task} {quote(f'exit {JOIN_FAILED_EXIT_CODE}')}"
+            )
         assignments = " ".join(quote(f"{name}={value}") for name, value in environment.items())
-        lines.append(
-            f"exec {quote(self.env_path)} -i --default-signal -- {assignments} "
-            f"{quote(self.setsid_path)} /bin/sh -c {quote(command)}"
-        )
+        if all(_exportable(name) for name in environment):
+            lines.append(f"unset {' '.join(_SERVER_VARIABLES)}")
+            if assignments:
+                lines.append(f"export {assignments}")
+            lines.append(f"exec {task} {quote(command)}")
+        else:
+            lines.append(f"exec {quote(self.env_path)} -i -- {assignments} {task} {quote(command)}")
         return "\n".join(lines) + "\n"
+
+
+def own_children() -> set[int]:
+    """This process's children, zombies included (read from /proc/self/task/*/children)."""
+    children: set[int] = set()
+    for tid in os.listdir("/proc/self/task"):
+        path = f"/proc/self/task/{tid}/children"
+        with contextlib.suppress(OSError, ValueError), open(path, "rb") as listing:
+            children.update(int(pid) for pid in listing.read().split())
+    return children
+
+
+def _session_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            data = stat.read()
+        return int(data[data.rindex(b")") + 2 :].split()[3])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _exportable(name: str) -> bool:
+    return bool(_IDENTIFIER.fullmatch(name)) and name not in _NOT_EXPORTABLE
 
 
 def usable_environment(environment: Mapping[str, str]) -> dict[str, str]:

@@ -154,7 +154,7 @@ class TaskRunner:
     ) -> int:
         enclosing = self._enclosing_cgroup()
         enclosing_ooms = enclosing.oom_kills() if enclosing is not None else 0
-        process_tree.become_subreaper()
+        subreaper = process_tree.become_subreaper()
         wrapper_rss = self._fork_floor()
         started_at = time.monotonic()
         self._install_signal_handlers()
@@ -172,7 +172,9 @@ class TaskRunner:
         pumps = self._start_pumps(process, log_paths)
         # Rooted at the wrapper (excluded from the sums): as a subreaper it adopts every orphan
         # of the task, so daemons that left the task's tree are still measured.
-        sampler = TreeSampler(os.getpid(), exclude_pids=self._not_the_task())
+        sampler = TreeSampler(
+            os.getpid(), exclude_pids=self._not_the_task(), root_is_subreaper=subreaper
+        )
         helpers: list[threading.Thread | None] = []
         # The sampler's first sample would come after its first interval: a task that ends
         # within it (most short tasks) gets no sampler thread and no timer threads at all, and

@@ -147,6 +147,7 @@ class TreeSampler:
         exclude_pids: frozenset[int] = frozenset(),
         first_interval: float = 0.02,
         max_interval: float = 1.0,
+        root_is_subreaper: bool = False,
     ) -> None:
         if not 0 < first_interval <= max_interval:
             raise ValueError("need 0 < first_interval <= max_interval")
@@ -154,6 +155,8 @@ class TreeSampler:
         self.exclude_pids = exclude_pids | {os.getpid()}
         self.first_interval = first_interval
         self.max_interval = max_interval
+        # A subreaper root holds its whole tree: a sample reads that tree, not all of /proc.
+        self.root_is_subreaper = root_is_subreaper
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -266,7 +269,11 @@ class TreeSampler:
     def _sample(self, abort: threading.Event | None) -> None:
         """One sample. Given up, unrecorded, as soon as `abort` is set: stop() takes its own."""
         if procfs.HAS_PROC:
-            table = procfs.proc_table()
+            table = None
+            if self.root_is_subreaper:
+                table = procfs.tree_table(self.root_pid, [pid for pid, _ in list(self._tracked)])
+            if table is None:
+                table = procfs.proc_table()
         else:
             if self._ps is None:
                 self._ps = _import_psutil()

@@ -55,6 +55,7 @@ from jobfleet.core import process_tree
 from jobfleet.core.base_distributor import BaseClusterDistributor
 from jobfleet.core.errors import BackendError
 from jobfleet.core.exit_info import ErrorState, ExitReason, ExitRecord, RemoteExitInfo
+from jobfleet.core.local.ended import Ended, EndedRecords
 from jobfleet.core.local.pool import Need, ResourcePool, machine_cores, machine_memory
 from jobfleet.core.local.settings import LocalSettings, gpu_ids
 from jobfleet.core.local.slots import (
@@ -128,7 +129,8 @@ class LocalDistributor(BaseClusterDistributor):
         self.pool = _pool_from(self.local)
         self._prefix = uuid.uuid4().hex[:8]
         self._counter = itertools.count(1)
-        self._jobs: dict[str, _Job] = {}
+        self._jobs: dict[str, _Job] = {}  # queued and running instances
+        self._ended_jobs = EndedRecords()  # every ended one, packed: the host's memory stays flat
         self._waiting: deque[_Job] = deque()
         self._running = 0
         self._lock = threading.RLock()
@@ -295,14 +297,29 @@ class LocalDistributor(BaseClusterDistributor):
         if foreign:
             return self._exit_info_of_foreign(distributor_id)
         if job is None:
-            return RemoteExitInfo.unknown(f"this distributor never ran {distributor_id!r}")
+            with self._lock:
+                ended = self._ended_record(distributor_id)
+            if ended is None:
+                return RemoteExitInfo.unknown(f"this distributor never ran {distributor_id!r}")
+            if ended.killed:
+                return _killed()
+            return self._exit_info_of_finished(distributor_id, ended)
         with self._lock:
-            state, returncode = job.state, job.returncode
+            state = job.state
         if state == _KILLED:
             return _killed()
-        if state in (_QUEUED, _RUNNING):
+        # Not ended yet: had it ended meanwhile, it would be gone from _jobs (asked again, it
+        # answers from its record).
+        if state in (_QUEUED, _RUNNING) or not job.ended:
             return RemoteExitInfo.unknown(f"still {state}", finalized=False)
-        return self._exit_info_of_finished(job, returncode)
+        return self.get_remote_exit_info(distributor_id)
+
+    def _ended_record(self, distributor_id: str) -> Ended | None:
+        """What is remembered of an ended instance of ours (None: not ours, or not ended)."""
+        prefix, _, number = distributor_id.partition("-")
+        if prefix != self._prefix or not number.isdigit():
+            return None
+        return self._ended_jobs.get(int(number))
 
     # -- ids of an earlier distributor (after a host restart) -------------------------------
 
@@ -485,8 +502,24 @@ class LocalDistributor(BaseClusterDistributor):
         self._mark_ended(job)
 
     def _mark_ended(self, job: _Job) -> None:
+        """Mark it over, and keep of it only its packed record (see `ended.py`)."""
         job.ended = True
+        own_log = self._own_log(job.distributor_id)
+        self._ended_jobs.add(
+            int(job.distributor_id.rpartition("-")[2]),
+            killed=job.state == _KILLED,
+            returncode=job.returncode,
+            oom_kills_at_start=job.oom_kills_at_start,
+            log=None if job.log is None or job.log == own_log else job.log,
+        )
+        self._jobs.pop(job.distributor_id, None)
         self._ended.notify_all()
+
+    def _own_log(self, distributor_id: str) -> Path | None:
+        """The log of a wrapper named after its id (None without a work directory)."""
+        if self._workdir is None:
+            return None
+        return self._workdir / f"{distributor_id}.wrapper.log"
 
     def _wait_ended(self, job: _Job, timeout: float) -> bool:
         """Whether `job` ended within `timeout` seconds. Not under the lock."""
@@ -636,20 +669,21 @@ class LocalDistributor(BaseClusterDistributor):
 
     # -- triage -------------------------------------------------------------------------------
 
-    def _exit_info_of_finished(self, job: _Job, returncode: int | None) -> RemoteExitInfo:
+    def _exit_info_of_finished(self, distributor_id: str, ended: Ended) -> RemoteExitInfo:
         """What the wrapper's exit says, for when its final report never reached the host."""
+        returncode = ended.returncode
         return exit_info_from_wrapper(
             returncode,
-            oom_evidence=_oom_evidence(job),
+            oom_evidence=_oom_evidence(ended.oom_kills_at_start),
             raw_state=None if returncode is None else f"returncode {returncode}",
-            detail=self._wrapper_log_tail(job),
+            detail=self._wrapper_log_tail(ended.log or self._own_log(distributor_id)),
         )
 
-    def _wrapper_log_tail(self, job: _Job) -> str:
-        if self._workdir is None or job.log is None:
+    def _wrapper_log_tail(self, log: Path | None) -> str:
+        if self._workdir is None or log is None:
             return "its log is gone"
         try:
-            text = job.log.read_text(errors="replace")
+            text = log.read_text(errors="replace")
         except OSError:
             return "it left no log"
         return f"its last words: {text[-2000:].strip()!r}" if text.strip() else "it printed nothing"
@@ -692,7 +726,7 @@ def _killed() -> RemoteExitInfo:
     return RemoteExitInfo(ErrorState.KILL_SELF, record.message, record=record)
 
 
-def _oom_evidence(job: _Job) -> str | None:
+def _oom_evidence(oom_kills_at_start: int | None) -> str | None:
     """The kernel's OOM kills while the job ran, where the kernel counts them (Linux 4.13+).
 
     Every OOM kill counts, a memory cgroup's included; on a machine shared with other work the
@@ -700,9 +734,9 @@ def _oom_evidence(job: _Job) -> str | None:
     report is missing and whose task, or itself, died of SIGKILL.
     """
     now = kernel_oom_kills()
-    if job.oom_kills_at_start is None or now is None or now <= job.oom_kills_at_start:
+    if oom_kills_at_start is None or now is None or now <= oom_kills_at_start:
         return None
-    return f"the kernel counted {now - job.oom_kills_at_start} OOM kill(s) while it ran"
+    return f"the kernel counted {now - oom_kills_at_start} OOM kill(s) while it ran"
 
 
 def kernel_oom_kills() -> int | None:
