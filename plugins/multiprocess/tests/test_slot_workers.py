@@ -108,3 +108,39 @@ def test_stop_leaves_no_worker_behind(slot_host: KitHost) -> None:
     assert not os.path.exists(f"/proc/{running.pid}")
     assert workdir is not None
     assert not workdir.exists()
+
+
+def test_a_machine_without_the_fork_servers_tools_gets_one_shot_wrappers(
+    slot_host: KitHost,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    from jobfleet.core.local import slots
+
+    # A setsid from before util-linux 2.35: no --fork.
+    old_tools = tmp_path / "old-tools"
+    old_tools.mkdir()
+    fake = old_tools / "setsid"
+    fake.write_text("#!/bin/sh\necho 'Usage: setsid [options] <program> [arguments ...]'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{old_tools}{os.pathsep}{os.environ['PATH']}")
+    slots.fork_server_tools_missing.cache_clear()
+    distributor = MultiprocessDistributor(
+        "old", host_url=slot_host.url, settings=MultiprocessSettings(cores=2, kill_grace=1)
+    )
+    distributor.start()
+    try:
+        jobs = [slot_host.submit(distributor, f"echo {n}") for n in range(3)]
+        for job in jobs:
+            assert slot_host.wait_report(FinalReport, job.task_instance_id).error_state == "D"
+        wrappers = {
+            slot_host.wait_report(RunningReport, job.task_instance_id).wrapper_pid for job in jobs
+        }
+        assert len(wrappers) == 3, "one wrapper per instance, not one slot worker"
+    finally:
+        distributor.stop()
+        slots.fork_server_tools_missing.cache_clear()
+    err = capfd.readouterr().err
+    assert "slot workers are off on this machine" in err
+    assert "has no --fork option" in err

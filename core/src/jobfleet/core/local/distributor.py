@@ -60,8 +60,10 @@ from jobfleet.core.local.pool import Need, ResourcePool, machine_cores, machine_
 from jobfleet.core.local.settings import LocalSettings, gpu_ids
 from jobfleet.core.local.slots import (
     SlotWorker,
+    fork_server_tools_missing,
     is_slot_worker,
     wait_gone,
+    warn_slots_off,
     worker_environment,
     workers_above,
     workers_running,
@@ -138,6 +140,8 @@ class LocalDistributor(BaseClusterDistributor):
         self._workdir: Path | None = None
         self._workdir_owned: OwnedDirectory | None = None
         self._stopped = False
+        # Why slot workers cannot run here ("" when they can); None until first asked.
+        self._slots_unavailable: str | None = None
         # Ids of an earlier distributor (a host that was restarted) whose processes this one
         # has seen running (_RUNNING) or has killed (_KILLED).
         self._adopted: dict[str, str] = {}
@@ -532,7 +536,13 @@ class LocalDistributor(BaseClusterDistributor):
         """Slot workers where asked for, and only with this installation's own wrapper: one
         named by `$JOBFLEET_WORKER_NODE` (another installation, a stand-in) may have no slot
         mode, and is started once per instance as before."""
-        return self.local.slot_workers and not os.environ.get(ENTRY_POINT_VARIABLE, "").strip()
+        if not self.local.slot_workers or os.environ.get(ENTRY_POINT_VARIABLE, "").strip():
+            return False
+        if self._slots_unavailable is None:
+            self._slots_unavailable = fork_server_tools_missing() or ""
+            if self._slots_unavailable:
+                warn_slots_off(self._slots_unavailable)
+        return not self._slots_unavailable
 
     def _argv(self, command: str, in_slot: bool) -> list[str]:
         """The one-shot wrapper's argv, or (slot workers) the worker-node arguments alone."""

@@ -9,9 +9,12 @@ the distributor's `on_done`, and its end-of-file (the worker died, or left) into
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
+import shutil
 import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +31,36 @@ _TAG = "JOBFLEET_DISTRIBUTOR_ID"
 SLOT_WORK_DIR = "JOBFLEET_SLOT_WORK_DIR"
 """Where a slot worker keeps its scratch files (launch files, output of tasks that keep no
 log): a directory of the distributor's. Read and removed from its environment at start."""
+
+
+@functools.cache
+def fork_server_tools_missing() -> str | None:
+    """What this machine lacks for the slot workers' fork server, or None when it has it all.
+
+    The fork server starts tasks with `setsid --fork` (util-linux 2.35 and later) and itself
+    through `env --default-signal` (coreutils 8.31 and later); without them every task would
+    fail to start, so the local distributors use one-shot wrappers instead (and say why once).
+    """
+    for tool, option in (("setsid", "--fork"), ("env", "--default-signal")):
+        path = shutil.which(tool)
+        if path is None:
+            return f"no {tool} on PATH"
+        try:
+            shown = subprocess.run(
+                [path, "--help"], capture_output=True, timeout=10, check=False
+            ).stdout
+        except (OSError, subprocess.SubprocessError) as exc:
+            return f"{path} --help failed: {exc}"
+        if option.encode() not in shown:
+            return f"{path} has no {option} option (too old)"
+    return None
+
+
+def warn_slots_off(reason: str) -> None:
+    sys.stderr.write(
+        f"jobfleet: slot workers are off on this machine ({reason}); "
+        "each task gets a wrapper process of its own\n"
+    )
 
 
 class SlotWorker:
