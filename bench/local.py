@@ -86,11 +86,16 @@ class Bench:
         finals, states = 0, {}
         while finals < tasks:
             events, self.cursor = self.channel.read_events(self.cursor)
+            ended = []
             for event in events:
                 if event.kind is EventKind.FINAL:
                     finals += 1
                     state = event.data["error_state"]
                     states[state] = states.get(state, 0) + 1
+                    ended.append(event.task_instance_id)
+            # As the host does once the final reports are in its ledger: the channel and the
+            # cursor keep only the live instances.
+            self.channel.forget_events(ended)
             if finals < tasks:
                 time.sleep(0.05)  # polling the channel, as a host does between rounds
         elapsed = time.perf_counter() - start

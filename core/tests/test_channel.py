@@ -871,6 +871,29 @@ def test_remove_deletes_spec_and_events_of_one_instance(channel):
     assert list(cursor.positions) == [os.path.basename(events_path(channel, kept))]
 
 
+def test_forget_events_drops_ended_instances_from_the_directory_and_the_cursor(channel):
+    ended = [channel.open_writer(1), channel.open_writer(1), channel.open_writer(3)]
+    live = channel.open_writer(11)  # 11 starts with "1.": only whole ids match
+    for writer in [*ended, live]:
+        writer.send("running", {"pid": 1})
+    events, cursor = channel.read_events()
+    assert len(events) == 4
+    assert len(cursor.positions) == 4
+    channel.forget_events([1, 3])
+    channel.forget_events([1, 3, 12345])  # twice, and an unknown id: harmless
+    channel.forget_events([])
+    live_name = os.path.basename(events_path(channel, live))
+    assert os.listdir(os.path.join(channel.root, "events")) == [live_name]
+    events, cursor = channel.read_events(cursor)
+    assert events == []
+    assert list(cursor.positions) == [live_name]
+    # A writer opened later for a forgotten instance still reports.
+    late = channel.open_writer(1)
+    sent = late.send("heartbeat")
+    events, cursor = channel.read_events(cursor)
+    assert events == [sent]
+
+
 def test_other_files_in_events_are_ignored(channel):
     events_dir = os.path.join(channel.root, "events")
     for name in ["README", ".5.w.jsonl.swp", "x.w.jsonl", "5..jsonl", "5.w.json"]:

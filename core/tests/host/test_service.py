@@ -162,6 +162,20 @@ def test_reports_of_real_commands_are_ingested(ledger: Ledger, tmp_path: Path) -
     assert Path(first.stderr_path).read_text() == "err\n"
 
 
+def test_ended_instances_leave_nothing_in_the_channel(ledger: Ledger) -> None:
+    # Without this the channel kept an events file, and the cursor saved every round a
+    # position, for every instance the run ever had.
+    run_id = create_run(
+        ledger, tasks(*["true"] * 6, "exit 3"), cluster="multiprocess", options=FAST
+    )
+    assert run_to_end(ledger, run_id).status.value == "failed"
+    with ledger.read_session() as session:
+        work_dir = session.scalar(select(Run.work_dir).where(Run.id == run_id))
+    assert work_dir is not None
+    assert os.listdir(Path(work_dir, "channel", "events")) == []
+    assert {i.state for i in instances(ledger, run_id)} == {"D", "E"}
+
+
 # --- retries -------------------------------------------------------------------------------
 
 

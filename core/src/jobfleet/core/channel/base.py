@@ -24,7 +24,7 @@ from .messages import Event, EventKind, Report, TaskSpec, parse_kind
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays off the worker-node wrapper's start path
-    from collections.abc import Iterable
+    from collections.abc import Collection, Iterable
     from types import TracebackType
     from typing import Any, ClassVar, Self
 
@@ -248,6 +248,17 @@ class Channel(ABC):
     @abstractmethod
     def remove(self, task_instance_id: int) -> None:
         """Delete the spec and events of a task instance whose final report is ingested."""
+
+    def forget_events(self, task_instance_ids: Collection[int]) -> None:
+        """Delete the events of task instances whose final report the host has recorded.
+
+        The host calls it once the final reports are committed to its ledger, so that neither
+        the channel nor the host's event cursor (which holds a position per events file) grows
+        with every instance a run has ever had. A writer opened later for such an instance
+        still reports as before. Removing what is not there is not an error. This default keeps
+        everything: for transports whose cursor does not grow.
+        """
+        return
 
     def remove_spec(self, task_instance_id: int) -> None:
         """Delete the spec of a task instance whose attempt has ended, keeping its events.

@@ -34,7 +34,7 @@ from .messages import PROTOCOL_VERSION, Event, TaskSpec
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays off the worker-node wrapper's start path
-    from collections.abc import Iterable, Iterator, Mapping
+    from collections.abc import Collection, Iterable, Iterator, Mapping
     from typing import Any, Final
 
 __all__ = ["TRANSPORT", "FileChannel", "FileEventWriter", "path_from_url"]
@@ -445,6 +445,25 @@ class FileChannel(Channel):
         except OSError as exc:
             raise ChannelError(
                 f"Could not remove task instance {task_instance_id} from {self.url}: {exc}."
+            ) from exc
+
+    def forget_events(self, task_instance_ids: Collection[int]) -> None:
+        """One listing of `events/`, then each of these instances' files unlinked."""
+        wanted = set(task_instance_ids)
+        if not wanted:
+            return
+        directory = self._path(_EVENTS)
+        try:
+            with os.scandir(directory) as entries:
+                names = [entry.name for entry in entries]
+            for name in names:
+                split = _split_events_name(name)
+                if split is not None and split[0] in wanted:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(directory, name))
+        except OSError as exc:
+            raise ChannelError(
+                f"Could not remove ended instances' events from {self.url}: {exc}."
             ) from exc
 
     def remove_spec(self, task_instance_id: int) -> None:

@@ -71,17 +71,33 @@ def ingest_events(context: RunContext) -> bool:
         rows = {row.id: row for row in load_instances(session, list(by_instance))}
         catch_up, work = Round(), Round()
         notes: list[dict[str, Any]] = []
+        ended: list[int] = []
         for instance_id, instance_events in by_instance.items():
             row = rows.get(instance_id)
             if row is None or row.run_id != context.run_id:
                 continue  # not ours (a channel shared by mistake): never touch it
             _apply_reports(context, row, instance_events, catch_up, work, notes)
+            if any(event.kind is EventKind.FINAL for event in instance_events):
+                ended.append(instance_id)
         apply_changes(session, catch_up.changes)
         commit(context, session, work)
         _write_notes(session, notes)
         _save_cursor(context, session, cursor)
     context.cursor = cursor
+    _forget_events(context, ended)
     return True
+
+
+def _forget_events(context: RunContext, ended: list[int]) -> None:
+    """Drop the events files of instances whose final report is now in the ledger, so that the
+    channel and the cursor (saved every round) stay the size of the live instances, not of the
+    run's history. A failure costs only space: the files are read as before."""
+    if not ended:
+        return
+    try:
+        context.started_channel().forget_events(ended)
+    except ChannelError as exc:
+        log.warning("run %s: %s", context.run_id, exc)
 
 
 def _of_this_run(context: RunContext, events: Sequence[Event]) -> list[Event]:
